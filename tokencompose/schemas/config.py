@@ -1,0 +1,135 @@
+"""The one build configuration: typed, validated before any work, written into the dataset's provenance."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Profile = Literal["offline", "paper", "hybrid"]
+
+# Which backend each stage uses under each profile; a stage's own ``backend`` field overrides it.
+PROFILE_BACKENDS: dict[str, dict[str, str]] = {
+    "offline": {"captions": "consensus", "nouns": "spacy", "grounding": "coco"},
+    "paper": {"captions": "clip", "nouns": "flair", "grounding": "grounded_sam"},
+    "hybrid": {"captions": "clip", "nouns": "flair", "grounding": "hybrid"},
+}
+
+DEFAULT_STOP_LIST = (
+    "front", "top", "side", "back", "bottom", "middle", "center", "centre", "edge", "left", "right",
+    "corner", "end", "part", "piece", "background", "foreground", "view", "picture", "photo", "image",
+    "lot", "couple", "group", "bunch", "pair", "variety", "kind", "type", "way", "area", "thing",
+    "things", "day", "time", "something", "distance", "close", "shot", "close up",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """A COCO-style source: an image folder and its captions JSON (instances JSON optional)."""
+
+    images_dir: Path
+    captions_json: Path
+    instances_json: Path | None = None
+
+
+class SelectionConfig(_Strict):
+    policy: Literal["vsr", "all"] = "all"
+    vsr_files: tuple[Path, ...] = ()
+    limit: int | None = Field(default=None, ge=1, description="keep only the first N selected images")
+
+    @model_validator(mode="after")
+    def _vsr_needs_files(self) -> "SelectionConfig":
+        if self.policy == "vsr" and not self.vsr_files:
+            raise ValueError("selection.policy 'vsr' needs at least one file in selection.vsr_files")
+        return self
+
+
+class CaptionConfig(_Strict):
+    backend: str | None = Field(default=None, description="null: the profile's choice")
+    max_chars: int = Field(default=400, ge=1, description="longer candidates are excluded")
+    clip_model: str = "ViT-L-14-336"
+    clip_pretrained: str = "openai"
+    batch_size: int = Field(default=32, ge=1)
+
+
+class NounConfig(_Strict):
+    backend: str | None = None
+    spacy_model: str = "en_core_web_sm"
+    flair_model: str = "flair/pos-english"
+    stop_list: tuple[str, ...] = DEFAULT_STOP_LIST
+    batch_size: int = Field(default=64, ge=1)
+
+    @field_validator("stop_list")
+    @classmethod
+    def _lower(cls, words: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted({w.strip().lower() for w in words if w.strip()}))
+
+
+class GroundingConfig(_Strict):
+    backend: str | None = None
+    noun_table: Path | None = Field(default=None, description="null: the bundled noun->COCO category table")
+    box_threshold: float = Field(default=0.25, ge=0, le=1)
+    text_threshold: float = Field(default=0.25, ge=0, le=1)
+    sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_h"
+    batch_size: int = Field(default=4, ge=1)
+    half_precision: bool = True
+
+
+class ModelsConfig(_Strict):
+    models_dir: Path | None = Field(default=None, description="null: $TOKENCOMPOSE_MODELS or ~/.cache/tokencompose/models")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+
+
+class ImageLimits(_Strict):
+    max_side: int = Field(default=16384, ge=1)
+    max_pixels: int = Field(default=100_000_000, ge=1)
+    min_side: int = Field(default=8, ge=1)
+
+
+class OutputConfig(_Strict):
+    out_dir: Path
+    shard_size: int = Field(default=500, ge=1)
+    image_field: Literal["jpg", "png"] = "jpg"
+    require_mask: bool = Field(default=True, description="reject images where no noun got a mask (as the authors' data)")
+    overwrite: bool = Field(default=False, description="replace a dataset built with another configuration")
+
+
+class BuildConfig(_Strict):
+    source: SourceConfig
+    output: OutputConfig
+    selection: SelectionConfig = SelectionConfig()
+    profile: Profile = "offline"
+    captions: CaptionConfig = CaptionConfig()
+    nouns: NounConfig = NounConfig()
+    grounding: GroundingConfig = GroundingConfig()
+    models: ModelsConfig = ModelsConfig()
+    images: ImageLimits = ImageLimits()
+    workers: int = Field(default=1, ge=1, le=64, description="shards built at once")
+
+    def backend(self, stage: Literal["captions", "nouns", "grounding"]) -> str:
+        chosen = getattr(self, stage).backend
+        return chosen or PROFILE_BACKENDS[self.profile][stage]
+
+    def content_dict(self) -> dict:
+        """The settings that decide the dataset's bytes: no output location, no worker count,
+        and source paths reduced to file names, so a moved source gives the same dataset."""
+        data = self.model_dump(mode="json")
+        data["output"] = {k: v for k, v in data["output"].items() if k in ("shard_size", "image_field", "require_mask")}
+        data.pop("workers")
+        data.pop("models")
+        data["source"] = {k: (Path(v).name if v else v) for k, v in data["source"].items()}
+        data["selection"]["vsr_files"] = [Path(p).name for p in data["selection"]["vsr_files"]]
+        if data["grounding"]["noun_table"]:
+            data["grounding"]["noun_table"] = Path(data["grounding"]["noun_table"]).name
+        for stage in ("captions", "nouns", "grounding"):
+            data[stage]["backend"] = self.backend(stage)
+        return data
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.content_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

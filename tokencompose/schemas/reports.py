@@ -1,0 +1,121 @@
+"""What the build writes beside the shards: per-shard index, stats, rejects, manifest."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SHARDS_DIR = "shards"
+INDEX_DIR = "index"
+MANIFEST_FILE = "manifest.json"
+STATS_FILE = "stats.json"
+SIZES_FILE = "sizes.json"
+REJECTS_FILE = "rejects.jsonl"
+CONFIG_FILE = "config.json"
+
+
+class MemberLocation(BaseModel):
+    """Where one tar member's bytes lie: ``offset`` is the first data byte in the tar file."""
+
+    model_config = ConfigDict(extra="forbid")
+    offset: int
+    size: int
+
+
+class ShardIndex(BaseModel):
+    """Random access into one shard: sample key -> member extension -> location."""
+
+    model_config = ConfigDict(extra="forbid")
+    shard: str
+    samples: dict[str, dict[str, MemberLocation]]
+
+
+class Reject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_id: int | None
+    file_name: str | None
+    stage: str
+    reason: str
+    detail: str = ""
+
+
+class ShardStats(BaseModel):
+    """Counts for one shard; :func:`merge_stats` adds them up for the dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    images_in: int = 0
+    samples: int = 0
+    nouns: int = 0
+    nouns_with_mask: int = 0
+    nouns_per_caption: dict[str, int] = Field(default_factory=dict, description="histogram: count -> samples")
+    nouns_without_mask_by_reason: dict[str, int] = Field(default_factory=dict)
+    noun_texts_with_mask: dict[str, int] = Field(default_factory=dict)
+    noun_texts_without_mask: dict[str, int] = Field(default_factory=dict)
+
+
+class ShardSummary(BaseModel):
+    """What building one shard returns; it is the cached task result."""
+
+    model_config = ConfigDict(extra="forbid")
+    shard: str
+    sha256: str
+    bytes: int
+    samples: int
+    stats: ShardStats
+    rejects: list[Reject]
+
+
+class ManifestShard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    sha256: str
+    bytes: int
+    samples: int
+    index: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokencompose: str
+    schema_version: int
+    config_hash: str
+    image_field: str
+    shards: list[ManifestShard]
+    samples: int
+    provenance: dict[str, Any]
+
+
+def _add_counts(total: dict[str, int], part: dict[str, int]) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0) + value
+
+
+def merge_stats(parts: list[ShardStats]) -> ShardStats:
+    total = ShardStats()
+    for part in parts:
+        total.images_in += part.images_in
+        total.samples += part.samples
+        total.nouns += part.nouns
+        total.nouns_with_mask += part.nouns_with_mask
+        for name in ("nouns_per_caption", "nouns_without_mask_by_reason", "noun_texts_with_mask",
+                     "noun_texts_without_mask"):
+            _add_counts(getattr(total, name), getattr(part, name))
+    return total
+
+
+def canonical_json(data: Any) -> bytes:
+    return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, then rename: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)

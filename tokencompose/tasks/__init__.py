@@ -1,0 +1,1 @@
+"""Units of work: plain functions and small backend classes, testable without Prefect."""

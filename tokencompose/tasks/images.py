@@ -1,0 +1,84 @@
+"""Reading one image file: checks that turn a bad file into a reject reason instead of a crash."""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from tokencompose.schemas.config import ImageLimits
+
+# Modes that convert to RGB without losing meaning; 16/32-bit and float modes would be clipped.
+CONVERTIBLE_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1", "La"})
+FORMAT_FIELDS = {"JPEG": "jpg", "PNG": "png"}
+
+
+class ImageProblem(Exception):
+    """An image that cannot go into the dataset; ``reason`` is the rejects report's reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class LoadedImage:
+    data: bytes
+    rgb: Image.Image
+    mode: str
+
+
+def load_image(path: Path, width: int, height: int, image_field: str, limits: ImageLimits) -> LoadedImage:
+    """Read, verify and decode an image whose COCO entry says ``width`` x ``height``."""
+    check_dimensions(width, height, limits)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageProblem("missing_file", str(path)) from None
+    except OSError as error:
+        raise ImageProblem("unreadable_file", f"{path}: {error.strerror or error}") from None
+    if not data:
+        raise ImageProblem("empty_file", str(path))
+    image = _decode(data, path, limits)
+    field = FORMAT_FIELDS.get(image.format or "")
+    if field != image_field:
+        raise ImageProblem("format_mismatch", f"{image.format} file; this dataset stores {image_field}")
+    if image.size != (width, height):
+        raise ImageProblem("size_mismatch", f"file is {image.size[0]}x{image.size[1]}, COCO says {width}x{height}")
+    if image.mode not in CONVERTIBLE_MODES:
+        raise ImageProblem("unsupported_mode", f"mode {image.mode} does not convert to 8-bit RGB")
+    mode = image.mode
+    rgb = image.convert("RGB")
+    return LoadedImage(data=data, rgb=rgb, mode=mode)
+
+
+def check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
+    if width < limits.min_side or height < limits.min_side:
+        raise ImageProblem("absurd_dimensions", f"{width}x{height} is below {limits.min_side} px a side")
+    if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
+        raise ImageProblem("absurd_dimensions", f"{width}x{height} exceeds {limits.max_side} px a side "
+                                                f"or {limits.max_pixels} pixels")
+
+
+def _decode(data: bytes, path: Path, limits: ImageLimits) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                probe.verify()
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > limits.max_pixels:
+                raise ImageProblem("absurd_dimensions", f"file is {image.width}x{image.height}")
+            image.load()
+    except ImageProblem:
+        raise
+    except UnidentifiedImageError:
+        raise ImageProblem("not_an_image", str(path)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageProblem("absurd_dimensions", str(error)) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageProblem("corrupt_image", f"{path.name}: {error}") from None
+    return image

