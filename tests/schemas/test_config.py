@@ -1,0 +1,31 @@
+import pytest
+from pydantic import ValidationError
+
+from testkit import demo_config
+from tokencompose.schemas.config import BuildConfig
+
+
+def test_profile_selects_backends_and_stage_overrides_win(tmp_path):
+    config = demo_config(tmp_path, profile="paper", grounding={"backend": "coco"})
+    assert (config.backend("captions"), config.backend("nouns"), config.backend("grounding")) == ("clip", "flair", "coco")
+
+
+def test_hash_ignores_output_location_and_workers_but_not_content(tmp_path):
+    base = demo_config(tmp_path / "a")
+    assert base.config_hash() == demo_config(tmp_path / "b", workers=4).config_hash()
+    assert base.config_hash() != demo_config(tmp_path / "a", output={"shard_size": 7}).config_hash()
+    assert base.config_hash() != demo_config(tmp_path / "a", nouns={"stop_list": ["front"]}).config_hash()
+
+
+@pytest.mark.parametrize("settings,where", [
+    ({"selection": {"policy": "vsr"}}, "selection"),
+    ({"output": {"out_dir": "x", "shard_size": 0}}, "output.shard_size"),
+    ({"profile": "fastest"}, "profile"),
+    ({"grounding": {"box_threshold": 2}}, "grounding.box_threshold"),
+    ({"unknown": 1}, "unknown"),
+])
+def test_bad_settings_name_the_field(tmp_path, settings, where):
+    base = {"source": {"images_dir": "i", "captions_json": "c"}, "output": {"out_dir": str(tmp_path)}}
+    with pytest.raises(ValidationError) as error:
+        BuildConfig.model_validate({**base, **settings})
+    assert where.split(".")[0] in str(error.value)

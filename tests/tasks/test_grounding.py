@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from tokencompose.tasks import masks
+from tokencompose.tasks.grounding import (REASON_CATEGORY_ABSENT, REASON_NO_ANNOTATIONS, REASON_NO_CATEGORY,
+                                          CocoAnnotationGrounder, NounTable, lookup_keys, singular_forms)
+from tokencompose.tasks.records import Annotation, ImageRecord
+
+
+@pytest.mark.parametrize("noun,category", [
+    ("man", "person"), ("women", "person"), ("people", "person"), ("puppy", "dog"), ("puppies", "dog"),
+    ("sofa", "couch"), ("television", "tv"), ("teddy bear", "teddy bear"), ("tabby cat", "cat"),
+    ("coffee cup", "cup"), ("hot dogs", "hot dog"), ("knives", "knife"), ("buses", "bus"), ("Dog", "dog"),
+])
+def test_noun_table_maps_synonyms_plurals_and_heads(noun, category):
+    assert NounTable().category(noun) == category
+
+
+def test_nouns_outside_coco_have_no_category():
+    table = NounTable()
+    assert table.category("rocket") is None and table.category("flag") is None
+
+
+def test_lookup_tries_phrase_then_head():
+    assert lookup_keys("hot dogs") == ["hot dogs", "hot dog", "dogs", "dog"]
+    assert singular_forms("glass") == ["glass"]
+
+
+def test_bad_noun_table_says_file_and_line(tmp_path):
+    table = tmp_path / "table.csv"
+    table.write_text("noun,category\nkitty,cat\npuppy,wolf\n")
+    with pytest.raises(ValueError, match=r"table.csv:3"):
+        NounTable(table)
+
+
+def _record(annotations):
+    return ImageRecord(1, "x.jpg", 20, 10, (), tuple(annotations))
+
+
+def test_mask_is_union_of_the_category_instances():
+    left = Annotation(17, [[0, 0, 5, 0, 5, 10, 0, 10]], (0, 0, 5, 10))
+    right = Annotation(17, [[15, 0, 20, 0, 20, 10, 15, 10]], (15, 0, 5, 10))
+    dog = Annotation(18, [[6, 0, 14, 0, 14, 10, 6, 10]], (6, 0, 8, 10))
+    grounding = CocoAnnotationGrounder().ground_noun(_record([left, right, dog]), "kittens")
+    mask = masks.decode(grounding.mask)
+    assert mask.shape == (10, 20)
+    assert mask[:, :5].all() and mask[:, 15:].all() and not mask[:, 6:14].any()
+    assert grounding.category == "cat" and len(grounding.boxes) == 2
+    assert grounding.box == (0.0, 0.0, 20.0, 10.0)
+
+
+def test_rle_segmentations_decode_too():
+    full = np.zeros((10, 20), bool)
+    full[2:5, 3:9] = True
+    rle = masks.encode(full)
+    crowd = Annotation(17, rle, (3, 2, 6, 3), iscrowd=1)
+    grounding = CocoAnnotationGrounder().ground_noun(_record([crowd]), "cat")
+    assert (masks.decode(grounding.mask) == full).all()
+
+
+def test_reasons_for_nouns_without_a_mask():
+    grounder = CocoAnnotationGrounder()
+    assert grounder.ground_noun(_record([]), "rocket").reason == REASON_NO_CATEGORY
+    assert grounder.ground_noun(_record([]), "dog").reason == REASON_CATEGORY_ABSENT
+    no_instances = CocoAnnotationGrounder(has_instances=False)
+    assert no_instances.ground_noun(_record([]), "dog").reason == REASON_NO_ANNOTATIONS
