@@ -53,8 +53,18 @@ class CaptionConfig(_Strict):
     backend: str | None = Field(default=None, description="null: the profile's choice")
     max_chars: int = Field(default=400, ge=1, description="longer candidates are excluded")
     clip_model: str = "ViT-L-14-336"
-    clip_pretrained: str = "openai"
+    clip_pretrained: str = Field(default="openai", description="an open_clip pretrained tag, or a checkpoint file path")
+    clip_quick_gelu: bool | None = Field(default=None, description="null: as the pretrained tag says (OpenAI "
+                                         "weights need QuickGELU); set it when clip_pretrained is a file path")
     batch_size: int = Field(default=32, ge=1)
+    half_precision: bool = Field(default=True, description="fp16 autocast on a GPU; the CPU always runs fp32")
+
+    @field_validator("clip_model", "clip_pretrained")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
 
 
 class NounConfig(_Strict):
@@ -78,11 +88,34 @@ class GroundingConfig(_Strict):
     sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_h"
     batch_size: int = Field(default=4, ge=1)
     half_precision: bool = True
+    short_side: int = Field(default=800, ge=32, description="GroundingDINO input: shorter side resized to this")
+    max_side: int = Field(default=1333, ge=32, description="... unless the longer side would exceed this")
+    text_encoder: str = Field(default="bert-base-uncased", description="GroundingDINO's text encoder: a folder "
+                              "name under the models folder (or hub cache), or a folder path")
+
+    @model_validator(mode="after")
+    def _sides(self) -> "GroundingConfig":
+        if self.max_side < self.short_side:
+            raise ValueError(f"grounding.max_side ({self.max_side}) must be at least short_side ({self.short_side})")
+        return self
 
 
 class ModelsConfig(_Strict):
     models_dir: Path | None = Field(default=None, description="null: $TOKENCOMPOSE_MODELS or ~/.cache/tokencompose/models")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    hf_cache: Path | None = Field(default=None, description="a Hugging Face hub cache to read weights from; null: "
+                                  "$HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub")
+    use_hf_cache: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        import re
+
+        value = value.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"models.device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
 
 
 class ImageLimits(_Strict):
