@@ -1,0 +1,145 @@
+"""Cross-attention capture through diffusers attention processors.
+
+Only the trained ``attn2`` modules get :class:`CaptureProcessor`, which computes the attention
+probabilities explicitly (77 keys, so the map is small) and keeps only the columns of the caption's
+noun tokens; every other attention runs the fused :class:`AttnProcessor2_0`.
+
+Under gradient checkpointing a block's forward runs again during backward. The processor then does
+the same computation (the checkpoint replays must match) but records nothing, because the store is
+only recording between :meth:`AttentionStore.begin` and :meth:`AttentionStore.end`.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+
+class AttentionStore:
+    """Maps captured during one UNet forward: layer -> (B, heads, HW, K) float32 probabilities."""
+
+    def __init__(self) -> None:
+        self.token_index: torch.Tensor | None = None
+        self.recording = False
+        self.maps: dict[str, torch.Tensor] = {}
+
+    def begin(self, token_index: torch.Tensor | None) -> None:
+        """Start recording; ``token_index`` (B, K) selects the key columns to keep (None: keep nothing)."""
+        self.token_index = token_index if token_index is not None and token_index.shape[-1] else None
+        self.maps = {}
+        self.recording = True
+
+    def end(self) -> dict[str, torch.Tensor]:
+        self.recording = False
+        maps, self.maps = self.maps, {}
+        return maps
+
+
+class CaptureProcessor:
+    """An attention processor that exposes the probabilities of selected key tokens."""
+
+    def __init__(self, store: AttentionStore, layer: str, resolution: int | None = None):
+        self.store = store
+        self.layer = layer
+        self.resolution = resolution
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs
+                 ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, queries, _ = hidden_states.shape
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        split = lambda t: t.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # noqa: E731
+        query, key, value = split(query), split(key), split(value)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
+            scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1])
+        probs = scores.softmax(dim=-1, dtype=torch.float32)  # fp32 probabilities feed the losses
+        self._capture(probs, queries)
+        hidden_states = torch.matmul(probs.to(value.dtype), value)
+
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _capture(self, probs: torch.Tensor, queries: int) -> None:
+        index = self.store.token_index
+        if index is None:
+            return
+        if self.resolution is not None and queries != self.resolution ** 2:
+            raise RuntimeError(f"{self.layer}: {queries} queries, expected {self.resolution}x{self.resolution}; "
+                               "the image resolution does not match the one the masks were made for")
+        batch, heads, _, _ = probs.shape
+        index = index.to(probs.device)
+        picked = probs.gather(-1, index[:, None, None, :].expand(batch, heads, queries, index.shape[-1]))
+        if self.store.recording:
+            self.store.maps[self.layer] = picked
+
+
+def layer_downscale(unet, layer: str) -> int:
+    """How many times smaller than the latent an attention block's feature map is."""
+    kind, _, rest = layer.partition(".")
+    downsampling = [getattr(block, "downsamplers", None) is not None for block in unet.down_blocks]
+    if kind == "mid_block":
+        return 2 ** sum(downsampling)
+    index = int(rest.split(".")[0])
+    if kind == "down_blocks":
+        return 2 ** sum(downsampling[:index])
+    if kind == "up_blocks":
+        upsampled = sum(getattr(block, "upsamplers", None) is not None for block in unet.up_blocks[:index])
+        return 2 ** (sum(downsampling) - upsampled)
+    raise ValueError(f"unknown UNet block {layer!r}")
+
+
+def layer_resolutions(unet, layers, latent_size: int) -> dict[str, int]:
+    resolutions = {}
+    for layer in layers:
+        factor = layer_downscale(unet, layer)
+        if latent_size % factor:
+            raise ValueError(f"latent size {latent_size} is not divisible by {factor} for {layer}")
+        resolutions[layer] = latent_size // factor
+    return resolutions
+
+
+def install_processors(unet, targets: dict[str, str], resolutions: dict[str, int] | None = None) -> AttentionStore:
+    """Capture on ``targets`` (``unet.attn_processors`` key -> layer name), the fused path everywhere else."""
+    available = set(unet.attn_processors)
+    missing = [name for name in targets if name not in available]
+    if missing:
+        cross = sorted(name for name in available if ".attn2." in name)
+        raise ValueError(f"no attention module {missing}; cross-attention modules of this UNet: {cross}")
+    store = AttentionStore()
+    processors = {}
+    for name in available:
+        if name in targets:
+            layer = targets[name]
+            processors[name] = CaptureProcessor(store, layer, (resolutions or {}).get(layer))
+        else:
+            processors[name] = AttnProcessor2_0()
+    unet.set_attn_processor(processors)
+    return store

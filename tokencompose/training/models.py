@@ -1,0 +1,49 @@
+"""Loading the Stable Diffusion components to train from a local diffusers folder (SD1.x or SD2.x layout)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizerFast
+
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Components:
+    tokenizer: CLIPTokenizerFast
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def check_folder(path: Path) -> None:
+    """Fail early, naming what is missing: nothing is downloaded."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Stable Diffusion folder {path} does not exist; download a diffusers-format model "
+                                "(e.g. CompVis/stable-diffusion-v1-4) on a machine with hub access and copy it here")
+    missing = [name for name in SUBFOLDERS if not (path / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/ "
+                                "(expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+
+
+def load_components(path: Path) -> Components:
+    check_folder(path)
+    path = Path(path)
+    local = {"local_files_only": True}
+    # The training noise schedule is DDPM on the model's own betas, whatever sampler the folder names.
+    return Components(
+        tokenizer=CLIPTokenizerFast.from_pretrained(path / "tokenizer", **local),
+        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", **local),
+        vae=AutoencoderKL.from_pretrained(path / "vae", **local),
+        unet=UNet2DConditionModel.from_pretrained(path / "unet", **local),
+        noise_scheduler=DDPMScheduler.from_pretrained(path / "scheduler", **local),
+    )
