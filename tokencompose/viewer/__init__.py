@@ -1,0 +1,1 @@
+"""A local web viewer for grounded COCO shards (`tokencompose view DIR`); see docs/viewer.md."""

@@ -1,0 +1,377 @@
+"""The viewer's catalogue: what is in a shard set, found through the per-shard indexes.
+
+Nothing here joins user input into a path. The shard names come from the manifest (or a listing of
+the shard folder) and must look like a plain file name; every sample is then found by its key in an
+in-memory dictionary, and its bytes are read by seeking to the offset the index gives.
+
+Memory: the catalogue keeps one small :class:`Entry` per sample (key, shard number, two member
+locations, the caption and the noun texts, a bit set of which nouns have a mask, an error text or
+None). Images are never read to build it; only the JSON members are, one at a time. See
+docs/viewer.md for the measured bound.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tokencompose.schemas.reports import (INDEX_DIR, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR, STATS_FILE, Manifest,
+                                          Reject, ShardIndex)
+from tokencompose.schemas.sample import JSON_FIELD, SampleRecord
+
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.tar$")
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+MAX_JSON_BYTES = 16 * 1024 * 1024  # a sample JSON larger than this is reported, not read
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
+NOUN_SEPARATOR = "\x1f"
+IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
+               "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
+
+
+class SampleError(Exception):
+    """A sample cannot be read or does not match the schema; the text says why."""
+
+
+class Entry:
+    """One sample in the catalogue; kept small (slots, no per-entry dicts)."""
+
+    __slots__ = ("key", "shard", "position", "json_offset", "json_size", "image_ext", "image_offset", "image_size",
+                 "caption", "nouns", "masked", "error")
+
+    def __init__(self, key: str, shard: int):
+        self.key = key
+        self.shard = shard
+        self.position = -1  # place in Catalog.entries
+        self.json_offset = self.json_size = self.image_offset = self.image_size = -1
+        self.image_ext = ""
+        self.caption = ""
+        self.nouns = ""  # noun texts joined by NOUN_SEPARATOR, lower case
+        self.masked = 0  # bit i set: noun i has a mask
+        self.error: str | None = None
+
+    @property
+    def noun_texts(self) -> list[str]:
+        return self.nouns.split(NOUN_SEPARATOR) if self.nouns else []
+
+    @property
+    def noun_count(self) -> int:
+        return self.nouns.count(NOUN_SEPARATOR) + 1 if self.nouns else 0
+
+    @property
+    def has_unmasked(self) -> bool:
+        return self.masked != (1 << self.noun_count) - 1
+
+    def noun_has_mask(self, index: int) -> bool:
+        return bool(self.masked >> index & 1)
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    path: Path
+    samples: int = 0
+    errors: list[str] = field(default_factory=list)  # shard-level problems (index, unreadable tar)
+    from_index: bool = True  # False: the index was missing or broken and the tar headers were scanned
+
+
+@dataclass
+class Query:
+    text: str = ""
+    unmasked: bool = False
+    errors: bool = False
+    min_nouns: int | None = None
+    max_nouns: int | None = None
+    shard: int | None = None
+
+
+class Catalog:
+    """The samples of one shard set. Build it with :meth:`scan` (or :meth:`start_background_scan`)."""
+
+    def __init__(self, root: Path):
+        self.root, self.shards_dir, self.index_dir = resolve_layout(Path(root))
+        self.manifest: Manifest | None = None
+        self.problems: list[str] = []  # dataset-level problems (manifest, duplicate keys)
+        self.shards: list[ShardInfo] = []
+        self.entries: list[Entry] = []
+        self.by_key: dict[str, Entry] = {}
+        self.shards_done = 0
+        self.finished = threading.Event()
+        self._find_shards()
+
+    # ---- which shards ------------------------------------------------------------------------------
+
+    def _find_shards(self) -> None:
+        manifest_path = self.root / MANIFEST_FILE
+        names: list[str] = []
+        if manifest_path.is_file():
+            try:
+                self.manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+                names = [s.name for s in self.manifest.shards]
+            except (OSError, ValidationError, ValueError) as error:
+                self.problems.append(f"manifest.json is unreadable ({_short(error)}); listing the shard folder")
+        if self.manifest is None and self.shards_dir.is_dir():
+            names = sorted(p.name for p in self.shards_dir.iterdir() if p.suffix == ".tar")
+        seen = set()
+        for name in names:
+            if not SHARD_NAME.match(name) or name in seen:
+                self.problems.append(f"skipped shard name {name!r}")
+                continue
+            seen.add(name)
+            info = ShardInfo(name=name, path=self.shards_dir / name)
+            if not info.path.is_file():
+                info.errors.append("shard file is missing")
+            self.shards.append(info)
+
+    def shard_number(self, name: str) -> int | None:
+        for number, info in enumerate(self.shards):
+            if info.name == name:
+                return number
+        return None
+
+    # ---- building the catalogue --------------------------------------------------------------------
+
+    def scan(self) -> "Catalog":
+        """Read every shard's index and the JSON members it points at (never the images)."""
+        try:
+            for number in range(len(self.shards)):
+                self._scan_shard(number)
+                self.shards_done = number + 1
+        finally:
+            self.finished.set()
+        return self
+
+    def start_background_scan(self) -> threading.Thread:
+        thread = threading.Thread(target=self.scan, name="viewer-catalog", daemon=True)
+        thread.start()
+        return thread
+
+    def _scan_shard(self, number: int) -> None:
+        info = self.shards[number]
+        if not info.path.is_file():
+            return
+        locations = self._read_index(info)
+        if locations is None:
+            locations = self._scan_tar_headers(info)
+        try:
+            size = info.path.stat().st_size
+            handle = open(info.path, "rb")
+        except OSError as error:
+            info.errors.append(f"cannot open the shard: {_short(error)}")
+            return
+        with handle:
+            ordered = sorted(locations.items(), key=lambda kv: kv[1].get(JSON_FIELD, (0, 0))[0])
+            for key, members in ordered:
+                if not SAFE_KEY.match(key):
+                    info.errors.append(f"skipped a sample whose key has unsafe characters: {key[:80]!r}")
+                    continue
+                if key in self.by_key:
+                    self.problems.append(f"key {key} appears again in {info.name}; the first one is shown")
+                    continue
+                entry = self._entry(number, key, members, handle, size)
+                entry.position = len(self.entries)
+                self.entries.append(entry)
+                self.by_key[key] = entry
+                info.samples += 1
+
+    def _read_index(self, info: ShardInfo) -> dict[str, dict[str, tuple[int, int]]] | None:
+        path = self.index_dir / (info.name[:-len(".tar")] + ".json")
+        try:
+            index = ShardIndex.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            info.errors.append("no index file; scanned the tar headers instead")
+        except (OSError, ValidationError, ValueError) as error:
+            info.errors.append(f"index is unreadable ({_short(error)}); scanned the tar headers instead")
+        else:
+            return {key: {ext: (loc.offset, loc.size) for ext, loc in members.items()}
+                    for key, members in index.samples.items()}
+        info.from_index = False
+        return None
+
+    @staticmethod
+    def _scan_tar_headers(info: ShardInfo) -> dict[str, dict[str, tuple[int, int]]]:
+        """Fallback without an index: walk the tar headers (tarfile seeks over the data)."""
+        locations: dict[str, dict[str, tuple[int, int]]] = {}
+        try:
+            with tarfile.open(info.path, mode="r:") as tar:
+                for member in tar:
+                    if member.isfile():
+                        key, _, ext = member.name.partition(".")
+                        locations.setdefault(key, {})[ext] = (member.offset_data, member.size)
+        except (tarfile.TarError, OSError, EOFError) as error:
+            info.errors.append(f"tar is damaged ({_short(error)}); {len(locations)} samples found before it")
+        return locations
+
+    def _entry(self, number: int, key: str, members: dict[str, tuple[int, int]], handle, size: int) -> Entry:
+        entry = Entry(key, number)
+        images = [ext for ext in members if ext != JSON_FIELD]
+        preferred = self.manifest.image_field if self.manifest else None
+        if images:
+            entry.image_ext = preferred if preferred in members else sorted(images)[0]
+            entry.image_offset, entry.image_size = members[entry.image_ext]
+        if JSON_FIELD not in members:
+            entry.error = "the sample has no JSON member"
+            return entry
+        entry.json_offset, entry.json_size = members[JSON_FIELD]
+        try:
+            record = parse_record(read_member(handle, size, entry.json_offset, entry.json_size, MAX_JSON_BYTES), key)
+        except SampleError as error:
+            entry.error = str(error)
+            return entry
+        entry.caption = record.caption
+        entry.nouns = NOUN_SEPARATOR.join(n.text.lower().replace(NOUN_SEPARATOR, " ") for n in record.nouns)
+        entry.masked = sum(1 << i for i, n in enumerate(record.nouns) if n.mask is not None)
+        if not images:
+            entry.error = "the sample has no image member"
+        elif entry.image_offset < 0 or entry.image_offset + entry.image_size > size:
+            entry.error = "the image member lies outside the shard file (truncated shard?)"
+        return entry
+
+    # ---- reading one sample -------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        """The entry for a key, or None; the only way from a URL to a sample."""
+        return self.by_key.get(key) if isinstance(key, str) else None
+
+    def record(self, entry: Entry) -> SampleRecord:
+        """The full record (read again from the shard: the catalogue keeps only the light fields)."""
+        if entry.error:
+            raise SampleError(entry.error)
+        data = self._read(entry, entry.json_offset, entry.json_size, MAX_JSON_BYTES)
+        return parse_record(data, entry.key)
+
+    def image_bytes(self, entry: Entry) -> tuple[bytes, str]:
+        """The original image bytes and their media type."""
+        if entry.image_offset < 0:
+            raise SampleError("the sample has no image member")
+        data = self._read(entry, entry.image_offset, entry.image_size, MAX_IMAGE_BYTES)
+        return data, IMAGE_TYPES.get(entry.image_ext.lower(), "application/octet-stream")
+
+    def _read(self, entry: Entry, offset: int, size: int, limit: int) -> bytes:
+        path = self.shards[entry.shard].path
+        try:
+            with open(path, "rb") as handle:
+                return read_member(handle, path.stat().st_size, offset, size, limit)
+        except OSError as error:
+            raise SampleError(f"cannot read the shard: {_short(error)}") from None
+
+    # ---- gallery -------------------------------------------------------------------------------------
+
+    def search(self, query: Query) -> list[Entry]:
+        needle = query.text.strip().lower()
+        found = []
+        for entry in list(self.entries):
+            if query.shard is not None and entry.shard != query.shard:
+                continue
+            if query.errors and not entry.error:
+                continue
+            if query.unmasked and (entry.error or not entry.has_unmasked):
+                continue
+            count = entry.noun_count
+            if query.min_nouns is not None and count < query.min_nouns:
+                continue
+            if query.max_nouns is not None and count > query.max_nouns:
+                continue
+            if needle and needle not in entry.key and needle not in entry.caption.lower() and needle not in entry.nouns:
+                continue
+            found.append(entry)
+        return found
+
+    @property
+    def error_count(self) -> int:
+        return sum(1 for e in list(self.entries) if e.error)
+
+    def neighbours(self, entry: Entry) -> tuple[Entry | None, Entry | None]:
+        entries, position = self.entries, entry.position
+        return (entries[position - 1] if position > 0 else None,
+                entries[position + 1] if position + 1 < len(entries) else None)
+
+    # ---- dataset files ---------------------------------------------------------------------------------
+
+    def stats(self) -> tuple[dict | None, str | None]:
+        """stats.json as a dict, or (None, why not)."""
+        path = self.root / STATS_FILE
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None, "stats.json is missing"
+        except (OSError, ValueError) as error:
+            return None, f"stats.json is unreadable ({_short(error)})"
+        if not isinstance(data, dict):
+            return None, "stats.json is not an object"
+        return data, None
+
+    def rejects(self, keep: int = 200) -> dict:
+        """Counts of rejects.jsonl by reason and stage, read line by line; the first ``keep`` kept."""
+        path = self.root / REJECTS_FILE
+        result: dict = {"total": 0, "by_reason": {}, "by_stage": {}, "first": [], "bad_lines": 0, "missing": False}
+        try:
+            handle = open(path, "rb")
+        except OSError:
+            result["missing"] = True
+            return result
+        with handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    reject = Reject.model_validate_json(line)
+                except (ValidationError, ValueError):
+                    result["bad_lines"] += 1
+                    continue
+                result["total"] += 1
+                result["by_reason"][reject.reason] = result["by_reason"].get(reject.reason, 0) + 1
+                result["by_stage"][reject.stage] = result["by_stage"].get(reject.stage, 0) + 1
+                if len(result["first"]) < keep:
+                    result["first"].append(reject)
+        return result
+
+
+def resolve_layout(root: Path) -> tuple[Path, Path, Path]:
+    """(dataset root, shard folder, index folder) for DIR = the build output or its shards/ folder."""
+    root = root.resolve()
+    if (root / SHARDS_DIR).is_dir():
+        return root, root / SHARDS_DIR, root / INDEX_DIR
+    if root.name == SHARDS_DIR and (root.parent / INDEX_DIR).is_dir():
+        return root.parent, root, root.parent / INDEX_DIR
+    return root, root, root / INDEX_DIR
+
+
+def read_member(handle, file_size: int, offset: int, size: int, limit: int) -> bytes:
+    if offset < 0 or size < 0:
+        raise SampleError("the index gives a negative offset or size")
+    if size > limit:
+        raise SampleError(f"the member is {size} bytes, more than the viewer reads ({limit})")
+    if offset + size > file_size:
+        raise SampleError("the member lies outside the shard file (truncated shard?)")
+    handle.seek(offset)
+    data = handle.read(size)
+    if len(data) != size:
+        raise SampleError("the shard ended early")
+    return data
+
+
+def parse_record(data: bytes, key: str) -> SampleRecord:
+    try:
+        record = SampleRecord.model_validate_json(data)
+    except ValidationError as error:
+        raise SampleError(f"the JSON does not match the sample schema: {_short(error)}") from None
+    except ValueError as error:
+        raise SampleError(f"the JSON is unreadable: {_short(error)}") from None
+    if record.key != key:
+        raise SampleError(f"the JSON says key {record.key!r}, the index says {key!r}")
+    return record
+
+
+def _short(error: Exception, limit: int = 300) -> str:
+    if isinstance(error, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in error.errors()[:3]]
+        more = error.error_count() - 3
+        text = "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    else:
+        text = str(error) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
