@@ -48,6 +48,7 @@ def _templates() -> Environment:
     env.filters["pct"] = lambda part, whole: f"{100.0 * part / whole:.1f}%" if whole else "–"
     env.filters["num"] = lambda value: f"{value:,}" if isinstance(value, int) else value
     env.filters["score"] = lambda value: "–" if value is None else f"{value:.3f}"
+    env.filters["box"] = lambda box: ", ".join(f"{v:g}" if abs(v) >= 1 else f"{v:.2f}" for v in box)
     env.globals["colour"] = render.colour
     return env
 
@@ -252,6 +253,10 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
         except SampleError as error:
             return JSONResponse({"key": entry.key, "error": str(error)}, status_code=422)
         return Response(record.to_json_bytes(), media_type="application/json")
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/static/{name}")
     def static_file(name: str) -> Response:
