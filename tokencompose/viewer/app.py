@@ -19,7 +19,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokencompose.tasks.masks import area as mask_area
 from tokencompose.viewer import render
 from tokencompose.viewer.catalog import Catalog, Entry, Query, SampleError
 
@@ -168,8 +167,14 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
         for index, noun in enumerate(record.nouns):
             box_rows = [{"box": b, "score": s} for b, s in
                         zip(noun.boxes, list(noun.box_scores) + [None] * (len(noun.boxes) - len(noun.box_scores)))]
-            nouns.append({"index": index, "noun": noun, "colour": render.colour(index),
-                          "area": mask_area(noun.mask.model_dump()) if noun.mask else None,
+            area, damaged = None, None
+            if noun.mask is not None:
+                try:
+                    area = render.rle_area(noun.mask.model_dump())
+                except render.RenderError as problem:
+                    damaged = str(problem)
+            nouns.append({"index": index, "noun": noun, "colour": render.colour(index), "area": area,
+                          "damaged": damaged,
                           "box_style": _box_style(noun.box, record.width, record.height) if noun.box else None,
                           "boxes": [dict(row, style=_box_style(row["box"], record.width, record.height))
                                     for row in box_rows]})
