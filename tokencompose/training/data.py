@@ -233,7 +233,9 @@ class ShardStream(IterableDataset):
     """An endless, deterministic stream of :class:`Example` for one rank.
 
     ``skip_batches`` is how many batches this rank already consumed: a DataLoader takes batch ``i``
-    from worker ``i % workers``, so each worker skips its share of raw samples before decoding any.
+    from worker ``i % workers``, so each worker takes over the role (shards, shuffle seed) of the
+    worker that would have produced its next batch and skips that role's share of raw samples
+    before decoding any.
     """
 
     def __init__(self, urls: Sequence[str], preprocess: Preprocessor, *, seed: int = 0, shuffle_buffer: int = 256,
@@ -270,8 +272,10 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Example]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        slot, slots = self.rank * workers + worker, self.world_size * workers
-        to_skip = len(range(worker, self.skip_batches, workers)) * self.batch_size
+        # a new DataLoader starts at worker 0, the stopped one would have gone on with worker skip % workers
+        role = (worker + self.skip_batches) % workers
+        slot, slots = self.rank * workers + role, self.world_size * workers
+        to_skip = len(range(role, self.skip_batches, workers)) * self.batch_size
         epoch = 0
         while True:
             urls = list(self.urls)
