@@ -359,6 +359,8 @@ def parse_record(data: bytes, key: str) -> SampleRecord:
     try:
         record = SampleRecord.model_validate_json(data)
     except ValidationError as error:
+        if any(e["type"] == "json_invalid" for e in error.errors()):
+            raise SampleError(f"the JSON is unreadable: {error.errors()[0]['msg']}") from None
         raise SampleError(f"the JSON does not match the sample schema: {_short(error)}") from None
     except ValueError as error:
         raise SampleError(f"the JSON is unreadable: {_short(error)}") from None
