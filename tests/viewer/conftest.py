@@ -30,7 +30,7 @@ def build_demo(out: Path, **output) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """The bundled sample built as shards (one shard, seven samples); never modified by tests."""
-    return build_demo(tmp_path_factory.mktemp("demo") / "out")
+    return build_demo(tmp_path_factory.mktemp("demo") / "demo-shards")
 
 
 @pytest.fixture

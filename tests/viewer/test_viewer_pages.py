@@ -189,3 +189,13 @@ def test_static_assets(client):
     css = client.get("/static/viewer.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert client.get("/favicon.ico").status_code == 204
+
+
+def test_paging_reuses_the_search(demo_app):
+    from tokencompose.viewer.catalog import Query
+
+    searches = demo_app.state.searches
+    first = searches.search(Query(text=" Spoon "))
+    assert searches.search(Query(text="spoon")) is first
+    assert [e.key for e in first] == ["000000000632"]
+    assert len(searches.search(Query())) == 7

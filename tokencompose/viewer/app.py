@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokencompose.viewer import render
-from tokencompose.viewer.catalog import Catalog, Entry, Query, SampleError
+from tokencompose.viewer.catalog import Catalog, Entry, Query, SampleError, SearchCache
 
 HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
@@ -86,11 +86,13 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
     thumbs = render.ByteLRU(max_bytes=64 * 1024 * 1024)
     masks = render.ByteLRU(max_bytes=32 * 1024 * 1024)
     derived: dict = {}
+    searches = SearchCache(catalog)
 
     app = FastAPI(title="tokencompose viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.catalog = catalog
     app.state.thumbs = thumbs
     app.state.masks = masks
+    app.state.searches = searches
 
     if allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -137,7 +139,7 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
         query = Query(text=q[:200], unmasked=bool(unmasked), errors=bool(errors),
                       min_nouns=_int_or_none(min_nouns), max_nouns=_int_or_none(max_nouns), shard=shard_number)
         size = _int_or_none(per_page, 1, 200) or PER_PAGE[0]
-        found = catalog.search(query)
+        found = searches.search(query)
         pages = max(1, math.ceil(len(found) / size))
         number = min(_int_or_none(page_number, 1, 10**9) or 1, pages)
         shown = found[(number - 1) * size:number * size]

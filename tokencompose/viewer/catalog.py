@@ -79,7 +79,7 @@ class ShardInfo:
     from_index: bool = True  # False: the index was missing or broken and the tar headers were scanned
 
 
-@dataclass
+@dataclass(frozen=True)
 class Query:
     text: str = ""
     unmasked: bool = False
@@ -100,6 +100,7 @@ class Catalog:
         self.entries: list[Entry] = []
         self.by_key: dict[str, Entry] = {}
         self.shards_done = 0
+        self.error_count = 0  # entries with an error
         self.finished = threading.Event()
         self._find_shards()
 
@@ -177,6 +178,7 @@ class Catalog:
                 self.entries.append(entry)
                 self.by_key[key] = entry
                 info.samples += 1
+                self.error_count += entry.error is not None
 
     def _read_index(self, info: ShardInfo) -> dict[str, dict[str, tuple[int, int]]] | None:
         path = self.index_dir / (info.name[:-len(".tar")] + ".json")
@@ -262,7 +264,10 @@ class Catalog:
     # ---- gallery -------------------------------------------------------------------------------------
 
     def search(self, query: Query) -> list[Entry]:
+        """The entries that match, in catalogue order (one pass over the catalogue; see SearchCache)."""
         needle = query.text.strip().lower()
+        if not needle and query == Query(text=query.text):
+            return list(self.entries)
         found = []
         for entry in list(self.entries):
             if query.shard is not None and entry.shard != query.shard:
@@ -281,9 +286,6 @@ class Catalog:
             found.append(entry)
         return found
 
-    @property
-    def error_count(self) -> int:
-        return sum(1 for e in list(self.entries) if e.error)
 
     def neighbours(self, entry: Entry) -> tuple[Entry | None, Entry | None]:
         entries, position = self.entries, entry.position
@@ -329,6 +331,36 @@ class Catalog:
                 if len(result["first"]) < keep:
                     result["first"].append(reject)
         return result
+
+
+class SearchCache:
+    """The last few searches' results, so that paging through one search does not repeat it.
+
+    Only used once the catalogue is complete (results of a growing catalogue would go stale). Each
+    result is a list of references: 8 bytes per matching sample.
+    """
+
+    def __init__(self, catalog: Catalog, size: int = 8):
+        self.catalog = catalog
+        self.size = size
+        self._results: dict[Query, list[Entry]] = {}
+        self._lock = threading.Lock()
+
+    def search(self, query: Query) -> list[Entry]:
+        if not self.catalog.finished.is_set():
+            return self.catalog.search(query)
+        query = Query(**{**query.__dict__, "text": query.text.strip().lower()})
+        with self._lock:
+            found = self._results.pop(query, None)
+            if found is not None:
+                self._results[query] = found  # most recent last
+                return found
+        found = self.catalog.search(query)
+        with self._lock:
+            self._results[query] = found
+            while len(self._results) > self.size:
+                self._results.pop(next(iter(self._results)))
+        return found
 
 
 def resolve_layout(root: Path) -> tuple[Path, Path, Path]:
