@@ -45,16 +45,76 @@ def _noun_table_preflight(config: BuildConfig) -> list[str]:
     return []
 
 
+# The model backends import torch-heavy libraries only inside their factories and preflights,
+# so the offline profile never loads them.
+
+def _packages_preflight(*modules: str) -> Callable[[BuildConfig], list[str]]:
+    def check(config: BuildConfig) -> list[str]:
+        import importlib.util
+
+        return [f"python package {name!r} is not installed (pip install -e '.[models]' or see pyproject.toml)"
+                for name in modules if importlib.util.find_spec(name) is None]
+    return check
+
+
+def _weights_preflight(backend: str, *modules: str) -> Callable[[BuildConfig], list[str]]:
+    packages = _packages_preflight(*modules)
+
+    def check(config: BuildConfig) -> list[str]:
+        problems = packages(config)
+        if problems:
+            return problems
+        from tokencompose import models
+
+        return models.missing_weights(config, [backend])
+    return check
+
+
+def _all(*checks: Callable[[BuildConfig], list[str]]) -> Callable[[BuildConfig], list[str]]:
+    return lambda config: [problem for check in checks for problem in check(config)]
+
+
+def _clip_factory(config: BuildConfig):
+    from tokencompose.tasks.clip_ranker import ClipRanker
+
+    return ClipRanker.from_config(config)
+
+
+def _flair_factory(config: BuildConfig):
+    from tokencompose.tasks.flair_tagger import FlairTagger
+
+    return NounExtractor(FlairTagger.from_config(config))
+
+
+def _grounded_sam_factory(config: BuildConfig):
+    from tokencompose.tasks.grounded_sam import GroundedSam
+
+    return GroundedSam.from_config(config)
+
+
+def _hybrid_factory(config: BuildConfig):
+    from tokencompose.tasks.hybrid import HybridGrounder
+
+    return HybridGrounder.from_config(config)
+
+
+_MODEL_PACKAGES = ("torch", "groundingdino", "segment_anything_hq")
+
 CAPTION_BACKENDS: dict[str, BackendSpec] = {
     "consensus": BackendSpec(lambda config: ConsensusRanker()),
+    "clip": BackendSpec(_clip_factory, _weights_preflight("clip", "torch", "open_clip")),
 }
 NOUN_BACKENDS: dict[str, BackendSpec] = {
     "spacy": BackendSpec(lambda config: NounExtractor(SpacyTagger(config.nouns.spacy_model)), _spacy_preflight),
+    "flair": BackendSpec(_flair_factory, _weights_preflight("flair", "torch", "flair")),
 }
 GROUNDING_BACKENDS: dict[str, BackendSpec] = {
     "coco": BackendSpec(
         lambda config: CocoAnnotationGrounder(config.grounding.noun_table, config.source.instances_json is not None),
         _noun_table_preflight),
+    "grounded_sam": BackendSpec(_grounded_sam_factory, _weights_preflight("grounded_sam", *_MODEL_PACKAGES)),
+    "hybrid": BackendSpec(_hybrid_factory,
+                          _all(_noun_table_preflight, _weights_preflight("hybrid", *_MODEL_PACKAGES))),
 }
 REGISTRIES = {"captions": CAPTION_BACKENDS, "nouns": NOUN_BACKENDS, "grounding": GROUNDING_BACKENDS}
 
