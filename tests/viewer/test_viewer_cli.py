@@ -58,7 +58,7 @@ def test_command_runs_a_real_server(demo_dir):
     import time
     import urllib.request
 
-    from conftest import free_port
+    from viewer_support import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tokencompose.viewer.app", str(demo_dir), "--port", str(port)],

@@ -12,7 +12,7 @@ from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.masks import decode
 from tokencompose.viewer import render
 
-from conftest import DEMO_KEYS
+from viewer_support import DEMO_KEYS
 
 
 def cards(html: str) -> list[str]:
