@@ -63,6 +63,7 @@ def test_garbage_json_member(demo_copy):
     assert entry.error and "unreadable" in entry.error
     page = client.get("/sample/000000000632")
     assert page.status_code == 200 and 'id="sample-error"' in page.text and "cannot be shown" in page.text
+    assert 'src="/sample/000000000632/image"' in page.text  # the image member is intact: shown as stored
     assert broken_cards(client.get("/").text) == ["000000000632"]
     assert broken_cards(client.get("/", params={"errors": 1}).text) == ["000000000632"]
     assert "1 unreadable" in client.get("/").text
@@ -111,6 +112,7 @@ def test_truncated_shard(demo_copy):
     for key, members in members[3:]:
         assert "cannot be shown" in client.get(f"/sample/{key}").text
         image_lost = members["jpg"]["offset"] + members["jpg"]["size"] > cut
+        assert (f'src="/sample/{key}/image"' in client.get(f"/sample/{key}").text) == (not image_lost)
         assert client.get(f"/sample/{key}/image").status_code == (404 if image_lost else 200)
         assert (client.get(f"/sample/{key}/thumb.jpg").headers.get("x-viewer-error") == "1") == image_lost
     assert_rest_is_served(client, set(lost))

@@ -164,7 +164,7 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
         try:
             record = catalog.record(entry)
         except SampleError as error:
-            return page("sample.html", error=str(error), **context)
+            return page("sample.html", error=str(error), image_readable=catalog.image_readable(entry), **context)
         nouns = []
         for index, noun in enumerate(record.nouns):
             box_rows = [{"box": b, "score": s} for b, s in

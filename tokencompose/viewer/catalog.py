@@ -253,6 +253,14 @@ class Catalog:
         data = self._read(entry, entry.image_offset, entry.image_size, MAX_IMAGE_BYTES)
         return data, IMAGE_TYPES.get(entry.image_ext.lower(), "application/octet-stream")
 
+    def image_readable(self, entry: Entry) -> bool:
+        """Whether the image member lies inside the shard file (for showing it beside a broken JSON)."""
+        try:
+            size = self.shards[entry.shard].path.stat().st_size
+        except OSError:
+            return False
+        return 0 <= entry.image_offset and entry.image_offset + entry.image_size <= size
+
     def _read(self, entry: Entry, offset: int, size: int, limit: int) -> bytes:
         path = self.shards[entry.shard].path
         try:
