@@ -14,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
 from prefect.futures import as_completed
+from prefect.utilities.annotations import quote
 
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import ShardStats, ShardSummary
@@ -94,14 +95,15 @@ def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress) -
     while waiting or running:
         while waiting and len(running) < config.workers:
             index, batch = waiting.pop()
-            running[shard_task.submit(config=config, index=index, records=batch)] = index
+            # quote: Prefect would otherwise walk every record (and polygon) looking for futures
+            running[shard_task.submit(config=config, index=index, records=quote(batch))] = index
         future = next(as_completed(list(running)))
         index = running.pop(future)
         summary = future.result()
         if not dataset.shard_is_intact(config, summary):
             logger.warning("%s: cached result does not match the file on disk; building it again", summary.shard)
             summary = shard_task.with_options(refresh_cache=True)(config=config, index=index,
-                                                                  records=plan.batches[index])
+                                                                  records=quote(plan.batches[index]))
         summaries.append(summary)
         update_progress_artifact(progress, 100.0 * len(summaries) / total)
         logger.info("progress: %d/%d shards", len(summaries), len(plan.batches))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +49,13 @@ class ShardBuilder:
         self.backends = backends
         self.provenance = provenance
         self.stop_list = frozenset(config.nouns.stop_list)
+        self.seconds: Counter[str] = Counter()  # time per stage, for benchmarks and logs
+
+    @contextmanager
+    def _timed(self, stage: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] += time.perf_counter() - start
 
     def build(self, records: Sequence[ImageRecord]) -> tuple[list[tuple[SampleRecord, bytes]], list[Reject]]:
         samples: list[tuple[SampleRecord, bytes]] = []
@@ -81,17 +90,20 @@ class ShardBuilder:
         return pending, rejects
 
     def _build_chunk(self, records: Sequence[ImageRecord]) -> tuple[list[tuple[SampleRecord, bytes]], list[Reject]]:
-        pending, rejects = self._load(records)
+        with self._timed("images"):
+            pending, rejects = self._load(records)
         if not pending:
             return [], rejects
-        scores = self.backends.captions.score([p.image.rgb for p in pending],
-                                              [[c.text for c in p.ranked] for p in pending])
+        with self._timed("captions"):
+            scores = self.backends.captions.score([p.image.rgb for p in pending],
+                                                  [[c.text for c in p.ranked] for p in pending])
         chosen = [p.ranked[caption_stage.choose(s)] for p, s in zip(pending, scores)]
-        phrases = self.backends.nouns.extract([c.text for c in chosen])
-
+        with self._timed("nouns"):
+            phrases = self.backends.nouns.extract([c.text for c in chosen])
         to_ground = [[ph for ph in image_phrases if ph.text.lower() not in self.stop_list] for image_phrases in phrases]
-        groundings = self.backends.grounding.ground([p.image.rgb for p in pending], [p.record for p in pending],
-                                                    [[ph.text for ph in g] for g in to_ground])
+        with self._timed("grounding"):
+            groundings = self.backends.grounding.ground([p.image.rgb for p in pending], [p.record for p in pending],
+                                                        [[ph.text for ph in g] for g in to_ground])
         samples = []
         for item, item_scores, caption, image_phrases, grounded_phrases, image_groundings in zip(
                 pending, scores, chosen, phrases, to_ground, groundings):

@@ -1,0 +1,124 @@
+"""Benchmark build-grounded-coco: the Prefect flow vs the same stages called directly, and time per stage.
+
+    python bench/bench_build.py --images 2000 [--shard-size 250] [--repeats 2]
+
+Builds N images (the bundled sample replicated) three ways in one run: the flow (with a Prefect API
+already up, as under a deployment: server start-up is not counted), `build_directly` (same plan,
+shards and reports, no Prefect), and the stages one by one for the time per stage. The best of
+--repeats is kept for each. Prints a markdown table and writes bench/results/build.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from tokencompose.data.replicate import replicate_sample
+from tokencompose.schemas.config import BuildConfig
+from tokencompose.tasks import backends as backend_registry
+from tokencompose.tasks.dataset import build_directly, plan
+from tokencompose.tasks.shards import ShardBuilder, write_shard
+
+RESULTS = Path(__file__).resolve().parent / "results" / "build.json"
+
+
+def _config(source: dict, out: Path, shard_size: int) -> BuildConfig:
+    return BuildConfig.model_validate({"source": source, "output": {"out_dir": str(out), "shard_size": shard_size}})
+
+
+def _fresh(out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def time_flow(source: dict, work: Path, shard_size: int, repeats: int) -> float:
+    """The flow as `tokencompose build` runs it: against Prefect's temporary server (its own process),
+    started by a first small run so that server start-up is not counted."""
+    from tokencompose.data import demo_settings
+    from tokencompose.flows.build import build_grounded_coco
+
+    warm = BuildConfig.model_validate({**demo_settings(), "output": {"out_dir": str(work / "flow-warm")}})
+    build_grounded_coco(config=warm)
+    best = float("inf")
+    for _ in range(repeats):
+        _fresh(work / "flow")
+        start = time.perf_counter()
+        build_grounded_coco(config=_config(source, work / "flow", shard_size))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_direct(source: dict, work: Path, shard_size: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        _fresh(work / "direct")
+        start = time.perf_counter()
+        build_directly(_config(source, work / "direct", shard_size))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_stages(source: dict, work: Path, shard_size: int) -> dict[str, float]:
+    config = _config(source, work / "stages", shard_size)
+    _fresh(work / "stages")
+    start = time.perf_counter()
+    run_plan = plan(config)
+    seconds: Counter[str] = Counter({"selection": time.perf_counter() - start})
+    backends = backend_registry.load_backends(config)
+    provenance = backends.provenance(run_plan.config_hash)
+    for index, batch in enumerate(run_plan.batches):
+        builder = ShardBuilder(config, backends, provenance)
+        samples, _ = builder.build(batch)
+        seconds.update(builder.seconds)
+        start = time.perf_counter()
+        write_shard(config.output.out_dir, index, samples, config.output.image_field)
+        seconds["write"] += time.perf_counter() - start
+    return dict(seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        copies = max(1, args.images // 8)
+        source = replicate_sample(work / "source", copies)
+        images = copies * 8
+        backend_registry.load_backends(_config(source, work / "warm", args.shard_size))  # models loaded once, as in a worker
+        direct = time_direct(source, work, args.shard_size, args.repeats)
+        flow = time_flow(source, work, args.shard_size, args.repeats)
+        stages = time_stages(source, work, args.shard_size)
+
+    result = {"images": images, "shard_size": args.shard_size, "repeats": args.repeats,
+              "flow_seconds": round(flow, 3), "direct_seconds": round(direct, 3),
+              "flow_images_per_s": round(images / flow, 1), "direct_images_per_s": round(images / direct, 1),
+              "overhead_ratio": round(flow / direct, 3), "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+              "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"| images | flow img/s | direct img/s | flow/direct time (target <= 1.10) |")
+    print(f"|---|---|---|---|")
+    print(f"| {images} | {result['flow_images_per_s']} | {result['direct_images_per_s']} | {result['overhead_ratio']} |")
+    print()
+    print("| stage | seconds | ms/image |")
+    print("|---|---|---|")
+    for stage, seconds in stages.items():
+        print(f"| {stage} | {seconds:.2f} | {1000 * seconds / images:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
