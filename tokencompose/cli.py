@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -28,6 +29,9 @@ def _read_config_file(path: Path) -> dict:
         return yaml.safe_load(text) or {}
     return json.loads(text)
 
+
+# Modules whose add_cli(subparsers) registers a subcommand of their own.
+SUBCOMMAND_MODULES = ["tokencompose.viewer.app"]
 
 BUILD_FLAGS = {  # flag destination -> configuration field
     "images_dir": "source.images_dir", "captions": "source.captions_json", "instances": "source.instances_json",
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_build(subparsers)
     _add_serve(subparsers)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_cli(subparsers)
     args = parser.parse_args(argv)
     return args.handler(args)
 
