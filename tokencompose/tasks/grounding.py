@@ -130,9 +130,9 @@ class CocoAnnotationGrounder:
         self.has_instances = has_instances
 
     def info(self) -> BackendInfo:
-        import pycocotools
+        from importlib.metadata import version
 
-        return BackendInfo(name="coco", version=getattr(pycocotools, "__version__", "unknown"),
+        return BackendInfo(name="coco", version=version("pycocotools"),
                            details={"noun_table": self.nouns.path.name, "noun_table_sha256": self.nouns.sha256})
 
     def ground(self, images: Sequence[Image.Image], records: Sequence[ImageRecord],
