@@ -88,3 +88,11 @@ def test_bad_configuration_fails_the_run_before_any_output(prefect_api, tmp_path
     with pytest.raises(Exception, match="nowhere is not a folder"):
         build_grounded_coco(config=config)
     assert not (tmp_path / "out").exists()
+
+
+def test_parallel_shards_give_the_same_bytes_as_the_direct_build(prefect_api, tmp_path):
+    from tokencompose.tasks.dataset import build_directly
+
+    build_grounded_coco(config=demo_config(tmp_path / "parallel", workers=3, output={"shard_size": 2}))
+    build_directly(demo_config(tmp_path / "direct", output={"shard_size": 2}))
+    assert _dataset_bytes(tmp_path / "parallel") == _dataset_bytes(tmp_path / "direct")

@@ -56,3 +56,13 @@ def test_coco_json_missing_keys_stops_with_where(source_builder, broken, message
 def test_missing_files_stop_the_run(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
         read_vsr_image_names(tmp_path / "nope.jsonl")
+
+
+def test_repeated_image_ids_stop_the_run(source_builder):
+    source_builder.add(1, jpeg_bytes())
+    source = source_builder.write()
+    data = json.loads((source_builder.root / "captions.json").read_text())
+    data["images"].append({**data["images"][0], "file_name": "other.jpg"})
+    (source_builder.root / "captions.json").write_text(json.dumps(data))
+    with pytest.raises(SourceError, match=r"images\[1\] repeats the id 1"):
+        load_source(_config(source, source_builder.root).source)

@@ -73,9 +73,14 @@ def load_source(source: SourceConfig) -> dict[str, ImageRecord]:
             annotations[image_id].append(Annotation(category_id, entry["segmentation"], bbox, int(entry.get("iscrowd", 0))))
 
     records: dict[str, ImageRecord] = {}
+    first_seen: dict[int, int] = {}
     for i, entry in enumerate(images):
         image_id = _entry_field(entry, "id", int, source.captions_json, i, "images")
         file_name = _entry_field(entry, "file_name", str, source.captions_json, i, "images")
+        if image_id in first_seen or file_name in records:
+            raise SourceError(f"{source.captions_json}: images[{i}] repeats the id {image_id} or file name "
+                              f"{file_name!r} of an earlier entry; sample keys would collide")
+        first_seen[image_id] = i
         width = _entry_field(entry, "width", int, source.captions_json, i, "images")
         height = _entry_field(entry, "height", int, source.captions_json, i, "images")
         records[file_name] = ImageRecord(image_id, file_name, width, height,
