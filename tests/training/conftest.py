@@ -20,6 +20,10 @@ from tokencompose.tasks.masks import encode  # noqa: E402
 from tokencompose.tasks.shards import write_shard  # noqa: E402
 from tokencompose.training.config import TrainConfig  # noqa: E402
 
+# The tiny models are far too small to gain from intra-op threads; on a shared 2-core machine the
+# thread pool's spinning makes each step several times slower.
+torch.set_num_threads(1)
+
 RESOLUTION = 64  # VAE factor 4 -> latent 16 -> maps 4x4 (mid), 8x8 and 16x16 (decoder)
 TINY_LAYERS = ("mid_block.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1",
                "up_blocks.2.attentions.0", "up_blocks.2.attentions.1")
@@ -59,7 +63,7 @@ def build_tiny_sd(path: Path) -> Path:
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
     files = clip_bpe_tokenizer_files(path.parent / f"{path.name}-bpe")
-    slow = CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"))
+    slow = CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"), model_max_length=77)
     slow.save_pretrained(files / "slow")
     tokenizer = CLIPTokenizerFast.from_pretrained(files / "slow")
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -165,3 +169,11 @@ def _fresh_accelerator_state():
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

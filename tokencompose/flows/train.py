@@ -44,7 +44,8 @@ def train_tokencompose(config: TrainConfig) -> dict[str, Any]:
     from tokencompose.training.trainer import Trainer, format_record
 
     logger = get_run_logger()
-    artifact = create_progress_artifact(progress=0.0, description=f"training {config.output_dir}")
+    artifact = create_progress_artifact(progress=0.0, key="train-tokencompose-progress",
+                                        description=f"training {config.output_dir}")
 
     def progress(step: int, total: int, record: dict) -> None:
         update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)

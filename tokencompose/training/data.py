@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import io
 import random
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,4 +305,16 @@ def make_loader(urls: Sequence[str], preprocess: Preprocessor, *, batch_size: in
                          rank=rank, world_size=world_size, skip_batches=skip_batches)
     return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                      prefetch_factor=4 if num_workers else None)
+                      prefetch_factor=4 if num_workers else None,
+                      worker_init_fn=_forget_parent_thread_hooks)
+
+
+def _forget_parent_thread_hooks(_worker_id: int) -> None:
+    """Drop exit hooks that a forked worker inherits from the trainer's threads.
+
+    Those threads (Prefect's API services, for one) do not exist in the child; their hooks fail at
+    the worker's exit, which then dies with exit code 1 and makes the DataLoader's shutdown raise.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if isinstance(hooks, list):
+        hooks.clear()

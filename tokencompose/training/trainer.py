@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.optimization import get_scheduler
 
 from tokencompose.training.attention import install_processors, layer_resolutions
@@ -248,9 +247,18 @@ class Trainer:
                 "samples_per_s": samples_per_s, **{f"count/{k}": int(v) for k, v in zip(STAT_KEYS, stats)}}
 
     def train(self) -> TrainResult:
+        batches = iter(self.loader())
+        try:
+            return self._loop(batches)
+        finally:
+            # the stream is endless: stop the DataLoader workers now rather than whenever the iterator is collected
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _loop(self, batches) -> TrainResult:
         cfg, acc = self.config, self.accelerator
         metrics_path = self.output_dir / METRICS_FILE
-        batches = iter(self.loader())
         last: dict = {}
         checkpoint = latest_checkpoint(self.output_dir)
         window_start, window_samples = time.perf_counter(), 0
@@ -277,10 +285,8 @@ class Trainer:
         acc.wait_for_everyone()
         pipeline_dir = curve = None
         if acc.is_main_process:
-            unet = acc.unwrap_model(self.unet)
-            unet.set_attn_processor(AttnProcessor2_0())
-            if self.config.export:
-                pipeline_dir = export_pipeline(self.config, unet, self.output_dir / PIPELINE_DIR)
+            if self.config.export:  # processors are not part of the saved weights or config
+                pipeline_dir = export_pipeline(self.config, acc.unwrap_model(self.unet), self.output_dir / PIPELINE_DIR)
             curve = plot_loss_curves(read_metrics(self.output_dir / METRICS_FILE), self.output_dir / CURVE_FILE)
         acc.wait_for_everyone()
         return TrainResult(self.output_dir, self.state.step, pipeline_dir, curve, checkpoint,
