@@ -88,8 +88,9 @@ class GroundingConfig(_Strict):
     sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_h"
     batch_size: int = Field(default=4, ge=1)
     half_precision: bool = True
-    short_side: int = Field(default=800, ge=32, description="GroundingDINO input: shorter side resized to this")
-    max_side: int = Field(default=1333, ge=32, description="... unless the longer side would exceed this")
+    short_side: int = Field(default=800, ge=224, description="GroundingDINO input: shorter side resized to this "
+                            "(at least 224: smaller images have fewer feature positions than its 900 queries)")
+    max_side: int = Field(default=1333, ge=224, description="... unless the longer side would exceed this")
     text_encoder: str = Field(default="bert-base-uncased", description="GroundingDINO's text encoder: a folder "
                               "name under the models folder (or hub cache), or a folder path")
 

@@ -8,8 +8,10 @@ Per batch of images:
    GroundingDINO SwinT-OGC scores 900 query boxes against the prompt's tokens; a box is kept
    when its best token score exceeds ``box_threshold`` (no NMS, as the authors), and it belongs
    to the noun owning the prompt tokens on which it exceeds ``text_threshold`` -- by token
-   position, never by substring. Images are batched only with images of the same resized size,
-   so no padding enters the backbone and a batch gives the boxes one-by-one inference gives.
+   position, never by substring. Images are batched only with images of the same resized size
+   (padding an image changes what the Swin backbone sees), prompts of any length together;
+   with :func:`fix_text_mask_order` a batch gives the boxes one-by-one inference gives, so a
+   dataset does not depend on the batch size.
 2. Segmentation. All assigned boxes of an image go to SAM-HQ in one call
    (``multimask_output=False``); image embeddings are computed for a batch of images at once.
 3. A noun's mask is the union of its boxes' masks; its ``box`` the bounding box of that union,
@@ -107,7 +109,34 @@ def build_dino(text_encoder: Path, config_path: Path | None = None, overrides: d
         setattr(args, key, value)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints the text encoder path
         model = build_model(args)
+    fix_text_mask_order(model)
     return model.eval()
+
+
+def fix_text_mask_order(model) -> None:
+    """Make GroundingDINO's text self-attention use each sample's own mask in a batch.
+
+    Its text encoder layers expand the (batch, tokens, tokens) mask to one per head with
+    ``mask.repeat(nhead, 1, 1)`` -- order [b0, b1, .., b0, b1, ..] -- while torch's
+    MultiheadAttention reads a 3-D mask as [b0h0, b0h1, .., b1h0, ..]. With a batch of one the two
+    orders agree (the authors' case); with more, heads of one image get another prompt's mask.
+    Expanding the mask in the right order before the layer sees it (the layer then leaves it as
+    is) gives every image exactly its one-by-one result. The weights and the single-image
+    computation are untouched.
+    """
+    layers = getattr(getattr(getattr(model, "transformer", None), "encoder", None), "text_layers", None) or []
+    for layer in layers:
+        if getattr(layer, "_tokencompose_mask_fix", False):
+            continue
+        original = layer.forward
+
+        def forward(src, src_mask=None, src_key_padding_mask=None, pos=None, _original=original, _heads=layer.nhead):
+            if src_mask is not None and src_mask.dim() == 3 and src_mask.shape[0] == src.shape[1] > 1:
+                src_mask = src_mask.repeat_interleave(_heads, dim=0)
+            return _original(src, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask, pos=pos)
+
+        layer.forward = forward
+        layer._tokencompose_mask_fix = True
 
 
 def load_dino(checkpoint: Path, text_encoder: Path, device: str):
@@ -160,7 +189,7 @@ def boxes_to_pixels(cxcywh: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _shape_groups(shapes: Sequence[tuple], batch_size: int) -> list[list[int]]:
-    """Indices grouped by equal shape (in first-appearance order), each cut into batches."""
+    """Indices grouped by equal shape, in first-appearance order, each group cut into batches."""
     groups: dict[tuple, list[int]] = {}
     for i, shape in enumerate(shapes):
         groups.setdefault(tuple(shape), []).append(i)
