@@ -97,7 +97,9 @@ class Trainer:
         m = self.models
         latent = cfg.resolution // m.vae_scale_factor
         self.resolutions = layer_resolutions(m.unet, cfg.train_layers, latent)
-        self.store = install_processors(m.unet, cfg.processor_targets, self.resolutions)
+        # with every grounding weight at 0 this is plain fine-tuning: the fused attention everywhere
+        self.grounding = bool(cfg.token_weight or cfg.pixel_weight or cfg.spatial_weight)
+        self.store = install_processors(m.unet, cfg.processor_targets if self.grounding else {}, self.resolutions)
         if cfg.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
         for frozen in (m.vae, m.text_encoder):
@@ -168,7 +170,7 @@ class Trainer:
                 target = m.noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-        grounded = (cfg.token_weight or cfg.pixel_weight or cfg.spatial_weight) and batch.token_index.shape[1] > 0
+        grounded = self.grounding and batch.token_index.shape[1] > 0
         self.store.begin(batch.token_index if grounded else None)
         with self.accelerator.autocast():
             prediction = self.unet(noisy, timesteps, hidden).sample
