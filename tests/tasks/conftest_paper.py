@@ -5,7 +5,7 @@ with the real libraries (no weights can be downloaded here).
 - ``groundingdino_swint_ogc.pth``: GroundingDINO from its SwinT-OGC config with that text encoder,
   random weights, its decoder output norm scaled down so box scores spread instead of saturating;
 - ``sam_hq_vit_tiny.pth``: SAM-HQ vit_tiny, random weights;
-- ``flair/pos-english/pytorch_model.bin``: a small flair SequenceTagger (one-hot + character
+- ``flair/pos-english/pytorch_model.bin``: a small flair SequenceTagger (one-hot word
   embeddings) trained for a few seconds on a tiny tagged corpus written here;
 - ``clip-vit-s-32.pt``: open_clip ViT-S-32, random weights.
 
@@ -87,10 +87,10 @@ def write_sam(path: Path, variant: str = "vit_tiny") -> Path:
     return path
 
 
-def train_tiny_tagger(path: Path, epochs: int = 25) -> Path:
+def train_tiny_tagger(path: Path, epochs: int = 60) -> Path:
     import torch
     from flair.data import Dictionary, Sentence
-    from flair.embeddings import CharacterEmbeddings, OneHotEmbeddings, StackedEmbeddings
+    from flair.embeddings import OneHotEmbeddings, StackedEmbeddings
     from flair.models import SequenceTagger
 
     torch.manual_seed(0)
@@ -101,15 +101,14 @@ def train_tiny_tagger(path: Path, epochs: int = 25) -> Path:
         for token, tag in zip(sentence, tags.split()):
             token.add_label("pos", tag)
         sentences.append(sentence)
-    words, tag_set, chars = Dictionary(add_unk=True), Dictionary(add_unk=False), Dictionary(add_unk=True)
+    words, tag_set = Dictionary(add_unk=True), Dictionary(add_unk=False)
     for sentence in sentences:
         for token in sentence:
             words.add_item(token.text)
             tag_set.add_item(token.get_label("pos").value)
-    for c in string.printable:
-        chars.add_item(c)
-    embeddings = StackedEmbeddings([OneHotEmbeddings(words, embedding_length=16),
-                                    CharacterEmbeddings(chars, char_embedding_dim=8, hidden_size_char=8)])
+    # flair 0.15 does not restore CharacterEmbeddings built on a custom dictionary when loading a
+    # saved tagger, so the tiny tagger embeds words only (one-hot)
+    embeddings = StackedEmbeddings([OneHotEmbeddings(words, embedding_length=16)])
     tagger = SequenceTagger(embeddings=embeddings, tag_dictionary=tag_set, tag_type="pos", hidden_size=24,
                             use_crf=False, dropout=0.0, word_dropout=0.0, locked_dropout=0.0)
     optimizer = torch.optim.Adam(tagger.parameters(), lr=0.05)
