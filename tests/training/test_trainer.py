@@ -115,3 +115,19 @@ def test_mixed_precision_step_runs_on_cpu(make_config, precision):
     after = unet_state(trainer)
     assert all(v.dtype == torch.float32 for v in after.values())          # fp32 master weights
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_batch_without_any_usable_noun_trains_l_ldm_only(make_config):
+    from PIL import Image
+    from skimage import data
+
+    from tokencompose.training.toy import make_record
+
+    trainer = Trainer(make_config())
+    image = data.coffee()
+    record, _ = make_record(9, image, "a cup of coffee", [("cup", None), ("coffee", None)])
+    batch = collate([trainer.preprocess.from_record(record, Image.fromarray(image))])
+    assert batch.token_index.shape == (1, 0) and batch.stats["nouns_no_mask"] == 2
+    loss, logs = trainer.compute_loss(batch)
+    loss.backward()
+    assert logs["token/16x16"] == 0 and logs["pixel"] == 0 and torch.isclose(loss, logs["ldm"])

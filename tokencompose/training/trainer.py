@@ -27,7 +27,7 @@ from tokencompose.training.attention import install_processors, layer_resolution
 from tokencompose.training.config import CONFIG_FILE, TrainConfig
 from tokencompose.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
 from tokencompose.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
-from tokencompose.training.losses import Targets, grounding_losses
+from tokencompose.training.losses import Targets, group_name, grounding_losses
 from tokencompose.training.models import Components, load_components
 
 log = logging.getLogger("tokencompose.training")
@@ -100,6 +100,10 @@ class Trainer:
         # with every grounding weight at 0 this is plain fine-tuning: the fused attention everywhere
         self.grounding = bool(cfg.token_weight or cfg.pixel_weight or cfg.spatial_weight)
         self.store = install_processors(m.unet, cfg.processor_targets if self.grounding else {}, self.resolutions)
+        # every rank logs the same keys, also for a batch without nouns (the reductions must match)
+        terms = ("token", "pixel", "spatial") if cfg.spatial_weight else ("token", "pixel")
+        groups = [group_name(r) for r in sorted(set(self.resolutions.values()))]
+        self.term_names = [*terms, *(f"{t}/{g}" for t in terms for g in groups)] if self.grounding else []
         if cfg.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
         for frozen in (m.vae, m.text_encoder):
@@ -176,7 +180,7 @@ class Trainer:
             prediction = self.unet(noisy, timesteps, hidden).sample
         maps = self.store.end()
         per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        terms = {"ldm": per_sample}
+        terms = {"ldm": per_sample, **{name: per_sample.new_zeros(batch.size) for name in self.term_names}}
         if maps:
             targets = Targets(batch.slot_noun, batch.noun_valid, batch.masks, batch.relations, batch.relation_valid)
             terms.update(grounding_losses(maps, self.resolutions, targets, cfg.aggregation, cfg.spatial_weight > 0))
