@@ -59,3 +59,29 @@ def test_the_cli_runs_the_flow(prefect_harness, make_config, tmp_path, capsys):
     assert args.handler(args) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 1
     assert (tmp_path / "cli" / "checkpoints" / "step-00000001" / "model.safetensors").exists()
+
+
+def test_two_processes_train_with_ddp_on_the_cpu(make_config, tmp_path):
+    """Two CPU processes with DDP (gloo): logged counts are summed over ranks, both ranks checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    config_file = tmp_path / "train.json"
+    config_file.write_text(make_config(max_steps=2, gradient_accumulation_steps=2, num_workers=0, export=True,
+                                       output_dir=tmp_path / "ddp").to_json())
+    # torchrun starts the ranks; accelerate then builds a gloo process group (ACCELERATE_USE_CPU)
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+               "-m", "tokencompose.flows.train", "--config", str(config_file), "--no-prefect"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and records[-1]["count/samples"] == 8   # 2 ranks x 2 steps x 2 micro-batches
+    checkpoint = tmp_path / "ddp" / "checkpoints" / "step-00000002"
+    assert (checkpoint / "rank-0.json").exists() and (checkpoint / "rank-1.json").exists()
+    assert load_file(checkpoint / "model.safetensors").keys() == load_file(
+        tmp_path / "ddp" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").keys()

@@ -157,3 +157,16 @@ def run_train_cli(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(summary, indent=1, default=str))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tokencompose.flows.train [flags]``: the ``train`` subcommand on its own (e.g. for
+    ``accelerate launch -m tokencompose.flows.train --no-prefect ...``)."""
+    parser = argparse.ArgumentParser(prog="tokencompose-train")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

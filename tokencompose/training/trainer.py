@@ -139,7 +139,8 @@ class Trainer:
                 log.warning("resuming with %s changed (%r -> %r): the data stream will not continue exactly",
                             name, getattr(saved, name), getattr(self.config, name))
         self.accelerator.load_state(str(checkpoint))
-        self.state = TrainState.from_json((checkpoint / STATE_FILE).read_text())
+        own = checkpoint / f"rank-{self.accelerator.process_index}.json"
+        self.state = TrainState.from_json((own if own.exists() else checkpoint / STATE_FILE).read_text())
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
         if self.accelerator.is_main_process:  # drop metrics logged after the checkpoint
             metrics = self.output_dir / METRICS_FILE
@@ -227,6 +228,7 @@ class Trainer:
         acc = self.accelerator
         path = self.output_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
         acc.save_state(str(path), safe_serialization=True)
+        (path / f"rank-{acc.process_index}.json").write_text(self.state.to_json())  # each rank's own counters
         acc.wait_for_everyone()
         if acc.is_main_process:
             (path / CONFIG_FILE).write_text(self.config.to_json())
