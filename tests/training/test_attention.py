@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from conftest import TINY_LAYERS
+from training_kit import TINY_LAYERS
 from tokencompose.training.attention import CaptureProcessor, install_processors, layer_resolutions
 from tokencompose.training.config import TrainConfig
 from tokencompose.training.models import load_components

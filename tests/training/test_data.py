@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import CLIPTokenizerFast
 
-from conftest import box_mask, make_record, photo_samples, write_shards
 from tokencompose.training.data import (DataError, Preprocessor, ShardStream, center_crop_box, collate, expand_shards,
                                         make_loader, resize_mask, transform_mask)
+from tokencompose.training.toy import box_mask, make_record
+from training_kit import photo_samples, write_shards
 
 
 @pytest.fixture(scope="module")

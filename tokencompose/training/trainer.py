@@ -193,7 +193,7 @@ class Trainer:
         logs = {"loss": loss.detach(), **{k: v.detach().mean() for k, v in terms.items()}}
         return loss, logs
 
-    def train_step(self, batches) -> dict[str, float]:
+    def train_step(self, batches) -> dict[str, torch.Tensor]:
         """One optimizer step over ``gradient_accumulation_steps`` batches; returns averaged logs."""
         cfg, acc = self.config, self.accelerator
         accum = cfg.gradient_accumulation_steps
