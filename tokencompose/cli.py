@@ -31,7 +31,7 @@ def _read_config_file(path: Path) -> dict:
 
 
 # Modules whose add_cli(subparsers) registers a subcommand of their own.
-SUBCOMMAND_MODULES = ["tokencompose.viewer.app"]
+SUBCOMMAND_MODULES = ["tokencompose.viewer.app", "tokencompose.flows.train", "tokencompose.models"]
 
 BUILD_FLAGS = {  # flag destination -> configuration field
     "images_dir": "source.images_dir", "captions": "source.captions_json", "instances": "source.instances_json",

@@ -394,7 +394,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Register ``tokencompose models`` on an argparse subparsers object; the handler is ``args.func``."""
+    """Register ``tokencompose models`` on an argparse subparsers object; the handler is ``args.handler``."""
     parser = subparsers.add_parser(
         "models", help="list the model weights that are present and missing",
         description="List every weight file the model backends use, where it was found or looked for, "
@@ -404,7 +404,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--profile", choices=("offline", "paper", "hybrid"), help="check this profile's backends")
     parser.add_argument("--models-dir", help=f"the models folder (default: ${ENV_MODELS_DIR} or {DEFAULT_MODELS_DIR})")
     parser.add_argument("--verify", action="store_true", help="check the sha256 of files that have one recorded")
-    parser.set_defaults(func=run_cli)
+    parser.set_defaults(handler=run_cli)
     return parser
 
 
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokencompose")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -100,12 +100,12 @@ def test_cli_lists_present_and_missing(tmp_path, capsys):
     sub = parser.add_subparsers(dest="command")
     models.add_cli(sub)
     args = parser.parse_args(["models", "--models-dir", str(tmp_path / "models"), "--profile", "paper"])
-    assert args.func(args) == 1
+    assert args.handler(args) == 1
     out = capsys.readouterr().out
     assert "present  sam_hq_vit_tiny.pth [not needed]" in out
     assert "MISSING  sam_hq_vit_h.pth [required]" in out
     args = parser.parse_args(["models", "--models-dir", str(tmp_path / "models")])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
 
 
 def test_device_rules():

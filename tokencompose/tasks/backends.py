@@ -52,7 +52,7 @@ def _packages_preflight(*modules: str) -> Callable[[BuildConfig], list[str]]:
     def check(config: BuildConfig) -> list[str]:
         import importlib.util
 
-        return [f"python package {name!r} is not installed (pip install -e '.[models]' or see pyproject.toml)"
+        return [f"python package {name!r} is not installed (pip install -e . installs it: see pyproject.toml)"
                 for name in modules if importlib.util.find_spec(name) is None]
     return check
 
