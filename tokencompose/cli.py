@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokencompose.schemas.config import BuildConfig
+from tokencompose.schemas.settings_file import read_settings
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -19,15 +20,6 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     for part in parents:
         tree = tree.setdefault(part, {})
     tree[leaf] = value
-
-
-def _read_config_file(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
 
 
 # Modules whose add_cli(subparsers) registers a subcommand of their own.
@@ -44,7 +36,7 @@ BUILD_FLAGS = {  # flag destination -> configuration field
 def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
     from tokencompose.data import demo_settings
 
-    settings: dict = _read_config_file(args.config) if args.config else {}
+    settings: dict = read_settings(args.config) if args.config else {}
     if args.demo:
         for key, value in demo_settings().items():
             settings.setdefault(key, value)
@@ -125,6 +117,14 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     serve_deployments(out_dir=args.out, cron=args.cron)
     return 0
+
+
+def run_subcommand(add_cli, name: str, argv: list[str] | None = None) -> int:
+    """Run one subcommand on its own (``python -m MODULE ARGS`` is ``tokencompose NAME ARGS``)."""
+    parser = argparse.ArgumentParser(prog=f"tokencompose {name}")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([name, *(sys.argv[1:] if argv is None else argv)])
+    return args.handler(args)
 
 
 def main(argv: list[str] | None = None) -> int:

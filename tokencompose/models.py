@@ -339,21 +339,9 @@ def _size_of(path: Path) -> int:
 def _load_config(path: str | None, profile: str | None, models: str | None) -> BuildConfig | None:
     if path is None and profile is None:
         return None
-    data: dict = {}
-    if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    from tokencompose.schemas.settings_file import read_settings
 
-            data = yaml.safe_load(text) or {}
-        elif path.endswith(".toml"):
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            import json
-
-            data = json.loads(text)
+    data: dict = read_settings(path) if path is not None else {}
     data.setdefault("source", {"images_dir": ".", "captions_json": "captions.json"})
     data.setdefault("output", {"out_dir": "out"})
     if profile is not None:

@@ -34,3 +34,19 @@ def test_bad_settings_name_the_field(tmp_path, settings, where):
 def test_a_configuration_round_trips_through_json_with_the_same_hash(tmp_path):
     config = demo_config(tmp_path)
     assert BuildConfig.model_validate_json(config.model_dump_json()).config_hash() == config.config_hash()
+
+
+@pytest.mark.parametrize("name,text", [("c.json", '{"workers": 2}'), ("c.yaml", "workers: 2\n"), ("c.toml", "workers = 2\n")])
+def test_settings_files_in_three_formats(tmp_path, name, text):
+    from tokencompose.schemas.settings_file import read_settings
+
+    (tmp_path / name).write_text(text)
+    assert read_settings(tmp_path / name) == {"workers": 2}
+
+
+def test_a_broken_settings_file_names_itself(tmp_path):
+    from tokencompose.schemas.settings_file import read_settings
+
+    (tmp_path / "c.yaml").write_text("workers: [1,\n")
+    with pytest.raises(ValueError, match="c.yaml is not valid yaml"):
+        read_settings(tmp_path / "c.yaml")

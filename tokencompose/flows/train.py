@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from pydantic import ValidationError
 
+from tokencompose.schemas.settings_file import read_settings
 from tokencompose.training.config import TrainConfig
 
 FLOW_NAME = "train-tokencompose"
@@ -110,15 +111,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    settings: dict[str, Any] = {}
-    if args.config:
-        text = args.config.read_text(encoding="utf-8")
-        if args.config.suffix in (".yaml", ".yml"):
-            import yaml
-
-            settings = yaml.safe_load(text) or {}
-        else:
-            settings = json.loads(text)
+    settings: dict[str, Any] = read_settings(args.config) if args.config else {}
     for flag, name in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -162,10 +155,9 @@ def run_train_cli(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m tokencompose.flows.train [flags]``: the ``train`` subcommand on its own (e.g. for
     ``accelerate launch -m tokencompose.flows.train --no-prefect ...``)."""
-    parser = argparse.ArgumentParser(prog="tokencompose-train")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.handler(args)
+    from tokencompose.cli import run_subcommand
+
+    return run_subcommand(add_cli, "train", argv)
 
 
 if __name__ == "__main__":

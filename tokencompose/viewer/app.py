@@ -363,10 +363,9 @@ def run_view(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point: python -m tokencompose.viewer.app DIR."""
-    parser = argparse.ArgumentParser(prog="tokencompose")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["view", *(sys.argv[1:] if argv is None else argv)])
-    return args.handler(args)
+    from tokencompose.cli import run_subcommand
+
+    return run_subcommand(add_cli, "view", argv)
 
 
 if __name__ == "__main__":
