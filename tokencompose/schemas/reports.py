@@ -15,6 +15,7 @@ STATS_FILE = "stats.json"
 SIZES_FILE = "sizes.json"
 REJECTS_FILE = "rejects.jsonl"
 CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
 
 
 class MemberLocation(BaseModel):

@@ -14,9 +14,10 @@ from typing import Callable, Sequence
 
 from tokencompose import __version__
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.schemas.reports import (CONFIG_FILE, INDEX_DIR, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR,
+from tokencompose.schemas.reports import (CARD_FILE, CONFIG_FILE, INDEX_DIR, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR,
                                           SIZES_FILE, STATS_FILE, Manifest, ManifestShard, Reject, ShardStats,
                                           ShardSummary, canonical_json, merge_stats, write_atomic)
+from tokencompose.schemas.dataset_card import dataset_card
 from tokencompose.schemas.sample import SCHEMA_VERSION, Provenance
 from tokencompose.tasks import backends as backend_registry
 from tokencompose.tasks.records import ImageRecord
@@ -89,7 +90,7 @@ def clear_previous(config: BuildConfig) -> None:
         for path in (out / folder).glob("*") if (out / folder).is_dir() else ():
             if path.is_file():
                 path.unlink()
-    for name in (MANIFEST_FILE, STATS_FILE, SIZES_FILE, REJECTS_FILE):
+    for name in (MANIFEST_FILE, STATS_FILE, SIZES_FILE, REJECTS_FILE, CARD_FILE):
         (out / name).unlink(missing_ok=True)
 
 
@@ -143,6 +144,11 @@ def finalize(run_plan: Plan, summaries: Sequence[ShardSummary], provenance: Prov
         shards=[ManifestShard(name=s.shard, sha256=s.sha256, bytes=s.bytes, samples=s.samples,
                               index=f"{INDEX_DIR}/{s.shard.replace('.tar', '.json')}") for s in summaries],
         provenance=provenance.model_dump(mode="json"))
+    share = f"{stats.nouns_with_mask / stats.nouns:.1%}" if stats.nouns else "n/a"
+    card_stats = [f"- images seen: {run_plan.seen}; samples: {stats.samples}; rejected: {len(rejects)}",
+                  f"- nouns: {stats.nouns}; with a mask: {stats.nouns_with_mask} ({share})"]
+    write_atomic(out / CARD_FILE, dataset_card(run_plan.config.output.image_field,
+                                               manifest.provenance, manifest.samples, card_stats))
     write_atomic(out / MANIFEST_FILE, canonical_json(manifest.model_dump(mode="json")))
     return stats
 
