@@ -1,10 +1,14 @@
-"""`tokencompose view DIR`: argument parsing and the handler (uvicorn.run replaced by a stub)."""
+"""`tokencompose view DIR`: argument parsing, and the command run as a real server process."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 
-import uvicorn
-from fastapi.testclient import TestClient
+import httpx
+from viewer_support import free_port
 
 from tokencompose.viewer.app import add_cli
 
@@ -22,59 +26,48 @@ def test_defaults_listen_on_loopback(tmp_path):
     assert (args.host, args.port) == ("0.0.0.0", 9000)
 
 
-def test_handler_serves_the_shard_set(demo_dir, monkeypatch):
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
-    args = parse("view", str(demo_dir), "--port", "8799")
-    assert args.handler(args) == 0
-    app, kwargs = calls[0]
-    assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8799
-    assert app.state.catalog.finished.wait(10)
-    # bound to loopback: only loopback Host headers are answered (DNS rebinding)
-    assert TestClient(app, base_url="http://127.0.0.1:8799").get("/sample/000000000632").status_code == 200
-    assert TestClient(app, base_url="http://rebound.example:8799").get("/").status_code == 400
-
-
-def test_handler_refuses_a_missing_or_empty_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("must not serve")))
-    args = parse("view", str(tmp_path / "nope"))
-    assert args.handler(args) == 2 and "not a folder" in capsys.readouterr().err
-    args = parse("view", str(tmp_path))
-    assert args.handler(args) == 2 and "holds no shards" in capsys.readouterr().err
-
-
-def test_other_hosts_warn(demo_dir, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
-    args = parse("view", str(demo_dir), "--host", "0.0.0.0")
-    assert args.handler(args) == 0 and calls[0]["host"] == "0.0.0.0"
-    assert "warning" in capsys.readouterr().err
-
-
-def test_command_runs_a_real_server(demo_dir):
-    """`python -m tokencompose.viewer.app DIR --port P` (what `tokencompose view` runs) answers over HTTP."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from viewer_support import free_port
-
+@contextmanager
+def running_viewer(*args: str):
+    """`tokencompose view ARGS` as a real process; yields (base url, process) once it answers."""
+    host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tokencompose.viewer.app", str(demo_dir), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "tokencompose.cli", "view", *args, "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dataset", timeout=5) as response:
-                    body = response.read().decode()
-                    break
-            except OSError:
+                httpx.get(f"{base}/dataset", timeout=5)
+                break
+            except httpx.TransportError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(server.stdout.read().decode() if server.stdout else "no output")
                 time.sleep(0.2)
-        assert "Rejected images" in body
+        yield base, server
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_command_serves_on_loopback_and_refuses_other_host_names(demo_dir):
+    with running_viewer(str(demo_dir)) as (base, _):
+        assert httpx.get(f"{base}/sample/000000000632").status_code == 200
+        assert "Rejected images" in httpx.get(f"{base}/dataset").text
+        # bound to loopback: only loopback Host headers are answered (DNS rebinding)
+        assert httpx.get(f"{base}/", headers={"Host": "rebound.example"}).status_code == 400
+
+
+def test_command_refuses_a_missing_or_empty_folder(tmp_path):
+    for folder, message in ((tmp_path / "nope", "not a folder"), (tmp_path, "holds no shards")):
+        run = subprocess.run([sys.executable, "-m", "tokencompose.cli", "view", str(folder)],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and message in run.stderr
+
+
+def test_other_hosts_warn(demo_dir):
+    with running_viewer(str(demo_dir), "--host", "127.0.0.2") as (base, server):
+        assert httpx.get(f"{base}/sample/000000000632").status_code == 200
+        server.terminate()
+        output = server.communicate(timeout=10)[0].decode()
+    assert "warning" in output.lower()
