@@ -100,7 +100,8 @@ def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress) -
         future = next(as_completed(list(running)))
         index = running.pop(future)
         summary = future.result()
-        if not dataset.shard_is_intact(config, summary):
+        # A shard just built was hashed as it was written; only a cached result needs checking.
+        if future.state.name == "Cached" and not dataset.shard_is_intact(config, summary):
             logger.warning("%s: cached result does not match the file on disk; building it again", summary.shard)
             summary = shard_task.with_options(refresh_cache=True)(config=config, index=index,
                                                                   records=quote(plan.batches[index]))
