@@ -32,8 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from tokencompose.training.config import TrainConfig  # noqa: E402
-from tokencompose.training.toy import PRESETS, photo_shards, save_random_pipeline  # noqa: E402
+from tokencompose.schemas.training import TrainConfig  # noqa: E402
+from tokencompose.tasks.training.toy import PRESETS, photo_shards, save_random_pipeline  # noqa: E402
 
 VARIANTS = ("plain", "grounded")
 
@@ -67,7 +67,7 @@ def rss_kib(field: str) -> int:
 
 def memory_child(args) -> None:
     """Runs in a subprocess: peak RSS of one step of one variant, as JSON on stdout."""
-    from tokencompose.training.trainer import Trainer
+    from tokencompose.tasks.training.trainer import Trainer
 
     trainer = Trainer(config(Path(args.model), Path(args.shards), Path(args.work), args.memory_child, args))
     batches = fixed_batches(trainer, 6)
@@ -112,7 +112,7 @@ def gpu_memory(trainers: dict, batches: list) -> dict[str, int]:
 
 
 def loader_rate(trainer, workers: int, batches: int) -> float:
-    from tokencompose.training.data import make_loader
+    from tokencompose.tasks.training.data import make_loader
 
     loader = make_loader(trainer.urls, trainer.preprocess, batch_size=1, num_workers=workers, seed=0,
                          shuffle_buffer=16)
@@ -155,7 +155,7 @@ def main() -> int:
         memory_child(args)
         return 0
 
-    from tokencompose.training.trainer import Trainer
+    from tokencompose.tasks.training.trainer import Trainer
 
     gpu = torch.cuda.is_available()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

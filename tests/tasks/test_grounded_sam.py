@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest_paper import build_models_dir, calibrated_threshold, sample_images
-from tokencompose import models as weights
+from tokencompose.tasks import devices, weights
 from tokencompose.tasks import masks
 from tokencompose.tasks.grounded_sam import GroundedSam, _shape_groups, boxes_to_pixels
 from tokencompose.tasks.grounding import REASON_NO_DETECTION
@@ -144,7 +144,7 @@ def test_cpu_runs_fp32_even_when_half_is_asked(setup, batched):
     # one copy per process and device: a second grounder shares the models
     other = make(setup[0], box_threshold=0.5)
     assert other.dino is grounder.dino and other.sam is grounder.sam
-    assert weights.autocast("cpu", True).__class__.__name__ == "nullcontext"
+    assert devices.autocast("cpu", True).__class__.__name__ == "nullcontext"
 
 
 def test_missing_checkpoint_is_named(tmp_path):

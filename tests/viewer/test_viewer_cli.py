@@ -10,13 +10,11 @@ from contextlib import contextmanager
 import httpx
 from viewer_support import free_port
 
-from tokencompose.viewer.app import add_cli
+from tokencompose.cli import parser_for
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tokencompose")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(list(argv))
+    return parser_for("view").parse_args(list(argv))
 
 
 def test_defaults_listen_on_loopback(tmp_path):
@@ -31,7 +29,7 @@ def running_viewer(*args: str):
     """`tokencompose view ARGS` as a real process; yields (base url, process) once it answers."""
     host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tokencompose.cli", "view", *args, "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "tokencompose", "view", *args, "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://{host}:{port}"
     try:
@@ -60,7 +58,7 @@ def test_command_serves_on_loopback_and_refuses_other_host_names(demo_dir):
 
 def test_command_refuses_a_missing_or_empty_folder(tmp_path):
     for folder, message in ((tmp_path / "nope", "not a folder"), (tmp_path, "holds no shards")):
-        run = subprocess.run([sys.executable, "-m", "tokencompose.cli", "view", str(folder)],
+        run = subprocess.run([sys.executable, "-m", "tokencompose", "view", str(folder)],
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and message in run.stderr
 

@@ -1,0 +1,95 @@
+"""Command-line flags generated from the pydantic configurations.
+
+Every field of a configuration model becomes a flag through pydantic-settings' CLI source
+(``--section.field-name``; booleans also take ``--no-section.field-name``), with the field's
+description and default as its help, so the models stay the one place where options are defined.
+A field may also declare a short flag in its schema (``json_schema_extra={"cli_shortcut": "out"}``).
+Values are merged as: settings file < preset (e.g. ``--demo``) < flags.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import CliSettingsSource
+
+SHORTCUT_PREFIX = "shortcut:"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> CliSettingsSource:
+    """Add one flag per field of ``model`` (nested models as ``--section.field``) and its shortcuts."""
+    source = CliSettingsSource(model, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
+                               cli_avoid_json=True, cli_hide_none_type=True, cli_use_class_docs_for_groups=True,
+                               cli_parse_none_str="null")
+    shortcuts = parser.add_argument_group("shortcuts")
+    for dotted, field in _fields(model):
+        name = (field.json_schema_extra or {}).get("cli_shortcut") if isinstance(field.json_schema_extra, dict) else None
+        if not name:
+            continue
+        kwargs: dict[str, Any] = {"dest": SHORTCUT_PREFIX + dotted, "default": None, "metavar": name.upper(),
+                                  "help": f"same as --{dotted.replace('_', '-')}"}
+        if field.annotation is bool:
+            kwargs.update(action="store_const", const=True)
+            kwargs.pop("metavar")
+        elif _is_list(field.annotation):
+            kwargs["action"] = "append"
+        shortcuts.add_argument(f"--{name}", **kwargs)
+    return source
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _fields(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def _is_list(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) in (list, tuple)
+
+
+def given_values(source: CliSettingsSource, args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration values the user typed, as a nested dict (shortcuts included)."""
+    values = source(parsed_args=_without_shortcuts(args))()
+    for key, value in vars(args).items():
+        if key.startswith(SHORTCUT_PREFIX) and value is not None:
+            set_dotted(values, key[len(SHORTCUT_PREFIX):], value)
+    return values
+
+
+def _without_shortcuts(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith(SHORTCUT_PREFIX)})
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def merged(*layers: dict) -> dict:
+    """Deep merge: later layers win, nested sections merge key by key."""
+    result: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(result.get(key), dict):
+                result[key] = merged(result[key], value)
+            else:
+                result[key] = value
+    return result
+
+
+def explain(error: ValidationError, what: str = "configuration") -> str:
+    lines = [f"  - {'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in error.errors()]
+    return f"invalid {what}:\n" + "\n".join(lines)
+
+
+def read_settings_file(path: Path | None) -> dict:
+    from tokencompose.schemas.settings_file import read_settings
+
+    return read_settings(path) if path else {}

@@ -1,0 +1,61 @@
+"""`tokencompose train`: the train-tokencompose flow, or the trainer directly (under `accelerate launch`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tokencompose.cli.options import add_config_flags, explain, given_values, merged, read_settings_file
+from tokencompose.schemas.training import TrainConfig
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="fine-tune Stable Diffusion with TokenCompose's losses",
+        description="Train the train-tokencompose flow on build-grounded-coco shards. Every TrainConfig field "
+                    "is a flag; flags override the --config file.")
+    parser.add_argument("--config", type=Path, help="a JSON, YAML or TOML file with TrainConfig fields")
+    parser.add_argument("--no-prefect", action="store_true",
+                        help="run the trainer directly (use this under `accelerate launch`)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    source = add_config_flags(parser, TrainConfig)
+    parser.set_defaults(handler=run_train, config_source=source)
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.model_validate(merged(read_settings_file(args.config), given_values(args.config_source, args)))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        config = train_config_from_args(args)
+    except ValidationError as error:
+        print(explain(error, "training configuration"), file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as error:
+        print(f"cannot read --config: {error}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    try:
+        if args.no_prefect:
+            import logging
+
+            from tokencompose.flows.train import run_summary
+            from tokencompose.tasks.training.trainer import train
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+            summary = run_summary(train(config))
+        else:
+            from tokencompose.flows.train import train_tokencompose
+
+            summary = train_tokencompose(config=config)
+    except FileNotFoundError as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1, default=str))
+    return 0

@@ -1,0 +1,39 @@
+"""`tokencompose view DIR`: browse a built shard set in a local web viewer."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("view", help="browse a built shard set in a local web viewer",
+                                   description="Serve a local web viewer for the shards of build-grounded-coco.")
+    parser.add_argument("dir", type=Path, metavar="DIR", help="the build output folder (or its shards/ folder)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    parser.set_defaults(handler=run_view)
+
+
+def run_view(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tokencompose.viewer.app import LOOPBACK_HOSTS, create_app
+
+    folder: Path = args.dir
+    if not folder.is_dir():
+        print(f"{folder} is not a folder", file=sys.stderr)
+        return 2
+    loopback = args.host in LOOPBACK_HOSTS
+    if not loopback:
+        print(f"warning: listening on {args.host}: anyone who can reach this address can browse the dataset",
+              file=sys.stderr)
+    app = create_app(folder, background_scan=True, allowed_hosts=list(LOOPBACK_HOSTS) if loopback else None)
+    catalog = app.state.catalog
+    if not catalog.shards:
+        print(f"{folder} holds no shards (expected shards/*.tar and index/*.json from build-grounded-coco)",
+              file=sys.stderr)
+        return 2
+    print(f"viewer for {len(catalog.shards)} shard(s) at http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,110 @@
+"""The build-grounded-coco flow: select -> (caption, nouns, masks, shard) per batch -> reports.
+
+One Prefect task per shard-sized batch, cached on the batch's inputs, the configuration, the
+output folder and the code, so a run started again skips every finished shard.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
+from prefect.futures import as_completed
+from prefect.utilities.annotations import quote
+
+from tokencompose.schemas.config import BuildConfig
+from tokencompose.schemas.reports import ShardStats, ShardSummary
+from tokencompose.tasks import backends as backend_registry
+from tokencompose.tasks import dataset
+from tokencompose.tasks.records import ImageRecord
+from tokencompose.tasks.shards import build_shard
+
+FLOW_NAME = "build-grounded-coco"
+CACHE_DIR = ".cache/prefect"
+
+
+def shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    config: BuildConfig = parameters["config"]
+    parts = [dataset.code_fingerprint(), config.config_hash(), str(config.output.out_dir.resolve()),
+             str(parameters["index"]), dataset.batch_fingerprint(config, parameters["records"])]
+    return "shard-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+@task(name="build-shard", task_run_name="shard-{index:06d}", cache_key_fn=shard_cache_key, persist_result=True,
+      result_serializer="json", retries=2, retry_delay_seconds=[2, 10])
+def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord]) -> ShardSummary:
+    backends = backend_registry.load_backends(config)
+    provenance = backends.provenance(config.config_hash())
+    summary = build_shard(config, backends, provenance, index, records)
+    get_run_logger().info("%s: %d samples, %d rejects", summary.shard, summary.samples, len(summary.rejects))
+    return summary
+
+
+def summary_table(plan: dataset.Plan, stats: ShardStats, summaries: list[ShardSummary]) -> list[dict[str, Any]]:
+    rejects = plan.selection_rejects + [r for s in summaries for r in s.rejects]
+    rows = [("images seen", plan.seen), ("images selected", sum(len(b) for b in plan.batches)),
+            ("samples written", stats.samples), ("shards", len(summaries)), ("images rejected", len(rejects))]
+    rows += [(f"rejected: {reason}", count) for reason, count in dataset.reject_counts(rejects).items()]
+    per_caption = stats.nouns / stats.samples if stats.samples else 0.0
+    with_mask = stats.nouns_with_mask / stats.nouns if stats.nouns else 0.0
+    rows += [("nouns per caption", round(per_caption, 3)), ("share of nouns with a mask", round(with_mask, 3))]
+    return [{"measure": name, "value": value} for name, value in rows]
+
+
+def cache_storage(config: BuildConfig) -> LocalFileSystem:
+    """Shard results live beside the dataset (out_dir/.cache/prefect), so its cache goes where it goes.
+    Prefect only accepts saved blocks as result storage: one block per output folder."""
+    basepath = (config.output.out_dir / CACHE_DIR).resolve()
+    block = LocalFileSystem(basepath=str(basepath))
+    block.save(f"tokencompose-cache-{hashlib.sha256(str(basepath).encode()).hexdigest()[:16]}", overwrite=True)
+    return block
+
+
+@flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
+def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
+    """Build a grounded COCO dataset as sharded WebDataset tars (see docs/architecture.md)."""
+    logger = get_run_logger()
+    plan = dataset.plan(config)
+    dataset.start_output(plan)
+    logger.info("config %s: %d images selected of %d seen, %d shards", plan.config_hash,
+                sum(len(b) for b in plan.batches), plan.seen, len(plan.batches))
+    shard_task = build_shard_task.with_options(result_storage=cache_storage(config))
+    progress = create_progress_artifact(0.0, key="build-grounded-coco-progress",
+                                        description=f"shards of {config.output.out_dir}")
+    summaries = _run_shards(config, plan, shard_task, progress)
+    backends = backend_registry.load_backends(config)
+    stats = dataset.finalize(plan, summaries, backends.provenance(plan.config_hash))
+    table = summary_table(plan, stats, summaries)
+    create_table_artifact(table, key="build-grounded-coco-summary", description=f"dataset {config.output.out_dir}")
+    logger.info("done: %s", ", ".join(f"{row['measure']}={row['value']}" for row in table))
+    return {row["measure"]: row["value"] for row in table}
+
+
+def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress) -> list[ShardSummary]:
+    """Submit shards, at most ``config.workers`` at once; a cached result whose shard is not on disk
+    intact is built again."""
+    logger = get_run_logger()
+    waiting = list(enumerate(plan.batches))[::-1]
+    running: dict[Any, int] = {}
+    summaries: list[ShardSummary] = []
+    total = max(len(plan.batches), 1)
+    while waiting or running:
+        while waiting and len(running) < config.workers:
+            index, batch = waiting.pop()
+            # quote: Prefect would otherwise walk every record (and polygon) looking for futures
+            running[shard_task.submit(config=config, index=index, records=quote(batch))] = index
+        future = next(as_completed(list(running)))
+        index = running.pop(future)
+        summary = future.result()
+        # A shard just built was hashed as it was written; only a cached result needs checking.
+        if future.state.name == "Cached" and not dataset.shard_is_intact(config, summary):
+            logger.warning("%s: cached result does not match the file on disk; building it again", summary.shard)
+            summary = shard_task.with_options(refresh_cache=True)(config=config, index=index,
+                                                                  records=quote(plan.batches[index]))
+        summaries.append(summary)
+        update_progress_artifact(progress, 100.0 * len(summaries) / total)
+        logger.info("progress: %d/%d shards", len(summaries), len(plan.batches))
+    return summaries

@@ -1,0 +1,58 @@
+"""The train-tokencompose flow.
+
+The flow only orchestrates: it validates the configuration, runs :mod:`tokencompose.tasks.training`
+(one process; for several GPUs run ``accelerate launch -m tokencompose train --no-prefect ...``
+instead, every rank then runs the trainer directly), mirrors progress into a Prefect progress
+artifact and log lines, and leaves a markdown summary artifact.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from tokencompose.schemas.training import TrainConfig
+
+FLOW_NAME = "train-tokencompose"
+
+
+def run_summary(result) -> dict[str, Any]:
+    return {"output_dir": str(result.output_dir), "steps": result.steps,
+            "pipeline_dir": str(result.pipeline_dir) if result.pipeline_dir else None,
+            "loss_curve": str(result.loss_curve) if result.loss_curve else None,
+            "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+            "stats": result.stats, "last_metrics": result.last_metrics}
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    rows = [("steps", summary["steps"]), ("pipeline", summary["pipeline_dir"]), ("loss curve", summary["loss_curve"])]
+    rows += [(f"count: {k}", v) for k, v in summary["stats"].items()]
+    rows += [(k, f"{v:.5g}" if isinstance(v, float) else v) for k, v in summary["last_metrics"].items()
+             if not k.startswith("count/")]
+    return "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+@flow(name=FLOW_NAME, log_prints=False)
+def train_tokencompose(config: TrainConfig) -> dict[str, Any]:
+    """Fine-tune a Stable Diffusion UNet with TokenCompose's grounding losses on build-grounded-coco shards."""
+    from tokencompose.tasks.training.trainer import Trainer, format_record
+
+    logger = get_run_logger()
+    artifact = create_progress_artifact(progress=0.0, key="train-tokencompose-progress",
+                                        description=f"training {config.output_dir}")
+
+    def progress(step: int, total: int, record: dict) -> None:
+        update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)
+        logger.info(format_record(record))
+
+    trainer = Trainer(config, progress)
+    if trainer.state.step:
+        logger.info("resuming at step %d of %d", trainer.state.step, config.max_steps)
+    result = trainer.train()
+    update_progress_artifact(artifact_id=artifact, progress=100.0)
+    summary = run_summary(result)
+    create_markdown_artifact(markdown=_markdown(summary), key="train-tokencompose-summary",
+                             description="final metrics of the training run")
+    logger.info("done: %d steps, pipeline at %s", result.steps, summary["pipeline_dir"])
+    return summary

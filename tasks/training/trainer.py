@@ -1,0 +1,316 @@
+"""The training loop: L_LDM + lambda * L_token + gamma * L_pixel (+ spatial), with accelerate.
+
+Reproducibility: the noise, timestep and VAE sample of every training sample come from a generator
+seeded by ``(seed, rank, index of the sample in the rank's stream)``, so a batch of 2 draws exactly
+what two accumulated batches of 1 draw, and a resumed run draws what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+
+from tokencompose.tasks.training.attention import install_processors, layer_resolutions
+from tokencompose.schemas.training import CONFIG_FILE, TrainConfig
+from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
+from tokencompose.tasks.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
+from tokencompose.tasks.training.losses import Targets, group_name, grounding_losses
+from tokencompose.tasks.training.components import Components, load_components
+
+log = logging.getLogger("tokencompose.tasks.training")
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+
+ProgressCallback = Callable[[int, int, dict], None]
+
+
+@dataclass
+class TrainState:
+    step: int = 0                  # optimizer steps done
+    samples: int = 0               # samples this rank consumed
+    stats: Counter = field(default_factory=Counter)
+
+    def to_json(self) -> str:
+        return json.dumps({"step": self.step, "samples": self.samples, "stats": dict(self.stats)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainState":
+        data = json.loads(text)
+        return cls(step=data["step"], samples=data["samples"], stats=Counter(data["stats"]))
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    pipeline_dir: Path | None
+    loss_curve: Path | None
+    last_checkpoint: Path | None
+    stats: dict[str, int]
+    last_metrics: dict
+
+
+def sample_seed(seed: int, rank: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{rank}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint (its state file is written last)."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).exists()] if root.exists() else []
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, progress: ProgressCallback | None = None,
+                 accelerator: Accelerator | None = None):
+        self.config = config
+        self.progress = progress
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=config.mixed_precision,
+            project_config=ProjectConfiguration(project_dir=str(config.output_dir)))
+        self.state = TrainState()
+        self._setup()
+
+    # ----------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        set_seed(cfg.seed)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
+        self.models: Components = load_components(cfg.pretrained_model)
+        m = self.models
+        latent = cfg.resolution // m.vae_scale_factor
+        self.resolutions = layer_resolutions(m.unet, cfg.train_layers, latent)
+        # with every grounding weight at 0 this is plain fine-tuning: the fused attention everywhere
+        self.grounding = bool(cfg.token_weight or cfg.pixel_weight or cfg.spatial_weight)
+        self.store = install_processors(m.unet, cfg.processor_targets if self.grounding else {}, self.resolutions)
+        # every rank logs the same keys, also for a batch without nouns (the reductions must match)
+        terms = ("token", "pixel", "spatial") if cfg.spatial_weight else ("token", "pixel")
+        groups = [group_name(r) for r in sorted(set(self.resolutions.values()))]
+        self.term_names = [*terms, *(f"{t}/{g}" for t in terms for g in groups)] if self.grounding else []
+        if cfg.gradient_checkpointing:
+            m.unet.enable_gradient_checkpointing()
+        for frozen in (m.vae, m.text_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+            frozen.to(acc.device)
+            if self.weight_dtype != torch.float32:
+                frozen.to(dtype=self.weight_dtype)
+        m.unet.train()
+        optimizer = torch.optim.AdamW(m.unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        # accelerate's scheduler steps once per process per optimizer step, hence the scaling
+        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+                                  num_training_steps=cfg.max_steps * acc.num_processes)
+        self.unet, self.optimizer, self.lr_scheduler = acc.prepare(m.unet, optimizer, scheduler)
+        self.urls = expand_shards(cfg.shards)
+        self.preprocess = Preprocessor(m.tokenizer, cfg.resolution, sorted(set(self.resolutions.values())),
+                                       cfg.mask_antialias, cfg.image_field)
+        self.output_dir = Path(cfg.output_dir)
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / CONFIG_FILE).write_text(cfg.to_json())
+        if cfg.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        checkpoint = latest_checkpoint(self.output_dir)
+        if checkpoint is None:
+            return
+        saved = TrainConfig.from_file(checkpoint / CONFIG_FILE)
+        for name in ("train_batch_size", "gradient_accumulation_steps", "seed", "shards", "shuffle_buffer", "num_workers"):
+            if getattr(saved, name) != getattr(self.config, name):
+                log.warning("resuming with %s changed (%r -> %r): the data stream will not continue exactly",
+                            name, getattr(saved, name), getattr(self.config, name))
+        self.accelerator.load_state(str(checkpoint))
+        own = checkpoint / f"rank-{self.accelerator.process_index}.json"
+        self.state = TrainState.from_json((own if own.exists() else checkpoint / STATE_FILE).read_text())
+        log.info("resumed from %s at step %d", checkpoint, self.state.step)
+        if self.accelerator.is_main_process:  # drop metrics logged after the checkpoint
+            metrics = self.output_dir / METRICS_FILE
+            kept = [r for r in read_metrics(metrics) if r["step"] <= self.state.step]
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    # ------------------------------------------------------------------ step
+    def _draws(self, shape: tuple[int, ...], count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample timestep, VAE-sampling noise and diffusion noise."""
+        device = self.accelerator.device
+        timesteps, vae_noise, noise = [], [], []
+        for i in range(count):
+            gen = torch.Generator(device=device).manual_seed(
+                sample_seed(self.config.seed, self.accelerator.process_index, self.state.samples + i))
+            timesteps.append(torch.randint(0, self.models.noise_scheduler.config.num_train_timesteps, (1,),
+                                           generator=gen, device=device))
+            vae_noise.append(torch.randn(shape, generator=gen, device=device))
+            noise.append(torch.randn(shape, generator=gen, device=device))
+        return torch.cat(timesteps), torch.stack(vae_noise), torch.stack(noise)
+
+    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean over the batch of the per-sample objective, and the per-term batch means (detached)."""
+        cfg, m, device = self.config, self.models, self.accelerator.device
+        batch = batch.to(device)
+        with torch.no_grad():
+            hidden = m.text_encoder(batch.input_ids)[0].float()
+            posterior = m.vae.encode(batch.pixel_values.to(self.weight_dtype)).latent_dist
+            timesteps, vae_noise, noise = self._draws(tuple(posterior.mean.shape[1:]), batch.size)
+            latents = (posterior.mean.float() + posterior.std.float() * vae_noise) * m.vae.config.scaling_factor
+            noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
+            if m.noise_scheduler.config.prediction_type == "v_prediction":
+                target = m.noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+        grounded = self.grounding and batch.token_index.shape[1] > 0
+        self.store.begin(batch.token_index if grounded else None)
+        with self.accelerator.autocast():
+            prediction = self.unet(noisy, timesteps, hidden).sample
+        maps = self.store.end()
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        terms = {"ldm": per_sample, **{name: per_sample.new_zeros(batch.size) for name in self.term_names}}
+        if maps:
+            targets = Targets(batch.slot_noun, batch.noun_valid, batch.masks, batch.relations, batch.relation_valid)
+            terms.update(grounding_losses(maps, self.resolutions, targets, cfg.aggregation, cfg.spatial_weight > 0))
+            weights = {"token": cfg.token_weight, "pixel": cfg.pixel_weight, "spatial": cfg.spatial_weight}
+            for term, weight in weights.items():
+                if term in terms and weight:
+                    per_sample = per_sample + weight * terms[term]
+        loss = per_sample.mean()
+        logs = {"loss": loss.detach(), **{k: v.detach().mean() for k, v in terms.items()}}
+        return loss, logs
+
+    def train_step(self, batches) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``gradient_accumulation_steps`` batches; returns averaged logs."""
+        cfg, acc = self.config, self.accelerator
+        accum = cfg.gradient_accumulation_steps
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            batch = next(batches)
+            sync = micro == accum - 1
+            with acc.no_sync(self.unet) if not sync else nullcontext():
+                loss, logs = self.compute_loss(batch)
+                acc.backward(loss / accum)
+            self.state.samples += batch.size
+            self.state.stats.update(batch.stats)
+            for key, value in logs.items():
+                sums[key] = sums.get(key, 0.0) + value / accum
+        if cfg.max_grad_norm is not None:
+            acc.clip_grad_norm_(self.unet.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return sums
+
+    # ------------------------------------------------------------------ loop
+    def loader(self):
+        cfg, acc = self.config, self.accelerator
+        return make_loader(self.urls, self.preprocess, batch_size=cfg.train_batch_size, num_workers=cfg.num_workers,
+                           seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, rank=acc.process_index,
+                           world_size=acc.num_processes,
+                           skip_batches=self.state.step * cfg.gradient_accumulation_steps)
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        path = self.output_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
+        acc.save_state(str(path), safe_serialization=True)
+        (path / f"rank-{acc.process_index}.json").write_text(self.state.to_json())  # each rank's own counters
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (path / CONFIG_FILE).write_text(self.config.to_json())
+            (path / STATE_FILE).write_text(self.state.to_json())  # last: marks the checkpoint complete
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        return path
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.config.checkpoints_total_limit
+        if limit is None:
+            return
+        done = sorted((p for p in (self.output_dir / CHECKPOINTS_DIR).glob("step-*") if (p / STATE_FILE).exists()),
+                      key=lambda p: int(p.name.split("-")[1]))
+        for old in done[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _record(self, logs: dict[str, torch.Tensor], samples_per_s: float) -> dict:
+        reduced = {k: self.accelerator.reduce(v.detach().float().reshape(1), reduction="mean").item()
+                   for k, v in sorted(logs.items())}
+        stats = self.accelerator.reduce(torch.tensor([self.state.stats[k] for k in STAT_KEYS],
+                                                     device=self.accelerator.device), reduction="sum").tolist()
+        return {"step": self.state.step, **reduced, "lr": self.lr_scheduler.get_last_lr()[0],
+                "samples_per_s": samples_per_s, **{f"count/{k}": int(v) for k, v in zip(STAT_KEYS, stats)}}
+
+    def train(self) -> TrainResult:
+        batches = iter(self.loader())
+        try:
+            return self._loop(batches)
+        finally:
+            # the stream is endless: stop the DataLoader workers now rather than whenever the iterator is collected
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _loop(self, batches) -> TrainResult:
+        cfg, acc = self.config, self.accelerator
+        metrics_path = self.output_dir / METRICS_FILE
+        last: dict = {}
+        checkpoint = latest_checkpoint(self.output_dir)
+        window_start, window_samples = time.perf_counter(), 0
+        global_batch = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+        while self.state.step < cfg.max_steps:
+            logs = self.train_step(batches)
+            window_samples += global_batch
+            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                last = self._record(logs, window_samples / max(elapsed, 1e-9))
+                window_start, window_samples = time.perf_counter(), 0
+                if acc.is_main_process:
+                    with open(metrics_path, "a") as handle:
+                        handle.write(json.dumps(last) + "\n")
+                    log.info(format_record(last))
+                    if self.progress:
+                        self.progress(self.state.step, cfg.max_steps, last)
+            if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
+                checkpoint = self.save_checkpoint()
+        return self.finish(checkpoint, last)
+
+    def finish(self, checkpoint: Path | None, last: dict) -> TrainResult:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        pipeline_dir = curve = None
+        if acc.is_main_process:
+            if self.config.export:  # processors are not part of the saved weights or config
+                pipeline_dir = export_pipeline(self.config, acc.unwrap_model(self.unet), self.output_dir / PIPELINE_DIR)
+            curve = plot_loss_curves(read_metrics(self.output_dir / METRICS_FILE), self.output_dir / CURVE_FILE)
+        acc.wait_for_everyone()
+        return TrainResult(self.output_dir, self.state.step, pipeline_dir, curve, checkpoint,
+                           dict(self.state.stats), last)
+
+
+def format_record(record: dict) -> str:
+    parts = [f"step {record['step']}"]
+    for key, value in record.items():
+        if key == "step" or key.startswith("count/"):
+            continue
+        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    skipped = record.get("count/nouns_no_mask", 0) + record.get("count/nouns_no_token", 0)
+    parts.append(f"nouns used {record.get('count/nouns_used', 0)}, skipped {skipped}")
+    return " ".join(parts)
+
+
+def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
+    return Trainer(config, progress).train()

@@ -1,0 +1,330 @@
+"""Model weights: which files each backend needs, where they are looked for, and what is missing.
+
+Nothing here downloads anything. Weights are looked for, in order:
+
+1. an explicit path given in the configuration (``captions.clip_pretrained``, ``nouns.flair_model``,
+   ``grounding.text_encoder`` may each be a file or folder path);
+2. the models folder: ``models.models_dir``, else ``$TOKENCOMPOSE_MODELS``, else
+   ``~/.cache/tokencompose/models``. Single checkpoints lie at its top level
+   (``groundingdino_swint_ogc.pth``, ``sam_hq_vit_h.pth``); hub-hosted models mirror their hub
+   name (``bert-base-uncased/``, ``flair/pos-english/pytorch_model.bin``,
+   ``timm/vit_large_patch14_clip_336.openai/open_clip_model.safetensors``);
+3. an existing Hugging Face hub cache (``models.hf_cache``, else ``$HF_HUB_CACHE``, else
+   ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``), in its ``models--org--name/snapshots/*/``
+   layout, for every file that a hub repository hosts.
+
+docs/models.md lists every file with its size, checksum (where recorded) and origin.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from tokencompose.schemas.config import BuildConfig
+
+ENV_MODELS_DIR = "TOKENCOMPOSE_MODELS"
+DEFAULT_MODELS_DIR = Path("~/.cache/tokencompose/models")
+NOT_RECORDED = "not recorded"
+
+
+class MissingWeights(RuntimeError):
+    """A backend cannot load because weight files are missing; the message names each of them."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One model's weights: a single file, or a folder of files (``members``).
+
+    ``candidates`` are paths under the models folder, any one of which satisfies the spec (the
+    first is where the docs tell you to put it); ``hub`` lists (repository, file names) pairs
+    looked for in the Hugging Face cache. For a folder, ``members`` are the files it must hold,
+    each a tuple of alternatives (e.g. ``model.safetensors`` or ``pytorch_model.bin``).
+    """
+
+    key: str
+    what: str
+    candidates: tuple[str, ...]
+    source: str
+    hub: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    members: tuple[tuple[str, ...], ...] = ()
+    size: str = NOT_RECORDED
+    checksums: tuple[tuple[str, str], ...] = ()  # (file name, sha256) where recorded for certain
+    explicit: Path | None = None
+    explicit_problem: str | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return bool(self.members)
+
+    @property
+    def display_name(self) -> str:
+        return self.candidates[0]
+
+
+@dataclass
+class Locations:
+    models_dir: Path
+    hf_cache: Path | None
+    searched: list[str] = field(default_factory=list)
+
+
+def models_dir(config: BuildConfig | None = None) -> Path:
+    """The models folder: configuration, then $TOKENCOMPOSE_MODELS, then ~/.cache/tokencompose/models."""
+    if config is not None and config.models.models_dir is not None:
+        return Path(config.models.models_dir).expanduser()
+    if os.environ.get(ENV_MODELS_DIR):
+        return Path(os.environ[ENV_MODELS_DIR]).expanduser()
+    return DEFAULT_MODELS_DIR.expanduser()
+
+
+def hf_cache_dir(config: BuildConfig | None = None) -> Path | None:
+    """The Hugging Face hub cache to read, or None when the configuration turns it off."""
+    if config is not None and not config.models.use_hf_cache:
+        return None
+    if config is not None and config.models.hf_cache is not None:
+        return Path(config.models.hf_cache).expanduser()
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path("~/.cache/huggingface/hub").expanduser()
+
+
+def _hub_folder(repo: str) -> str:
+    return "models--" + repo.replace("/", "--")
+
+
+def _snapshots(hf_cache: Path, repo: str) -> list[Path]:
+    root = hf_cache / _hub_folder(repo) / "snapshots"
+    if not root.is_dir():
+        return []
+    # Newest snapshot first, so an updated cache wins.
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _folder_complete(folder: Path, members: Sequence[tuple[str, ...]]) -> bool:
+    return folder.is_dir() and all(any((folder / name).is_file() for name in options) for options in members)
+
+
+def find_weights(spec: WeightSpec, models_dir: Path, hf_cache: Path | None = None,
+                 searched: list[str] | None = None) -> Path | None:
+    """Where a spec's file (or folder) is, or None; ``searched`` collects every place looked at."""
+    searched = searched if searched is not None else []
+    if spec.explicit is not None:
+        searched.append(str(spec.explicit))
+        ok = _folder_complete(spec.explicit, spec.members) if spec.is_folder else spec.explicit.is_file()
+        return spec.explicit if ok else None
+    if spec.explicit_problem:
+        return None
+    for candidate in spec.candidates:
+        path = models_dir / candidate
+        searched.append(str(path))
+        if (spec.is_folder and _folder_complete(path, spec.members)) or (not spec.is_folder and path.is_file()):
+            return path
+    if hf_cache is not None:
+        for repo, names in spec.hub:
+            if spec.is_folder:
+                searched.append(str(hf_cache / _hub_folder(repo) / "snapshots" / "*"))
+                for snapshot in _snapshots(hf_cache, repo):
+                    if _folder_complete(snapshot, spec.members):
+                        return snapshot
+            else:
+                for name in names:
+                    searched.append(str(hf_cache / _hub_folder(repo) / "snapshots" / "*" / name))
+                    for snapshot in _snapshots(hf_cache, repo):
+                        if (snapshot / name).is_file():
+                            return snapshot / name
+    return None
+
+
+def describe_missing(spec: WeightSpec, searched: Sequence[str], models_dir: Path) -> str:
+    if spec.explicit_problem:
+        return spec.explicit_problem
+    kind = "folder" if spec.is_folder else "file"
+    needs = ""
+    if spec.is_folder:
+        needs = " (holding " + ", ".join(" or ".join(options) for options in spec.members) + ")"
+    return (f"missing {kind} {spec.display_name}{needs}: {spec.what}; looked in {', '.join(searched)}; "
+            f"get it from {spec.source} and put it at {models_dir / spec.display_name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: which weights each backend needs under a configuration.
+# ---------------------------------------------------------------------------------------------
+
+GROUNDINGDINO_SWINT_OGC = WeightSpec(
+    key="groundingdino_swint_ogc",
+    what="GroundingDINO SwinT-OGC detector weights",
+    candidates=("groundingdino_swint_ogc.pth",),
+    hub=(("ShilongLiu/GroundingDINO", ("groundingdino_swint_ogc.pth",)),),
+    source="https://github.com/IDEA-Research/GroundingDINO/releases/download/v0.1.0-alpha/groundingdino_swint_ogc.pth "
+           "(also the hub repository ShilongLiu/GroundingDINO)",
+)
+
+SAM_HQ_VARIANTS = ("vit_h", "vit_l", "vit_b", "vit_tiny")
+
+
+def sam_hq_spec(variant: str) -> WeightSpec:
+    if variant not in SAM_HQ_VARIANTS:
+        raise ValueError(f"unknown SAM-HQ variant {variant!r}; known: {', '.join(SAM_HQ_VARIANTS)}")
+    name = f"sam_hq_{variant}.pth"
+    return WeightSpec(
+        key=f"sam_hq_{variant}", what=f"SAM-HQ {variant} segmenter weights", candidates=(name,),
+        hub=(("lkeab/hq-sam", (name,)),),
+        source=f"the hub repository lkeab/hq-sam (file {name}); links also in the README of "
+               "https://github.com/SysCV/sam-hq")
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def text_encoder_spec(name: str = "bert-base-uncased") -> WeightSpec:
+    members = (("config.json",), ("vocab.txt",), ("model.safetensors", "pytorch_model.bin"))
+    if Path(name).expanduser().is_dir() or _looks_like_path(name):
+        path = Path(name).expanduser()
+        return WeightSpec(key="text_encoder", what="GroundingDINO text encoder (BERT model and tokenizer)",
+                          candidates=(name,), source="a BERT folder saved with save_pretrained",
+                          members=members, explicit=path)
+    repos = ("google-bert/bert-base-uncased", "bert-base-uncased") if name == "bert-base-uncased" else (name,)
+    candidates = (name,) + tuple(r for r in repos if r != name)
+    return WeightSpec(
+        key="text_encoder", what=f"GroundingDINO text encoder {name} (BERT model and tokenizer)",
+        candidates=candidates, hub=tuple((r, ()) for r in repos), members=members,
+        source=f"the hub repository {repos[0]} (files config.json, vocab.txt, tokenizer_config.json, "
+               "tokenizer.json, model.safetensors)")
+
+
+def flair_spec(model: str = "flair/pos-english") -> WeightSpec:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path / "pytorch_model.bin"
+    if path.is_file() or _looks_like_path(model):
+        return WeightSpec(key="flair_pos", what="flair part-of-speech tagger", candidates=(model,),
+                          source="a flair SequenceTagger saved with .save()", explicit=path)
+    return WeightSpec(
+        key="flair_pos", what=f"flair part-of-speech tagger {model}",
+        candidates=(f"{model}/pytorch_model.bin", f"{model.replace('/', '-')}.pt"),
+        hub=((model, ("pytorch_model.bin",)),),
+        source=f"the hub repository {model} (file pytorch_model.bin)")
+
+
+def clip_spec(model: str = "ViT-L-14-336", pretrained: str = "openai") -> WeightSpec:
+    """The CLIP checkpoint for an open_clip model and pretrained tag (or file path)."""
+    path = Path(pretrained).expanduser()
+    if path.is_file() or _looks_like_path(pretrained):
+        return WeightSpec(key="clip", what=f"open_clip {model} checkpoint", candidates=(pretrained,),
+                          source="an open_clip checkpoint (state dict)", explicit=path)
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        return WeightSpec(key="clip", what="CLIP checkpoint", candidates=(f"{model}/{pretrained}",), source="",
+                          explicit_problem=f"captions: open_clip has no pretrained tag {pretrained!r} for model "
+                                           f"{model!r} (known tags: {tags}); or give a checkpoint file path")
+    candidates: list[str] = []
+    hub: list[tuple[str, tuple[str, ...]]] = []
+    sources: list[str] = []
+    if cfg.get("hf_hub"):
+        hf = cfg["hf_hub"]
+        if hf.endswith("/"):
+            repo, names = hf.rstrip("/"), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        else:
+            repo, filename = hf.rsplit("/", 1)
+            names = (filename,)
+        candidates += [f"{repo}/{name}" for name in names]
+        hub.append((repo, names))
+        sources.append(f"the hub repository {repo} (file {' or '.join(names)})")
+    checksums: list[tuple[str, str]] = []
+    if cfg.get("url"):
+        url_name = cfg["url"].rsplit("/", 1)[-1]
+        candidates.append(f"open_clip/{url_name}")
+        sources.append(cfg["url"])
+        parts = cfg["url"].split("/")
+        if len(parts) > 2 and len(parts[-2]) == 64 and all(c in "0123456789abcdef" for c in parts[-2]):
+            # OpenAI's download URLs carry the file's sha256 (open_clip checks it after downloading)
+            checksums.append((url_name, parts[-2]))
+    return WeightSpec(key="clip", what=f"open_clip {model} weights, pretrained tag {pretrained!r}",
+                      candidates=tuple(candidates), hub=tuple(hub), source=" or ".join(sources) or "unknown",
+                      checksums=tuple(checksums))
+
+
+def _clip_specs(config: BuildConfig) -> list[WeightSpec]:
+    return [clip_spec(config.captions.clip_model, config.captions.clip_pretrained)]
+
+
+def _flair_specs(config: BuildConfig) -> list[WeightSpec]:
+    return [flair_spec(config.nouns.flair_model)]
+
+
+def _grounded_sam_specs(config: BuildConfig) -> list[WeightSpec]:
+    return [GROUNDINGDINO_SWINT_OGC, text_encoder_spec(config.grounding.text_encoder),
+            sam_hq_spec(config.grounding.sam_variant)]
+
+
+# backend name -> the weights it needs under a configuration
+BACKEND_WEIGHTS: dict[str, Callable[[BuildConfig], list[WeightSpec]]] = {
+    "clip": _clip_specs,
+    "flair": _flair_specs,
+    "grounded_sam": _grounded_sam_specs,
+    "hybrid": _grounded_sam_specs,
+}
+
+
+def specs_for(config: BuildConfig, backends: Iterable[str] | None = None) -> list[WeightSpec]:
+    """The weights the configuration's backends (or the named ones) need, without duplicates."""
+    names = backends if backends is not None else [config.backend(s) for s in ("captions", "nouns", "grounding")]
+    specs: dict[str, WeightSpec] = {}
+    for name in names:
+        for spec in BACKEND_WEIGHTS.get(name, lambda c: [])(config):
+            specs.setdefault(spec.key, spec)
+    return list(specs.values())
+
+
+def locate(config: BuildConfig, spec: WeightSpec) -> Path:
+    """The path of a spec's weights, or :class:`MissingWeights` naming the file and where to get it."""
+    searched: list[str] = []
+    root = models_dir(config)
+    found = find_weights(spec, root, hf_cache_dir(config), searched)
+    if found is None:
+        raise MissingWeights(describe_missing(spec, searched, root))
+    return found
+
+
+def missing_weights(config: BuildConfig, backends: Iterable[str] | None = None) -> list[str]:
+    """One message per missing weight file of the configuration's backends: the file, every place it
+    was looked for, and where to get it. Empty when everything is present."""
+    root, cache = models_dir(config), hf_cache_dir(config)
+    problems = []
+    for spec in specs_for(config, backends):
+        searched: list[str] = []
+        if find_weights(spec, root, cache, searched) is None:
+            problems.append(describe_missing(spec, searched, root))
+    return problems
+
+
+def all_specs(config: BuildConfig | None = None) -> list[WeightSpec]:
+    """Every weight file the project knows of (all SAM-HQ variants included)."""
+    clip = config.captions if config else None
+    specs = [clip_spec(clip.clip_model, clip.clip_pretrained) if clip else clip_spec(),
+             flair_spec(config.nouns.flair_model if config else "flair/pos-english"),
+             GROUNDINGDINO_SWINT_OGC,
+             text_encoder_spec(config.grounding.text_encoder if config else "bert-base-uncased")]
+    specs += [sam_hq_spec(v) for v in SAM_HQ_VARIANTS]
+    return specs
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -1,0 +1,113 @@
+"""The weights registry: where files are looked for, the missing-weights messages, the CLI."""
+from __future__ import annotations
+
+
+import pytest
+
+from tokencompose.cli import parser_for
+from tokencompose.tasks import devices
+from tokencompose.tasks import weights as models
+from tokencompose.data import demo_settings
+from tokencompose.schemas.config import BuildConfig
+from tokencompose.tasks import backends
+
+
+def config(tmp_path, profile="paper", **sections) -> BuildConfig:
+    settings = {**demo_settings(), "output": {"out_dir": str(tmp_path / "out")}, "profile": profile,
+                "models": {"models_dir": str(tmp_path / "models"), "hf_cache": str(tmp_path / "hub")}}
+    for key, value in sections.items():
+        settings[key] = {**settings.get(key, {}), **value}
+    return BuildConfig.model_validate(settings)
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_every_missing_file_is_named_with_places_and_origin(tmp_path):
+    problems = models.missing_weights(config(tmp_path))
+    assert len(problems) == 5
+    text = "\n".join(problems)
+    for name in ("open_clip_model.safetensors", "flair/pos-english/pytorch_model.bin", "groundingdino_swint_ogc.pth",
+                 "bert-base-uncased", "sam_hq_vit_h.pth"):
+        assert name in text
+    dino = next(p for p in problems if "groundingdino_swint_ogc.pth" in p)
+    assert str(tmp_path / "models" / "groundingdino_swint_ogc.pth") in dino
+    assert str(tmp_path / "hub" / "models--ShilongLiu--GroundingDINO") in dino
+    assert "https://github.com/IDEA-Research/GroundingDINO/releases" in dino
+
+
+def test_offline_profile_needs_no_weights(tmp_path):
+    assert models.missing_weights(config(tmp_path, profile="offline")) == []
+
+
+def test_preflight_lists_all_problems_before_any_work(tmp_path):
+    from tokencompose.tasks.dataset import ConfigurationError, plan
+
+    cfg = config(tmp_path, profile="hybrid")
+    problems = backends.preflight(cfg)
+    assert len(problems) == 5 and all("missing" in p for p in problems)
+    with pytest.raises(ConfigurationError) as error:
+        plan(cfg)
+    assert "sam_hq_vit_h.pth" in str(error.value) and "groundingdino_swint_ogc.pth" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_models_folder_and_hf_cache_are_found(tmp_path):
+    cfg = config(tmp_path, grounding={"sam_variant": "vit_b"})
+    touch(tmp_path / "models" / "groundingdino_swint_ogc.pth")
+    snapshot = tmp_path / "hub" / "models--lkeab--hq-sam" / "snapshots" / "0123abcd"
+    touch(snapshot / "sam_hq_vit_b.pth")
+    bert = tmp_path / "hub" / "models--google-bert--bert-base-uncased" / "snapshots" / "feed"
+    for name in ("config.json", "vocab.txt"):
+        touch(bert / name)
+    assert any("bert-base-uncased" in p for p in models.missing_weights(cfg, ["grounded_sam"]))
+    touch(bert / "model.safetensors")
+    assert models.missing_weights(cfg, ["grounded_sam"]) == []
+    assert models.locate(cfg, models.sam_hq_spec("vit_b")) == snapshot / "sam_hq_vit_b.pth"
+    assert models.locate(cfg, models.text_encoder_spec()) == bert
+
+
+def test_clip_tag_resolves_to_hub_files_and_openai_checksum(tmp_path):
+    spec = models.clip_spec("ViT-L-14-336", "openai")
+    assert spec.candidates[0] == "timm/vit_large_patch14_clip_336.openai/open_clip_model.safetensors"
+    assert dict(spec.checksums)["ViT-L-14-336px.pt"].startswith("3035c92b")
+    touch(tmp_path / "models" / "open_clip" / "ViT-L-14-336px.pt")
+    assert models.locate(config(tmp_path), spec).name == "ViT-L-14-336px.pt"
+    unknown = models.missing_weights(config(tmp_path, captions={"clip_pretrained": "no-such-tag"}), ["clip"])
+    assert len(unknown) == 1 and "no pretrained tag 'no-such-tag'" in unknown[0]
+
+
+def test_explicit_paths_and_environment(tmp_path, monkeypatch):
+    checkpoint = touch(tmp_path / "elsewhere" / "my_clip.pt")
+    cfg = config(tmp_path, captions={"clip_pretrained": str(checkpoint)}, nouns={"flair_model": str(tmp_path / "nope.pt")})
+    assert models.missing_weights(cfg, ["clip"]) == []
+    flair_problem = models.missing_weights(cfg, ["flair"])
+    assert len(flair_problem) == 1 and str(tmp_path / "nope.pt") in flair_problem[0]
+    monkeypatch.setenv(models.ENV_MODELS_DIR, str(tmp_path / "from-env"))
+    without = BuildConfig.model_validate({**demo_settings(), "output": {"out_dir": str(tmp_path / "o")}})
+    assert models.models_dir(without) == tmp_path / "from-env"
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert models.hf_cache_dir(without) == tmp_path / "hf" / "hub"
+
+
+def test_cli_lists_present_and_missing(tmp_path, capsys):
+    touch(tmp_path / "models" / "sam_hq_vit_tiny.pth")
+    parser = parser_for("models")
+    args = parser.parse_args(["models", "--models-dir", str(tmp_path / "models"), "--profile", "paper"])
+    assert args.handler(args) == 1
+    out = capsys.readouterr().out
+    assert "present  sam_hq_vit_tiny.pth [not needed]" in out
+    assert "MISSING  sam_hq_vit_h.pth [required]" in out
+    args = parser.parse_args(["models", "--models-dir", str(tmp_path / "models")])
+    assert args.handler(args) == 0
+
+
+def test_device_rules():
+    assert devices.resolve_device("cpu") == "cpu"
+    assert not devices.uses_half("cpu", True) and devices.uses_half("cuda:0", True)
+    with pytest.raises(ValueError):
+        BuildConfig.model_validate({**demo_settings(), "output": {"out_dir": "x"}, "models": {"device": "gpu"}})

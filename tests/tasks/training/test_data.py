@@ -1,0 +1,138 @@
+"""Shards -> batches: geometry, token positions, skipped nouns, determinism and resumable skipping."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPTokenizerFast
+
+from tokencompose.tasks.training.data import (DataError, Preprocessor, ShardStream, center_crop_box, collate, expand_shards,
+                                        make_loader, resize_mask, transform_mask)
+from tokencompose.tasks.training.toy import box_mask, make_record
+from training_kit import photo_samples, write_shards
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_sd):
+    return CLIPTokenizerFast.from_pretrained(tiny_sd / "tokenizer")
+
+
+@pytest.fixture
+def preprocess(tokenizer):
+    return Preprocessor(tokenizer, resolution=64, mask_resolutions=(4, 8, 16))
+
+
+def test_shard_patterns_expand(shard_dir):
+    names = sorted(p.name for p in shard_dir.glob("*.tar"))
+    assert names == ["shard-000000.tar", "shard-000001.tar"]
+    assert expand_shards([str(shard_dir / "shard-*.tar")]) == [str(shard_dir / n) for n in names]
+    assert expand_shards([str(shard_dir / "shard-{000000..000001}.tar")]) == [str(shard_dir / n) for n in names]
+    with pytest.raises(FileNotFoundError):
+        expand_shards([str(shard_dir / "nothing-*.tar")])
+
+
+def test_mask_follows_the_image_geometry():
+    size, box = center_crop_box(600, 400, 64)           # landscape: short side 400 -> 64
+    assert size == (96, 64) and box == (16, 0, 80, 64)
+    mask = box_mask(400, 600, 0.0, 0.0, 0.5, 1.0)       # left half of the original
+    cropped = transform_mask(mask, 64)
+    # the left half (0..48 after resizing) minus the 16 cropped columns: columns 0..31 of the crop
+    assert cropped[:, :31].all() and not cropped[:, 33:].any()
+
+
+def test_masks_resize_bilinear_without_antialias_then_positive():
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, 34:36, 34:36] = True                          # 2x2 pixels; 8x8 output pixel 4 samples 35.5
+    small = resize_mask(mask, 8)
+    assert small.sum() == 1 and small[0, 4, 4] == 1       # a quarter weight is enough: "> 0"
+    mask[0, 34:36, 34:36] = False
+    mask[0, 30:33, 30:33] = True                          # between sample points: missed without antialias
+    assert resize_mask(mask, 8).sum() == 0
+    assert resize_mask(mask, 8, antialias=True).sum() >= 4  # today's torchvision default dilates instead
+
+
+def test_every_sub_word_token_of_a_noun_is_used(preprocess, tokenizer):
+    image = np.zeros((80, 120, 3), dtype=np.uint8)
+    caption = "two giraffes beside a teddy bear"
+    record, _ = make_record(7, image, caption, [("giraffes", box_mask(80, 120, 0, 0, 0.5, 1)),
+                                                ("teddy bear", box_mask(80, 120, 0.5, 0, 1, 1))])
+    from PIL import Image
+    example = preprocess.from_record(record, Image.fromarray(image))
+    tokens = tokenizer.convert_ids_to_tokens(example.input_ids.tolist())
+    giraffes, teddy_bear = example.noun_tokens
+    assert "".join(tokens[i] for i in giraffes).replace("</w>", "") == "giraffes" and len(giraffes) == 2
+    assert [tokens[i] for i in teddy_bear] == ["teddy</w>", "bear</w>"]
+    assert set(example.masks) == {4, 8, 16} and example.masks[16].shape == (2, 16, 16)
+
+
+def test_nouns_without_mask_or_past_the_token_window_are_skipped_and_counted(preprocess):
+    from PIL import Image
+    samples = {record.key: (record, data) for record, data in photo_samples()}
+    import io
+    counts = {}
+    for key, (record, data) in samples.items():
+        example = preprocess.from_record(record, Image.open(io.BytesIO(data)))
+        counts[record.image_id] = example.stats
+        assert len(example.noun_tokens) == example.stats["nouns_used"]
+    assert counts[2]["nouns_no_mask"] == 1 and counts[2]["nouns_used"] == 2       # "flag" has no mask
+    assert counts[4]["nouns_no_token"] == 1 and counts[4]["nouns_used"] == 1      # "tower" is past 77 tokens
+    assert counts[1]["relations"] == 1                                           # cat left of cup
+
+
+def test_collate_pads_nouns_tokens_and_relations(preprocess, shard_dir):
+    loader = make_loader(expand_shards([str(shard_dir / "*.tar")]), preprocess, batch_size=4, num_workers=0,
+                         seed=0, shuffle_buffer=0)
+    batch = next(iter(loader))
+    assert batch.pixel_values.shape == (4, 3, 64, 64) and batch.input_ids.shape == (4, 77)
+    n = batch.noun_valid.sum(1).tolist()
+    assert sorted(n) == [1, 2, 2, 3]
+    assert batch.slot_noun.shape[1] == 3 and batch.token_index.shape == batch.slot_noun.shape[::2]
+    # padded slots belong to no noun, padded nouns have empty masks
+    assert torch.equal(batch.slot_noun.sum(1) > 0, batch.slot_noun.sum(1) == 1) and batch.masks[8][~batch.noun_valid].sum() == 0
+    assert batch.stats["samples"] == 4 and batch.stats["nouns_no_token"] == 1 and batch.stats["nouns_no_mask"] == 1
+
+
+def keys(stream, count):
+    return [e.key for e in itertools.islice(iter(stream), count)]
+
+
+def test_stream_is_endless_deterministic_and_skips_exactly(preprocess, shard_dir):
+    urls = expand_shards([str(shard_dir / "*.tar")])
+    first = keys(ShardStream(urls, preprocess, seed=3, shuffle_buffer=3), 12)
+    assert first == keys(ShardStream(urls, preprocess, seed=3, shuffle_buffer=3), 12)
+    assert sorted(first[:4]) == sorted(first[4:8]) == sorted({k for k in first})  # epochs cover every sample
+    assert keys(ShardStream(urls, preprocess, seed=3, shuffle_buffer=3, skip_batches=5), 7) == first[5:]
+
+
+def test_loader_with_workers_resumes_where_it_stopped(preprocess, shard_dir):
+    urls = expand_shards([str(shard_dir / "*.tar")])
+    run = lambda skip, n: [b.keys for b in itertools.islice(iter(make_loader(  # noqa: E731
+        urls, preprocess, batch_size=1, num_workers=2, seed=1, shuffle_buffer=2, skip_batches=skip)), n)]
+    assert run(0, 9)[5:] == run(5, 4)
+
+
+def test_sample_level_split_over_ranks(preprocess, shard_dir):
+    urls = expand_shards([str(shard_dir / "*.tar")])[:1]          # one shard, two ranks
+    rank0 = keys(ShardStream(urls, preprocess, shuffle_buffer=0, rank=0, world_size=2), 2)
+    rank1 = keys(ShardStream(urls, preprocess, shuffle_buffer=0, rank=1, world_size=2), 2)
+    assert rank0[0] != rank1[0] and rank0[0] == rank0[1]
+
+
+def test_a_damaged_sample_is_reported_with_its_location(preprocess):
+    with pytest.raises(DataError, match="cannot be decoded"):
+        preprocess({"__key__": "x", "__url__": "shard.tar", "json": b"{not json", "jpg": b""})
+
+
+def test_a_slow_tokenizer_is_refused(tiny_sd):
+    from transformers import CLIPTokenizer
+    with pytest.raises(TypeError, match="fast tokenizer"):
+        Preprocessor(CLIPTokenizer.from_pretrained(tiny_sd / "tokenizer"), 64, (8,))
+
+
+def test_shards_written_in_a_test_round_trip(tmp_path, preprocess):
+    samples = photo_samples()[:1]
+    shards = write_shards(tmp_path, samples, per_shard=1)
+    batch = collate([next(iter(ShardStream([str(p) for p in shards.glob("*.tar")], preprocess, shuffle_buffer=0)))])
+    assert batch.keys == [samples[0][0].key]

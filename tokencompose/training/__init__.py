@@ -1,4 +1,0 @@
-"""TokenCompose fine-tuning: grounding losses on the UNet's cross-attention, trained from build-grounded-coco shards."""
-from tokencompose.training.config import TrainConfig
-
-__all__ = ["TrainConfig"]
