@@ -5,20 +5,24 @@ the shard folder) and must look like a plain file name; every sample is then fou
 in-memory dictionary, and its bytes are read by seeking to the offset the index gives.
 
 Memory: the catalogue keeps one small :class:`Entry` per sample (key, shard number, two member
-locations, the caption and the noun texts, a bit set of which nouns have a mask, an error text or
-None). Images are never read to build it; only the JSON members are, one at a time. See
+locations, the caption and the noun texts, a bit set of which nouns have a mask, 8 bytes of facts per
+noun (category, mask source and reason as codes into the catalogue's label lists, the mask's area),
+an error text or None). Images are never read to build it; only the JSON members are, one at a time. See
 docs/viewer.md for the measured bound.
 """
 from __future__ import annotations
 
 import json
 import re
+import struct
 import tarfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from tokencompose.viewer.render import quick_area
 
 from tokencompose.schemas.reports import (INDEX_DIR, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR, STATS_FILE, Manifest,
                                           Reject, ShardIndex)
@@ -29,6 +33,12 @@ SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 MAX_JSON_BYTES = 16 * 1024 * 1024  # a sample JSON larger than this is reported, not read
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 NOUN_SEPARATOR = "\x1f"
+NOUN_FACTS = struct.Struct("<4H")  # per noun: category code, source code, reason code, area in 1/10,000
+NO_AREA = 0xFFFF  # no mask, or a damaged one
+LABEL_KINDS = ("category", "source", "reason")
+MAX_LABELS = 0xFFFE  # codes past this share the last one ("other"): a hostile dataset cannot grow the lists
+SORTS = {"": "shard order", "key": "key", "nouns": "most nouns", "-nouns": "fewest nouns",
+         "area": "largest mask", "-area": "smallest mask", "unmasked": "most nouns without a mask"}
 IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
                "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
 
@@ -41,7 +51,7 @@ class Entry:
     """One sample in the catalogue; kept small (slots, no per-entry dicts)."""
 
     __slots__ = ("key", "shard", "position", "json_offset", "json_size", "image_ext", "image_offset", "image_size",
-                 "caption", "nouns", "masked", "error")
+                 "caption", "nouns", "masked", "facts", "error")
 
     def __init__(self, key: str, shard: int):
         self.key = key
@@ -52,6 +62,7 @@ class Entry:
         self.caption = ""
         self.nouns = ""  # noun texts joined by NOUN_SEPARATOR, lower case
         self.masked = 0  # bit i set: noun i has a mask
+        self.facts = b""  # NOUN_FACTS per noun
         self.error: str | None = None
 
     @property
@@ -68,6 +79,14 @@ class Entry:
 
     def noun_has_mask(self, index: int) -> bool:
         return bool(self.masked >> index & 1)
+
+    def noun_facts(self) -> list[tuple[int, int, int, int]]:
+        """(category code, source code, reason code, area in 1/10,000 of the image or NO_AREA) per noun."""
+        return list(NOUN_FACTS.iter_unpack(self.facts))
+
+    def areas(self) -> list[int]:
+        """Mask areas in 1/10,000 of the image, of the nouns with an intact mask."""
+        return [area for *_, area in NOUN_FACTS.iter_unpack(self.facts) if area != NO_AREA]
 
 
 @dataclass
@@ -87,6 +106,17 @@ class Query:
     min_nouns: int | None = None
     max_nouns: int | None = None
     shard: int | None = None
+    # noun-level filters: a sample matches when one of its nouns meets all of them
+    category: int | None = None  # codes into Catalog.labels[...]
+    source: int | None = None
+    reason: int | None = None
+    min_area: float | None = None  # percent of the image covered by the noun's mask
+    max_area: float | None = None
+    sort: str = ""  # a key of SORTS
+
+    @property
+    def noun_level(self) -> bool:
+        return any(v is not None for v in (self.category, self.source, self.reason, self.min_area, self.max_area))
 
 
 class Catalog:
@@ -101,6 +131,9 @@ class Catalog:
         self.by_key: dict[str, Entry] = {}
         self.shards_done = 0
         self.error_count = 0  # entries with an error
+        # the distinct categories, mask sources and reasons; code 0 is "none"
+        self.labels: dict[str, list[str]] = {kind: [""] for kind in LABEL_KINDS}
+        self._codes: dict[str, dict[str, int]] = {kind: {"": 0} for kind in LABEL_KINDS}
         self.finished = threading.Event()
         self._find_shards()
 
@@ -127,6 +160,23 @@ class Catalog:
             if not info.path.is_file():
                 info.errors.append("shard file is missing")
             self.shards.append(info)
+
+    def code(self, kind: str, label: str | None) -> int:
+        """The code of a label (adding it), 0 for None; labels past MAX_LABELS share the last code."""
+        if not label:
+            return 0
+        codes = self._codes[kind]
+        code = codes.get(label)
+        if code is None:
+            if len(codes) > MAX_LABELS:
+                return MAX_LABELS
+            code = codes[label] = len(self.labels[kind])
+            self.labels[kind].append(label[:200])
+        return code
+
+    def label_code(self, kind: str, label: str) -> int | None:
+        """The code of a label seen in the catalogue, None if there is no such label (no adding)."""
+        return self._codes[kind].get(label) if kind in self._codes and isinstance(label, str) else None
 
     def shard_number(self, name: str) -> int | None:
         for number, info in enumerate(self.shards):
@@ -227,6 +277,14 @@ class Catalog:
         entry.caption = record.caption
         entry.nouns = NOUN_SEPARATOR.join(n.text.lower().replace(NOUN_SEPARATOR, " ") for n in record.nouns)
         entry.masked = sum(1 << i for i, n in enumerate(record.nouns) if n.mask is not None)
+        pixels = record.width * record.height
+        facts = []
+        for noun in record.nouns:
+            area = quick_area(noun.mask.model_dump()) if noun.mask is not None else None
+            share = NO_AREA if area is None or pixels <= 0 else min(10_000, round(10_000 * area / pixels))
+            facts.append(NOUN_FACTS.pack(self.code("category", noun.category), self.code("source", noun.source),
+                                         self.code("reason", noun.reason), share))
+        entry.facts = b"".join(facts)
         if not images:
             entry.error = "the sample has no image member"
         elif entry.image_offset < 0 or entry.image_offset + entry.image_size > size:
@@ -274,8 +332,11 @@ class Catalog:
     def search(self, query: Query) -> list[Entry]:
         """The entries that match, in catalogue order (one pass over the catalogue; see SearchCache)."""
         needle = query.text.strip().lower()
-        if not needle and query == Query(text=query.text):
-            return list(self.entries)
+        if not needle and query == Query(text=query.text, sort=query.sort):
+            return sort_entries(list(self.entries), query.sort)
+        noun_level = query.noun_level
+        low = None if query.min_area is None else query.min_area * 100  # percent -> 1/10,000
+        high = None if query.max_area is None else query.max_area * 100
         found = []
         for entry in list(self.entries):
             if query.shard is not None and entry.shard != query.shard:
@@ -291,8 +352,10 @@ class Catalog:
                 continue
             if needle and needle not in entry.key and needle not in entry.caption.lower() and needle not in entry.nouns:
                 continue
+            if noun_level and not _some_noun_matches(entry, query, low, high):
+                continue
             found.append(entry)
-        return found
+        return sort_entries(found, query.sort)
 
 
     def neighbours(self, entry: Entry) -> tuple[Entry | None, Entry | None]:
@@ -339,6 +402,39 @@ class Catalog:
                 if len(result["first"]) < keep:
                     result["first"].append(reject)
         return result
+
+
+def _some_noun_matches(entry: Entry, query: Query, low: float | None, high: float | None) -> bool:
+    for category, source, reason, area in NOUN_FACTS.iter_unpack(entry.facts):
+        if query.category is not None and category != query.category:
+            continue
+        if query.source is not None and source != query.source:
+            continue
+        if query.reason is not None and reason != query.reason:
+            continue
+        if (low is not None or high is not None) and area == NO_AREA:
+            continue
+        if low is not None and area < low:
+            continue
+        if high is not None and area > high:
+            continue
+        return True
+    return False
+
+
+def sort_entries(entries: list[Entry], sort: str) -> list[Entry]:
+    """``entries`` in the order SORTS names; ties (and samples without the figure) keep shard order."""
+    if sort == "key":
+        entries.sort(key=lambda e: e.key)
+    elif sort in ("nouns", "-nouns"):
+        entries.sort(key=lambda e: e.noun_count, reverse=sort == "nouns")
+    elif sort == "unmasked":
+        entries.sort(key=lambda e: e.noun_count - bin(e.masked).count("1"), reverse=True)
+    elif sort == "area":
+        entries.sort(key=lambda e: max(e.areas(), default=-1), reverse=True)
+    elif sort == "-area":
+        entries.sort(key=lambda e: min(e.areas(), default=10**6))
+    return entries
 
 
 class SearchCache:

@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from pycocotools import mask as coco_mask
+
 from tokencompose.tasks.masks import decode
 
 # Strong colours that rarely occur in photographs, so an overlay stands out; noun i gets PALETTE[i % len].
@@ -150,3 +152,27 @@ class ByteLRU:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+RLE_ALPHABET = bytes(range(48, 112))  # "0" .. "o": the characters of a compressed COCO RLE
+
+
+def quick_area(rle: dict) -> int | None:
+    """Pixels inside the mask for filtering and sorting (the catalogue's figure), or None when damaged.
+
+    :func:`rle_area` parses in Python (~70 µs per mask); this asks pycocotools (~7 µs) once the two
+    conditions under which its string reader stays inside the string hold: every character is in
+    the RLE alphabet (so no NUL inside) and the last one ends a number. It decodes nothing: drawing
+    a mask still goes through :func:`rle_counts`. A result larger than the image counts as damaged.
+    """
+    try:
+        height, width = (int(v) for v in rle["size"])
+        data = rle["counts"].encode("ascii")
+    except (KeyError, TypeError, ValueError, AttributeError, UnicodeEncodeError):
+        return None
+    if height < 0 or width < 0 or not data:
+        return 0 if not data and height * width == 0 else None
+    if data.translate(None, RLE_ALPHABET) or (data[-1] - 48) & 0x20:
+        return None
+    area = int(coco_mask.area({"size": [height, width], "counts": data}))
+    return area if 0 <= area <= height * width else None
