@@ -266,6 +266,63 @@ def _grounded_sam_specs(config: BuildConfig) -> list[WeightSpec]:
             sam_hq_spec(config.grounding.sam_variant)]
 
 
+SD14_REPO = "CompVis/stable-diffusion-v1-4"
+OWLV2_REPO = "google/owlv2-large-patch14-ensemble"
+
+# A diffusers Stable Diffusion folder (what save_pretrained writes and the hub repository holds)
+STABLE_DIFFUSION_MEMBERS: tuple[tuple[str, ...], ...] = (
+    ("model_index.json",),
+    ("unet/config.json",), ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin"),
+    ("vae/config.json",), ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin"),
+    ("text_encoder/config.json",), ("text_encoder/model.safetensors", "text_encoder/pytorch_model.bin"),
+    ("tokenizer/vocab.json", "tokenizer/tokenizer.json"), ("scheduler/scheduler_config.json",),
+)
+OWLV2_MEMBERS: tuple[tuple[str, ...], ...] = (
+    ("config.json",), ("preprocessor_config.json",), ("model.safetensors", "pytorch_model.bin"),
+    ("tokenizer.json", "vocab.json"), ("tokenizer_config.json",),
+)
+
+
+def stable_diffusion_spec(name: str = SD14_REPO) -> WeightSpec:
+    """A Stable Diffusion pipeline folder (MultiGen generation, attention maps): a path, or a hub name
+    mirrored under the models folder (``CompVis/stable-diffusion-v1-4/``)."""
+    what = "Stable Diffusion pipeline (diffusers folder)"
+    path = Path(name).expanduser()
+    if path.is_dir() or _looks_like_path(name):
+        return WeightSpec(key=f"stable_diffusion:{name}", what=what, candidates=(name,),
+                          source="a diffusers StableDiffusionPipeline folder (save_pretrained, or a train-tokencompose "
+                                 "export's pipeline/)", members=STABLE_DIFFUSION_MEMBERS, explicit=path)
+    return WeightSpec(
+        key=f"stable_diffusion:{name}", what=f"{what}: {name}", candidates=(name,), hub=((name, ()),),
+        members=STABLE_DIFFUSION_MEMBERS,
+        source=f"the hub repository {name} (the files above; safety_checker/ and feature_extractor/ are not used)")
+
+
+def owlv2_spec(name: str = OWLV2_REPO) -> WeightSpec:
+    """The OWLv2 detector folder (MultiGen detection): a path, or a hub name under the models folder."""
+    what = "OWLv2 detector (transformers folder)"
+    path = Path(name).expanduser()
+    if path.is_dir() or _looks_like_path(name):
+        return WeightSpec(key=f"owlv2:{name}", what=what, candidates=(name,),
+                          source="an Owlv2ForObjectDetection + Owlv2Processor folder (save_pretrained)",
+                          members=OWLV2_MEMBERS, explicit=path)
+    return WeightSpec(
+        key=f"owlv2:{name}", what=f"{what}: {name}", candidates=(name,), hub=((name, ()),), members=OWLV2_MEMBERS,
+        source=f"the hub repository {name} (config.json, preprocessor_config.json, model.safetensors, tokenizer.json, "
+               "tokenizer_config.json, vocab.json, merges.txt, special_tokens_map.json)")
+
+
+def evaluation_specs(pipelines: Iterable[str], detector: str) -> list[WeightSpec]:
+    """The folders a MultiGen run needs: each Stable Diffusion pipeline and the detector."""
+    specs: dict[str, WeightSpec] = {}
+    for name in pipelines:
+        spec = stable_diffusion_spec(name)
+        specs.setdefault(spec.key, spec)
+    spec = owlv2_spec(detector)
+    specs.setdefault(spec.key, spec)
+    return list(specs.values())
+
+
 # backend name -> the weights it needs under a configuration
 BACKEND_WEIGHTS: dict[str, Callable[[BuildConfig], list[WeightSpec]]] = {
     "clip": _clip_specs,
@@ -315,6 +372,7 @@ def all_specs(config: BuildConfig | None = None) -> list[WeightSpec]:
              GROUNDINGDINO_SWINT_OGC,
              text_encoder_spec(config.grounding.text_encoder if config else "bert-base-uncased")]
     specs += [sam_hq_spec(v) for v in SAM_HQ_VARIANTS]
+    specs += [stable_diffusion_spec(), owlv2_spec()]  # MultiGen (tokencompose evaluate / attention)
     return specs
 
 

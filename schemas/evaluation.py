@@ -1,0 +1,190 @@
+"""The MultiGen evaluation configuration (and the attention-map one): typed, validated before any work.
+
+Defaults are the paper's protocol: PNDM, 50 steps, guidance 7.5, 512 px, 10 images per prompt, OWLv2-L
+with text queries "a photo of a {category}" and score threshold 0.1. ``benchmark.limit`` and
+``generation.images_per_prompt`` (``--prompts N --images K``) give the quick mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tokencompose.schemas.config import ModelsConfig
+
+SD14 = "CompVis/stable-diffusion-v1-4"
+OWLV2_L = "google/owlv2-large-patch14-ensemble"
+BUNDLED_SETS = ("coco", "ade20k")
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+CONFIG_FILE = "evaluate_config.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchmarkConfig(_Strict):
+    """Which prompts: a bundled set, a prompt file, or prompts sampled from a category list."""
+
+    name: str = Field(default="coco", description="coco or ade20k (the paper's sets, bundled); ignored when file "
+                      "or categories_file is given", json_schema_extra={"cli_shortcut": "benchmark"})
+    file: Path | None = Field(default=None, description="a prompt JSON file in the authors' format",
+                              json_schema_extra={"cli_shortcut": "prompt-file"})
+    categories_file: Path | None = Field(default=None, description="a category list (one a line, or a JSON list): "
+                                         "sample_count prompts are sampled from it with sample_seed")
+    sample_count: int = Field(default=1000, ge=1, description="prompts sampled from categories_file")
+    sample_seed: int = Field(default=0, description="seed of the prompt sampler")
+    correct_articles: bool = Field(default=False, description="sampled prompts say 'an' before vowels (the "
+                                   "authors always wrote 'a')")
+    limit: int | None = Field(default=None, ge=1, description="quick mode: only the first N prompts",
+                              json_schema_extra={"cli_shortcut": "prompts"})
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in BUNDLED_SETS:
+            raise ValueError(f"benchmark.name must be one of {', '.join(BUNDLED_SETS)}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BenchmarkConfig":
+        if self.file is not None and self.categories_file is not None:
+            raise ValueError("give benchmark.file or benchmark.categories_file, not both")
+        return self
+
+
+class GenerationConfig(_Strict):
+    images_per_prompt: int = Field(default=10, ge=1, le=1000, description="images (rounds) per prompt",
+                                   json_schema_extra={"cli_shortcut": "images"})
+    seed: int = Field(default=0, ge=0, description="image noise comes from (seed, prompt id, image index)",
+                      json_schema_extra={"cli_shortcut": "seed"})
+    steps: int = Field(default=50, ge=1, description="denoising steps")
+    guidance_scale: float = Field(default=7.5, ge=0)
+    resolution: int = Field(default=512, ge=8, description="square images, a multiple of 8")
+    scheduler: Literal["pndm", "model"] = Field(default="pndm", description="pndm: the paper's PNDM (built from the "
+                                                "model's scheduler config); model: the folder's own scheduler")
+    batch_size: int = Field(default=16, ge=1, description="images per pipeline call")
+    precision: Precision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
+    prompts_per_shard: int = Field(default=10, ge=1, description="prompts per WebDataset shard (all their images)")
+    compile: bool = Field(default=False, description="torch.compile the UNet (GPU; slow first batch)")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"generation.resolution {value} must be a multiple of 8")
+        return value
+
+
+class DetectionConfig(_Strict):
+    detector: str = Field(default=OWLV2_L, description="an OWLv2 folder path, or its name under the models folder",
+                          json_schema_extra={"cli_shortcut": "detector"})
+    threshold: float = Field(default=0.1, ge=0, le=1, description="a category counts when its best box scores above this")
+    query_template: str = Field(default="a photo of a {category}", description="text query per category")
+    batch_size: int = Field(default=16, ge=1)
+    precision: Precision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
+
+    @field_validator("query_template")
+    @classmethod
+    def _placeholder(cls, value: str) -> str:
+        if "{category}" not in value:
+            raise ValueError("detection.query_template must contain {category}")
+        return value
+
+
+class ReportConfig(_Strict):
+    bootstrap_samples: int = Field(default=2000, ge=10, description="paired bootstrap resamples of the prompts")
+    bootstrap_seed: int = 0
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    grid_prompts: int = Field(default=4, ge=0, description="prompts shown in each model's sample grid")
+    grid_images: int = Field(default=4, ge=1, description="images per prompt in the grid")
+    attention_prompts: int = Field(default=2, ge=0, description="prompts per model with cross-attention maps")
+    hardest: int = Field(default=10, ge=1, description="categories and pairs listed in the markdown")
+
+
+class EvaluateConfig(_Strict):
+    """One MultiGen run: several models on the same prompts and seeds, one report."""
+
+    pipelines: list[str] = Field(default=[SD14], min_length=1, description="Stable Diffusion folders (paths, or "
+                                 "names under the models folder); the first is the baseline of the comparison",
+                                 json_schema_extra={"cli_shortcut": "model"})
+    labels: list[str] = Field(default=[], description="a name per pipeline for the report (default: folder names)",
+                              json_schema_extra={"cli_shortcut": "label"})
+    out_dir: Path = Field(description="where images, detections and the report go",
+                          json_schema_extra={"cli_shortcut": "out"})
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    generation: GenerationConfig = GenerationConfig()
+    detection: DetectionConfig = DetectionConfig()
+    report: ReportConfig = ReportConfig()
+    models: ModelsConfig = ModelsConfig()
+
+    @field_validator("pipelines", "labels", mode="before")
+    @classmethod
+    def _listify(cls, value: object) -> object:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @field_validator("pipelines", "labels")
+    @classmethod
+    def _strings(cls, values: list[str]) -> list[str]:
+        return [str(v).strip() for v in values]
+
+    @model_validator(mode="after")
+    def _labels(self) -> "EvaluateConfig":
+        if self.labels and len(self.labels) != len(self.pipelines):
+            raise ValueError(f"labels has {len(self.labels)} names for {len(self.pipelines)} pipelines")
+        names = self.model_labels()
+        if len(set(names)) != len(names):
+            raise ValueError(f"model labels must differ (got {names}); set labels")
+        bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+        if bad:
+            raise ValueError(f"labels are folder names: {bad} cannot be used")
+        return self
+
+    def model_labels(self) -> list[str]:
+        if self.labels:
+            return list(self.labels)
+        return [Path(p.rstrip("/")).name or p for p in self.pipelines]
+
+    def generation_fingerprint(self) -> dict:
+        """What decides a model's image bytes (besides the model): shards are reused only when it matches."""
+        g = self.generation
+        return {"seed": g.seed, "steps": g.steps, "guidance_scale": g.guidance_scale, "resolution": g.resolution,
+                "scheduler": g.scheduler, "batch_size": g.batch_size, "precision": g.precision,
+                "images_per_prompt": g.images_per_prompt, "prompts_per_shard": g.prompts_per_shard}
+
+    def detection_fingerprint(self) -> str:
+        d = self.detection
+        blob = json.dumps({"detector": d.detector, "template": d.query_template, "precision": d.precision},
+                          sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+class AttentionConfig(_Strict):
+    """`tokencompose attention`: one prompt, one image, a map per noun."""
+
+    model: str = Field(default=SD14, description="a Stable Diffusion folder (path, or name under the models folder)")
+    prompt: str = Field(min_length=1, description="the text to generate")
+    nouns: list[str] = Field(default=[], description="nouns to map (default: spaCy's noun phrases of the prompt)",
+                             json_schema_extra={"cli_shortcut": "noun"})
+    out_dir: Path = Field(default=Path("attention"), description="image.png, attention.png and attention.json go here",
+                          json_schema_extra={"cli_shortcut": "out"})
+    seed: int = Field(default=0, ge=0)
+    steps: int = Field(default=50, ge=1)
+    guidance_scale: float = Field(default=7.5, ge=0)
+    resolution: int = Field(default=512, ge=8)
+    precision: Precision = "auto"
+    models: ModelsConfig = ModelsConfig()
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution {value} must be a multiple of 8")
+        return value

@@ -1,0 +1,164 @@
+"""MultiGen detection: OWLv2 (transformers) on every generated image, with the prompt's categories as
+text queries ("a photo of a {category}").
+
+Scores follow the processor's ``post_process_grounded_object_detection``: each predicted box takes its best
+query (argmax over the queries) with score sigmoid(logit); a category's score is the best score of the
+boxes that chose it, and the category is detected when that score is above the threshold (strictly,
+as the processor's ``threshold``). Each category's best score and box are kept (also below the
+threshold), so the threshold can be changed without running the detector again. Results go to one
+JSON Lines file per image shard, written under a temporary name and renamed (resumable like the
+images). Images whose generation gave NaNs are not detected; they are recorded as such.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tokencompose.tasks.multigen.generation import read_shard, resolve_dtype
+
+ARCHITECTURE = "Owlv2ForObjectDetection"
+
+
+def check_owlv2_folder(path: Path) -> list[str]:
+    """What is wrong with ``path`` as an OWLv2 detector folder (empty: nothing)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path}: not a folder"]
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return [f"{path}: no config.json (not a transformers model folder)"]
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        return [f"{config_file}: not valid JSON ({error})"]
+    problems = []
+    kind = config.get("model_type")
+    architectures = config.get("architectures") or []
+    if kind != "owlv2":
+        problems.append(f"{config_file}: model_type is {kind!r}, the detector must be an OWLv2 ('owlv2', "
+                        f"{ARCHITECTURE})")
+    elif architectures and ARCHITECTURE not in architectures:
+        problems.append(f"{config_file}: architectures {architectures} do not include {ARCHITECTURE}")
+    needed = (("preprocessor_config.json",), ("model.safetensors", "pytorch_model.bin"),
+              ("tokenizer.json", "vocab.json"))
+    for options in needed:
+        if not any((path / name).is_file() for name in options):
+            problems.append(f"{path}: missing {' or '.join(options)}")
+    return problems
+
+
+class Detector:
+    """An OWLv2 loaded once from a local folder; :meth:`score` runs a batch of images."""
+
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "auto",
+                 query_template: str = "a photo of a {category}"):
+        import torch
+        from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
+        problems = check_owlv2_folder(path)
+        if problems:
+            from tokencompose.tasks.multigen.generation import ModelFolderError
+
+            raise ModelFolderError("; ".join(problems))
+        self.device = device
+        self.dtype = resolve_dtype(precision, device)
+        self.template = query_template
+        self.processor = Owlv2Processor.from_pretrained(path, local_files_only=True, use_fast=False)
+        self.model = Owlv2ForObjectDetection.from_pretrained(path, local_files_only=True,
+                                                             dtype=self.dtype).to(device).eval()
+        self._torch = torch
+
+    @classmethod
+    def from_parts(cls, model, processor, device: str = "cpu", precision: str = "auto",
+                   query_template: str = "a photo of a {category}") -> "Detector":
+        import torch
+
+        detector = cls.__new__(cls)
+        detector.device, detector.dtype, detector.template = device, resolve_dtype(precision, device), query_template
+        detector.processor, detector._torch = processor, torch
+        detector.model = model.to(device=device, dtype=detector.dtype).eval()
+        return detector
+
+    def score(self, images: Sequence, categories: Sequence[Sequence[str]]) -> list[dict[str, dict]]:
+        """Per image: category -> {"score": best score or None, "box": [x0, y0, x1, y1] in pixels or None}."""
+        torch = self._torch
+        queries = [[self.template.format(category=c) for c in cats] for cats in categories]
+        inputs = self.processor(text=queries, images=list(images), return_tensors="pt")
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in inputs.items()}
+        with torch.inference_mode():
+            outputs = self.model(**inputs)
+        outputs.logits = outputs.logits.float()
+        outputs.pred_boxes = outputs.pred_boxes.float()
+        # OWLv2 pads each image to a square: boxes are relative to the padded square
+        sizes = [(max(im.size), max(im.size)) for im in images]
+        found = self.processor.post_process_grounded_object_detection(outputs, threshold=-1.0, target_sizes=sizes)
+        results = []
+        for cats, result in zip(categories, found):
+            best: dict[str, dict] = {c: {"score": None, "box": None} for c in cats}
+            scores, labels, boxes = result["scores"].cpu(), result["labels"].cpu(), result["boxes"].cpu()
+            for q, category in enumerate(cats):
+                chosen = (labels == q).nonzero().flatten()
+                if len(chosen):
+                    top = chosen[scores[chosen].argmax()]
+                    best[category] = {"score": round(float(scores[top]), 6),
+                                      "box": [round(float(v), 2) for v in boxes[top].tolist()]}
+            results.append(best)
+        return results
+
+
+def detections_name(shard_name: str) -> str:
+    return shard_name.replace(".tar", ".jsonl")
+
+
+def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int) -> dict:
+    from PIL import Image
+
+    rows = []
+    pending: list[tuple[dict, "Image.Image"]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        scored = detector.score([im for _, im in pending], [meta["categories"] for meta, _ in pending])
+        for (meta, _), categories in zip(pending, scored):
+            rows[meta["_row"]]["categories_scores"] = categories
+        pending.clear()
+
+    for meta, png in read_shard(shard):
+        row = {"prompt_id": meta["prompt_id"], "image_index": meta["image_index"], "categories": meta["categories"],
+               "nan": meta["nan"], "categories_scores": None}
+        rows.append(row)
+        if meta["nan"]:
+            continue
+        pending.append(({**meta, "_row": len(rows) - 1}, Image.open(io.BytesIO(png)).convert("RGB")))
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(out)
+    return {"images": len(rows), "nan": sum(r["nan"] for r in rows)}
+
+
+def run_detection(detector: Detector, shards: Sequence[Path], out_dir: Path, batch_size: int,
+                  progress: Callable[[str, dict], None] | None = None) -> dict:
+    totals = {"shards_done": 0, "shards_skipped": 0, "images": 0}
+    for shard in shards:
+        out = Path(out_dir) / detections_name(shard.name)
+        if out.exists():
+            totals["shards_skipped"] += 1
+            continue
+        counts = detect_shard(detector, shard, out, batch_size)
+        totals["shards_done"] += 1
+        totals["images"] += counts["images"]
+        if progress:
+            progress(shard.name, counts)
+    return totals
+
+
+def read_detections(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

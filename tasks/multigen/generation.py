@@ -1,0 +1,249 @@
+"""MultiGen image generation: a local Stable Diffusion folder -> WebDataset shards of seeded images.
+
+Every image's initial noise comes from a CPU generator seeded by a hash of (seed, prompt id, image
+index), so any image can be regenerated alone, and the batch an image lands in changes nothing but
+float rounding. A shard holds the images of a fixed range of prompts; it is written under a
+temporary name and renamed when complete, so a shard on disk is finished and a run started again
+skips it. Several processes (``accelerate launch``/``torchrun``, one per GPU) each take every
+world-th shard: the shards, and so the images, are those of a single process.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tokencompose.tasks.multigen.prompts import Prompt
+
+IMAGES_DIR = "images"
+PIPELINE_MEMBERS = {
+    "unet": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")),
+    "vae": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")),
+    "text_encoder": (("config.json",), ("model.safetensors", "pytorch_model.bin")),
+    "tokenizer": (("vocab.json", "tokenizer.json"),),
+    "scheduler": (("scheduler_config.json",),),
+}
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is not what the evaluation needs; the message says what is wrong."""
+
+
+def check_pipeline_folder(path: Path) -> list[str]:
+    """What is wrong with ``path`` as a diffusers Stable Diffusion folder (empty: nothing)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path}: not a folder"]
+    index = path / "model_index.json"
+    if not index.is_file():
+        return [f"{path}: not a diffusers pipeline folder (no model_index.json)"]
+    try:
+        meta = json.loads(index.read_text())
+    except json.JSONDecodeError as error:
+        return [f"{index}: not valid JSON ({error})"]
+    problems = []
+    kind = meta.get("_class_name")
+    if kind not in SUPPORTED_PIPELINES:
+        problems.append(f"{index}: _class_name is {kind!r}; MultiGen runs a {' or '.join(SUPPORTED_PIPELINES)}")
+    for component, members in PIPELINE_MEMBERS.items():
+        if component not in meta:
+            problems.append(f"{index}: no {component!r} component")
+        folder = path / component
+        for options in members:
+            if not any((folder / name).is_file() for name in options):
+                problems.append(f"{path}: missing {component}/{' or '.join(options)}")
+    return problems
+
+
+def model_id(path: Path) -> str:
+    """A short fingerprint of a pipeline folder: its configs, and each weight file's name, size and
+    first and last MiB (fast on multi-GB files; changes whenever the weights are re-saved)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                               p.relative_to(path).parts)):
+        rel = file.relative_to(path).as_posix()
+        size = file.stat().st_size
+        digest.update(f"{rel}\0{size}\0".encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), 2)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def image_seed(seed: int, prompt_id: int, index: int) -> int:
+    """The generator seed of one image: a hash of the triple, so neighbours get unrelated noise."""
+    blob = f"multigen:{seed}:{prompt_id}:{index}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") & ((1 << 63) - 1)
+
+
+def initial_latents(seed: int, prompt_id: int, index: int, shape: Sequence[int]):
+    """The image's initial noise, drawn on the CPU in fp32 (the same on every machine and device)."""
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(image_seed(seed, prompt_id, index))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    start: int                    # position of the first prompt in the prompt list
+    prompts: tuple[Prompt, ...]
+
+    @property
+    def name(self) -> str:
+        return f"prompts-{self.start:06d}-{self.start + len(self.prompts) - 1:06d}"
+
+
+def plan_shards(prompts: Sequence[Prompt], per_shard: int) -> list[ShardPlan]:
+    return [ShardPlan(start, tuple(prompts[start:start + per_shard])) for start in range(0, len(prompts), per_shard)]
+
+
+def for_rank(plans: Sequence[ShardPlan], rank: int, world: int) -> list[ShardPlan]:
+    """The shards one process generates: every world-th, from its rank."""
+    return list(plans[rank::world])
+
+
+def image_key(prompt_id: int, index: int) -> str:
+    return f"p{prompt_id:06d}-i{index:03d}"
+
+
+def resolve_dtype(precision: str, device: str):
+    import torch
+
+    if precision == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def load_pipeline(path: Path, device: str, dtype, scheduler: str = "pndm", compile_unet: bool = False):
+    """A StableDiffusionPipeline from a local folder, on ``device`` in ``dtype``, no safety checker,
+    SDPA attention (diffusers' default AttnProcessor2_0), PNDM unless asked for the folder's scheduler."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    problems = check_pipeline_folder(path)
+    if problems:
+        raise ModelFolderError("; ".join(problems))
+    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    if scheduler == "pndm":
+        pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if compile_unet:
+        import torch
+
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
+
+
+@dataclass
+class GeneratedImage:
+    prompt: Prompt
+    index: int
+    image: np.ndarray          # H x W x 3 uint8
+    nan: bool
+
+
+def generate_images(pipe, items: Sequence[tuple[Prompt, int]], *, seed: int, steps: int, guidance_scale: float,
+                    resolution: int, batch_size: int) -> list[GeneratedImage]:
+    """Generate ``(prompt, image index)`` items in batches; each image's noise is its own (see module doc)."""
+    import torch
+
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    shape = (pipe.unet.config.in_channels, resolution // factor, resolution // factor)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    results: list[GeneratedImage] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        latents = torch.stack([initial_latents(seed, p.id, i, shape) for p, i in batch]).to(device=device, dtype=dtype)
+        with torch.inference_mode():
+            images = pipe(prompt=[p.text for p, _ in batch], latents=latents, num_inference_steps=steps,
+                          guidance_scale=guidance_scale, height=resolution, width=resolution,
+                          output_type="np").images
+        for (prompt, index), image in zip(batch, images):
+            nan = bool(np.isnan(image).any())
+            pixels = np.nan_to_num(image, nan=0.0)
+            results.append(GeneratedImage(prompt, index, (pixels * 255).round().clip(0, 255).astype(np.uint8), nan))
+    return results
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_tar_atomic(path: Path, samples: Sequence[dict]) -> Path:
+    """A WebDataset tar (fixed member metadata, so equal samples give equal bytes), renamed when complete."""
+    import webdataset as wds
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        writer = wds.TarWriter(handle, user="", group="", mode=0o644, mtime=0.0, encoder=False)
+        for sample in samples:
+            writer.write(sample)
+        writer.close()
+    tmp.replace(path)
+    return path
+
+
+def generate_shard(pipe, plan: ShardPlan, path: Path, *, images_per_prompt: int, seed: int, steps: int,
+                   guidance_scale: float, resolution: int, batch_size: int, model: dict) -> dict:
+    """Generate and write one shard; returns counts (images, nan)."""
+    items = [(prompt, index) for prompt in plan.prompts for index in range(images_per_prompt)]
+    generated = generate_images(pipe, items, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                                resolution=resolution, batch_size=batch_size)
+    samples = []
+    for item in generated:
+        meta = {"prompt_id": item.prompt.id, "image_index": item.index, "prompt": item.prompt.text,
+                "categories": list(item.prompt.categories), "seed": seed,
+                "image_seed": image_seed(seed, item.prompt.id, item.index), "model": model, "nan": item.nan}
+        samples.append({"__key__": image_key(item.prompt.id, item.index), "png": png_bytes(item.image),
+                        "json": json.dumps(meta, sort_keys=True).encode()})
+    write_tar_atomic(path, samples)
+    return {"images": len(generated), "nan": sum(g.nan for g in generated)}
+
+
+def read_shard(path: Path) -> list[tuple[dict, bytes]]:
+    """(metadata, PNG bytes) of every image of a shard, in order."""
+    grouped: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            key, _, field = member.name.partition(".")
+            grouped.setdefault(key, {})[field] = tar.extractfile(member).read()
+    return [(json.loads(fields["json"]), fields["png"]) for fields in grouped.values()]
+
+
+def run_generation(pipe, plans: Sequence[ShardPlan], out: Path, *, images_per_prompt: int, seed: int, steps: int,
+                   guidance_scale: float, resolution: int, batch_size: int, model: dict,
+                   progress: Callable[[str, dict], None] | None = None) -> dict:
+    """Every shard of ``plans`` not yet on disk; returns counts of this call."""
+    totals = {"shards_done": 0, "shards_skipped": 0, "images": 0, "nan": 0}
+    for plan in plans:
+        path = Path(out) / f"{plan.name}.tar"
+        if path.exists():
+            totals["shards_skipped"] += 1
+            continue
+        counts = generate_shard(pipe, plan, path, images_per_prompt=images_per_prompt, seed=seed, steps=steps,
+                                guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
+                                model=model)
+        totals["shards_done"] += 1
+        totals["images"] += counts["images"]
+        totals["nan"] += counts["nan"]
+        if progress:
+            progress(plan.name, counts)
+    return totals
