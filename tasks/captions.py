@@ -16,6 +16,7 @@ from typing import Protocol, Sequence
 from PIL import Image
 
 from tokencompose.schemas.sample import BackendInfo
+from tokencompose.tasks.nouns import lookup_text
 from tokencompose.tasks.records import Caption
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -37,7 +38,7 @@ class CaptionRanker(Protocol):
 
 
 def content_words(text: str) -> Counter[str]:
-    return Counter(w for w in _WORD.findall(text.lower()) if w not in _FUNCTION_WORDS)
+    return Counter(w for w in _WORD.findall(lookup_text(text).lower()) if w not in _FUNCTION_WORDS)
 
 
 def _cosine(a: Counter[str], b: Counter[str]) -> float:
@@ -68,12 +69,15 @@ class ConsensusRanker:
 
 
 def usable_captions(captions: Sequence[Caption], max_chars: int) -> tuple[list[Caption], list[tuple[Caption, str]]]:
-    """Split candidates into those that can be ranked and those excluded, with the reason."""
+    """Split candidates into those that can be ranked and those excluded, with the reason
+    (a source value that is not text, empty or only invisible characters, too long)."""
     kept: list[Caption] = []
     excluded: list[tuple[Caption, str]] = []
     for caption in captions:
         text = caption.text.strip()
-        if not text:
+        if caption.problem:
+            excluded.append((caption, caption.problem))
+        elif not lookup_text(text).strip():
             excluded.append((caption, "empty"))
         elif len(text) > max_chars:
             excluded.append((caption, f"longer than {max_chars} characters"))

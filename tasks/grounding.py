@@ -16,6 +16,7 @@ from PIL import Image
 
 from tokencompose.schemas.sample import BackendInfo
 from tokencompose.tasks import masks
+from tokencompose.tasks.nouns import lookup_text
 from tokencompose.tasks.records import ImageRecord
 
 BUNDLED_NOUN_TABLE = Path(__file__).resolve().parent.parent / "data" / "noun_categories.csv"
@@ -28,6 +29,7 @@ REASON_CATEGORY_ABSENT = "category_not_annotated_in_image"
 REASON_NO_ANNOTATIONS = "no_instance_annotations"
 REASON_EMPTY_MASK = "empty_mask"
 REASON_NO_DETECTION = "no_detection"
+REASON_BAD_ANNOTATION = "bad_annotation"  # an instance of the noun's category is malformed in the source
 
 
 @dataclass
@@ -78,8 +80,9 @@ def singular_forms(word: str) -> list[str]:
 
 
 def lookup_keys(phrase: str) -> list[str]:
-    """Keys to look a phrase up by: the whole phrase, then its head (last) word, each also singular."""
-    words = phrase.lower().split()
+    """Keys to look a phrase up by: the whole phrase, then its head (last) word, each also singular
+    (invisible characters removed and NFKC-normalised first: see :func:`nouns.lookup_text`)."""
+    words = lookup_text(phrase).lower().split()
     if not words:
         return []
     head_singulars = singular_forms(words[-1])
@@ -150,7 +153,12 @@ class CocoAnnotationGrounder:
         instances = [a for a in record.annotations if a.category_id == category_id]
         if not instances:
             return Grounding(category=category, reason=REASON_CATEGORY_ABSENT)
-        rles = [masks.segmentation_to_rle(a.segmentation, record.height, record.width) for a in instances]
+        if any(a.problem for a in instances):
+            return Grounding(category=category, reason=REASON_BAD_ANNOTATION)
+        try:
+            rles = [masks.segmentation_to_rle(a.segmentation, record.height, record.width) for a in instances]
+        except masks.SegmentationProblem:
+            return Grounding(category=category, reason=REASON_BAD_ANNOTATION)
         mask = masks.union(rles)
         if masks.area(mask) == 0:
             return Grounding(category=category, reason=REASON_EMPTY_MASK)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
@@ -31,10 +32,31 @@ class LoadedImage:
     mode: str
 
 
+def image_path(images_dir: Path, file_name: str) -> Path:
+    """The file a source's ``file_name`` names inside ``images_dir``. A name that leaves the folder
+    (absolute, with '..', through a symlink pointing outside) or is no path at all (empty, NUL byte)
+    raises ImageProblem('unsafe_file_name'): the source must not make the build read other files."""
+    if not file_name or "\x00" in file_name:
+        raise ImageProblem("unsafe_file_name", f"{file_name!r:.120} is empty or holds a NUL byte")
+    relative = PurePosixPath(file_name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ImageProblem("unsafe_file_name", f"{file_name!r:.120} points outside the image folder")
+    path = images_dir / relative
+    try:
+        root, resolved = images_dir.resolve(), path.resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise ImageProblem("unsafe_file_name", f"{file_name!r:.120}: {error}") from None
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ImageProblem("unsafe_file_name", f"{file_name!r:.120} resolves outside the image folder")
+    return path
+
+
 def load_image(path: Path, width: int, height: int, image_field: str, limits: ImageLimits) -> LoadedImage:
     """Read, verify and decode an image whose COCO entry says ``width`` x ``height``."""
     check_dimensions(width, height, limits)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a folder, or a FIFO that would block the read
+            raise ImageProblem("unreadable_file", f"{path.name} is not a regular file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise ImageProblem("missing_file", str(path)) from None

@@ -7,6 +7,7 @@ noun tokens are Penn NN/NNS/NNP/NNPS or UPOS NOUN/PROPN, consecutive noun tokens
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -46,7 +47,7 @@ def merge_noun_phrases(caption: str, tokens: Sequence[TaggedToken]) -> list[Noun
 
     for token in tokens:
         is_noun = token.tag in NOUN_TAGS and any(c.isalnum() for c in token.text)
-        if is_noun and run and caption[run[-1].end:token.start].strip() == "":
+        if is_noun and run and lookup_text(caption[run[-1].end:token.start]).strip() == "":
             run.append(token)
         elif is_noun:
             close()
@@ -57,8 +58,34 @@ def merge_noun_phrases(caption: str, tokens: Sequence[TaggedToken]) -> list[Noun
     return phrases
 
 
+def _is_invisible(char: str) -> bool:
+    return unicodedata.category(char) == "Cf"
+
+
+def lookup_text(text: str) -> str:
+    """The form of a noun to look it up by (noun table, stop-list, a detector's prompt): without
+    invisible format characters (zero-width spaces and joiners, soft hyphens, byte-order marks, bidi
+    controls: Unicode category Cf) and NFKC-normalised (full-width letters, ligatures, no-break
+    spaces). Only for look-ups: the stored caption and the noun spans keep the original characters."""
+    visible = "".join(c for c in text if not _is_invisible(c))
+    return unicodedata.normalize("NFKC", visible)
+
+
+def without_invisible(text: str) -> tuple[str, list[int]]:
+    """``text`` without its invisible format characters, and for each kept character its index in
+    ``text`` (plus ``len(text)`` at the end), so offsets into the result map back exactly."""
+    kept = [i for i, c in enumerate(text) if not _is_invisible(c)]
+    return "".join(text[i] for i in kept), kept + [len(text)]
+
+
+def _map_back(token: TaggedToken, caption: str, positions: list[int]) -> TaggedToken:
+    start = positions[token.start]
+    end = positions[token.end - 1] + 1 if token.end > token.start else start
+    return TaggedToken(caption[start:end], start, end, token.tag)
+
+
 def is_stop_listed(phrase: NounPhrase, stop_list: frozenset[str]) -> bool:
-    return phrase.text.lower() in stop_list
+    return " ".join(lookup_text(phrase.text).lower().split()) in stop_list
 
 
 class NounExtractor:
@@ -71,8 +98,13 @@ class NounExtractor:
         return self.tagger.info()
 
     def extract(self, captions: Sequence[str]) -> list[list[NounPhrase]]:
-        tagged = self.tagger.tag(captions)
-        return [merge_noun_phrases(caption, tokens) for caption, tokens in zip(captions, tagged)]
+        """Noun phrases with spans into the captions as given. The tagger sees each caption without
+        invisible characters (a zero-width space or soft hyphen would glue words and punctuation into
+        one token); its offsets are mapped back, so ``caption[start:end] == text`` still holds."""
+        visible = [without_invisible(caption) for caption in captions]
+        tagged = self.tagger.tag([text for text, _ in visible])
+        return [merge_noun_phrases(caption, [_map_back(t, caption, positions) for t in tokens])
+                for caption, (_, positions), tokens in zip(captions, visible, tagged)]
 
 
 class SpacyTagger:

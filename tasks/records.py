@@ -6,18 +6,26 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Caption:
+    """A candidate caption; ``problem`` says why the source's value is not usable text (``text`` is then "")."""
+
     id: int | None
     text: str
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
 class Annotation:
-    """One COCO instance annotation, kept as the JSON gave it (pycocotools decodes the segmentation)."""
+    """One COCO instance annotation, kept as the JSON gave it (pycocotools decodes the segmentation).
+
+    ``problem`` says why the source's annotation is unusable; its segmentation is then dropped and a
+    noun of its category gets no mask (a mask without this instance would be wrong, not smaller)."""
 
     category_id: int
     segmentation: object
     bbox: tuple[float, float, float, float]
     iscrowd: int = 0
+    id: object = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from tokencompose.schemas.sample import CaptionCandidate, Noun, Provenance, Samp
 from tokencompose.tasks import captions as caption_stage
 from tokencompose.tasks.backends import Backends
 from tokencompose.tasks.grounding import REASON_STOP_LIST, Grounding
-from tokencompose.tasks.images import ImageProblem, LoadedImage, load_image
+from tokencompose.tasks.images import ImageProblem, LoadedImage, image_path, load_image
+from tokencompose.tasks.nouns import is_stop_listed, lookup_text
 from tokencompose.tasks.records import Caption, ImageRecord, NounPhrase
 
 CHUNK = 32  # images decoded and sent through the models at once; bounds memory per shard
@@ -81,8 +82,9 @@ class ShardBuilder:
                 rejects.append(self._reject(record, "captions", "no_usable_caption", "; ".join(reasons)))
                 continue
             try:
-                image = load_image(self.config.source.images_dir / record.file_name, record.width, record.height,
-                                   self.config.output.image_field, self.config.images)
+                path = image_path(self.config.source.images_dir, record.file_name)
+                image = load_image(path, record.width, record.height, self.config.output.image_field,
+                                   self.config.images)
             except ImageProblem as problem:
                 rejects.append(self._reject(record, "image", problem.reason, problem.detail))
                 continue
@@ -100,10 +102,11 @@ class ShardBuilder:
         chosen = [p.ranked[caption_stage.choose(s)] for p, s in zip(pending, scores)]
         with self._timed("nouns"):
             phrases = self.backends.nouns.extract([c.text for c in chosen])
-        to_ground = [[ph for ph in image_phrases if ph.text.lower() not in self.stop_list] for image_phrases in phrases]
+        to_ground = [[ph for ph in image_phrases if not is_stop_listed(ph, self.stop_list)] for image_phrases in phrases]
         with self._timed("grounding"):
+            # Grounders get the look-up form (no invisible characters); the sample keeps the caption's text.
             groundings = self.backends.grounding.ground([p.image.rgb for p in pending], [p.record for p in pending],
-                                                        [[ph.text for ph in g] for g in to_ground])
+                                                        [[lookup_text(ph.text) for ph in g] for g in to_ground])
         samples = []
         for item, item_scores, caption, image_phrases, grounded_phrases, image_groundings in zip(
                 pending, scores, chosen, phrases, to_ground, groundings):

@@ -46,8 +46,10 @@ class SourceBuilder:
         self.instances: list[dict] = []
 
     def add(self, image_id: int, data: bytes | None, width: int = 64, height: int = 48,
-            captions: tuple[str, ...] = ("A cat sitting on a bed.",), category_id: int = 17) -> str:
-        file_name = f"{image_id:012d}.jpg"
+            captions: tuple = ("A cat sitting on a bed.",), category_id: int = 17, file_name: str | None = None) -> str:
+        """An image (``data`` written under ``file_name`` unless None), its captions (any JSON values)
+        and one instance of ``category_id`` covering its left half."""
+        file_name = f"{image_id:012d}.jpg" if file_name is None else file_name
         if data is not None:
             (self.images_dir / file_name).write_bytes(data)
         self.images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
@@ -56,6 +58,13 @@ class SourceBuilder:
         self.instances.append({"id": len(self.instances) + 1, "image_id": image_id, "category_id": category_id,
                                "segmentation": [half], "bbox": [0, 0, width / 2, height], "iscrowd": 0})
         return file_name
+
+    def annotate(self, image_id: object, segmentation: object, category_id: object = 17, **fields) -> int:
+        """One more instance annotation, any JSON (hostile values included); returns its id."""
+        annotation_id = len(self.instances) + 1
+        self.instances.append({"id": annotation_id, "image_id": image_id, "category_id": category_id,
+                               "segmentation": segmentation, "bbox": [0, 0, 1, 1], "iscrowd": 0, **fields})
+        return annotation_id
 
     def write(self) -> dict[str, str]:
         (self.root / "captions.json").write_text(json.dumps({"images": self.images, "annotations": self.captions}))

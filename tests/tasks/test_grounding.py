@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from tokencompose.tasks import masks
-from tokencompose.tasks.grounding import (REASON_CATEGORY_ABSENT, REASON_NO_ANNOTATIONS, REASON_NO_CATEGORY,
+from tokencompose.tasks.grounding import (REASON_BAD_ANNOTATION, REASON_CATEGORY_ABSENT, REASON_NO_ANNOTATIONS,
+                                          REASON_NO_CATEGORY,
                                           CocoAnnotationGrounder, NounTable, lookup_keys, singular_forms)
 from tokencompose.tasks.records import Annotation, ImageRecord
 
@@ -64,3 +65,21 @@ def test_reasons_for_nouns_without_a_mask():
     assert grounder.ground_noun(_record([]), "dog").reason == REASON_CATEGORY_ABSENT
     no_instances = CocoAnnotationGrounder(has_instances=False)
     assert no_instances.ground_noun(_record([]), "dog").reason == REASON_NO_ANNOTATIONS
+
+
+def test_a_malformed_instance_of_the_category_gives_bad_annotation_not_a_partial_mask():
+    good = Annotation(17, [[0, 0, 5, 0, 5, 10, 0, 10]], (0, 0, 5, 10))
+    broken = Annotation(17, None, (0, 0, 0, 0), id=7, problem="polygon 0 has 4 numbers")
+    grounder = CocoAnnotationGrounder()
+    assert grounder.ground_noun(_record([good, broken]), "cat").reason == REASON_BAD_ANNOTATION
+    hostile = Annotation(17, {"size": [10, 20], "counts": "zz"}, (0, 0, 0, 0))  # never validated by a loader
+    assert grounder.ground_noun(_record([good, hostile]), "cat").reason == REASON_BAD_ANNOTATION
+    assert grounder.ground_noun(_record([good, broken]), "dog").reason == REASON_CATEGORY_ABSENT
+
+
+@pytest.mark.parametrize("noun,category", [
+    ("cat\u200b", "cat"), ("c\u00adat", "cat"), ("\u202ecat\u202c", "cat"), ("\ufeffdogs", "dog"),
+    ("\uff43\uff41\uff54", "cat"), ("teddy\u00a0bear", "teddy bear"),
+])
+def test_lookups_ignore_invisible_characters_and_width_forms(noun, category):
+    assert NounTable().category(noun) == category
