@@ -1,3 +1,28 @@
+// Keyboard: j or → goes to the next sample (or page), k or ← to the previous one (the page's rel links).
+(function () {
+  "use strict";
+  document.addEventListener("keydown", function (event) {
+    if (event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) { return; }
+    var target = event.target;
+    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT|BUTTON)$/.test(target.tagName))) { return; }
+    var rel = { j: "next", ArrowRight: "next", k: "prev", ArrowLeft: "prev" }[event.key];
+    if (!rel) { return; }
+    var link = document.querySelector('a[rel="' + rel + '"]');
+    if (link) { event.preventDefault(); window.location.assign(link.href); }
+  });
+})();
+
+// Gallery: show or hide the mask overlays on the thumbnails.
+(function () {
+  "use strict";
+  var box = document.getElementById("show-overlays");
+  var gallery = document.getElementById("gallery");
+  if (!box || !gallery) { return; }
+  function apply() { gallery.classList.toggle("no-overlays", !box.checked); }
+  box.addEventListener("change", apply);
+  apply();
+})();
+
 // Sample page: toggle each noun's mask overlay, the boxes, and the overlays' opacity.
 (function () {
   "use strict";
