@@ -30,7 +30,7 @@ class BenchmarkConfig(_Strict):
     """Which prompts: a bundled set, a prompt file, or prompts sampled from a category list."""
 
     name: str = Field(default="coco", description="coco or ade20k (the paper's sets, bundled); ignored when file "
-                      "or categories_file is given", json_schema_extra={"cli_shortcut": "benchmark"})
+                      "or categories_file is given", json_schema_extra={"cli_shortcut": "prompt-set"})
     file: Path | None = Field(default=None, description="a prompt JSON file in the authors' format",
                               json_schema_extra={"cli_shortcut": "prompt-file"})
     categories_file: Path | None = Field(default=None, description="a category list (one a line, or a JSON list): "

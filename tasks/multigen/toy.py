@@ -20,7 +20,8 @@ OWLV2_PRESETS = {
 
 
 def owlv2_parts(preset: str = "tiny", seed: int = 0, tokenizer_dir: Path | None = None):
-    """(model, processor) of an OWLv2 with random weights."""
+    """(model, processor) of an OWLv2 with random weights. ``tokenizer_dir``: a saved CLIP tokenizer to
+    reuse (e.g. a Stable Diffusion folder's tokenizer/), else one is built from open_clip's BPE."""
     import tempfile
 
     import torch
@@ -35,17 +36,22 @@ def owlv2_parts(preset: str = "tiny", seed: int = 0, tokenizer_dir: Path | None 
     torch.manual_seed(seed)
     model = Owlv2ForObjectDetection(config).eval()
     size = spec["vision"]["image_size"]
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = clip_tokenizer(Path(tokenizer_dir or scratch) / "clip-tokenizer")
+    if tokenizer_dir is not None:
+        from transformers import CLIPTokenizerFast
+
+        tokenizer = CLIPTokenizerFast.from_pretrained(tokenizer_dir, local_files_only=True)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            tokenizer = clip_tokenizer(Path(scratch) / "clip-tokenizer")
     tokenizer.model_max_length = 16
     processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": size, "width": size}),
                                tokenizer=tokenizer)
     return model, processor
 
 
-def save_random_owlv2(path: Path, preset: str = "tiny", seed: int = 0) -> Path:
+def save_random_owlv2(path: Path, preset: str = "tiny", seed: int = 0, tokenizer_dir: Path | None = None) -> Path:
     """An OWLv2 folder as ``save_pretrained`` writes it: config, weights, preprocessor and tokenizer."""
-    model, processor = owlv2_parts(preset, seed)
+    model, processor = owlv2_parts(preset, seed, tokenizer_dir)
     path = Path(path)
     model.save_pretrained(path)
     processor.save_pretrained(path)
@@ -84,3 +90,25 @@ def sd14_pipeline(dtype=None, seed: int = 0):
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def perturbed_copy(source: Path, target: Path, seed: int = 1, scale: float = 0.05, nan: bool = False) -> Path:
+    """A copy of a pipeline folder whose UNet weights are moved by seeded noise (a stand-in for a
+    fine-tuned model), or, with ``nan``, whose UNet output is NaN (to exercise the NaN accounting)."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    target = Path(target)
+    shutil.copytree(source, target)
+    unet = UNet2DConditionModel.from_pretrained(target / "unet")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if nan:
+            unet.conv_out.bias.fill_(float("nan"))
+        else:
+            for parameter in unet.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    unet.save_pretrained(target / "unet")
+    return target

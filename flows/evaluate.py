@@ -1,0 +1,85 @@
+"""The evaluate-multigen flow: MultiGen on local Stable Diffusion folders.
+
+The flow orchestrates :mod:`tokencompose.tasks.multigen.run`: the preflight runs first (a missing or
+wrong folder, a bad prompt file stops the run before any work), then one task per model generates
+its shards (and its attention maps), one task per model detects, and a last task scores and writes
+the report; a table artifact and the markdown report are left in Prefect. Shards already on disk
+are skipped, so a flow run started again resumes. For several GPUs run
+``accelerate launch -m tokencompose evaluate --no-prefect ...`` instead (every rank then runs
+:func:`~tokencompose.tasks.multigen.run.evaluate_models`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from tokencompose.schemas.evaluation import CONFIG_FILE, EvaluateConfig
+
+FLOW_NAME = "evaluate-multigen"
+
+
+@task(name="generate", task_run_name="generate-{label}", cache_policy=NO_CACHE)
+def generate_task(plan, label: str, device: str) -> dict:
+    from tokencompose.tasks.multigen.run import generate_model
+
+    logger = get_run_logger()
+    run = next(r for r in plan.runs if r.label == label)
+    return generate_model(plan, run, device, progress=logger.info)
+
+
+@task(name="detect", task_run_name="detect-{label}", cache_policy=NO_CACHE)
+def detect_task(plan, label: str, device: str) -> dict:
+    from tokencompose.tasks.multigen.run import detect_model
+
+    logger = get_run_logger()
+    run = next(r for r in plan.runs if r.label == label)
+    return detect_model(plan, run, device, progress=logger.info)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(plan):
+    from tokencompose.tasks.multigen.report import build_report
+
+    return build_report(plan)
+
+
+@flow(name=FLOW_NAME, log_prints=False)
+def evaluate_multigen(config: EvaluateConfig) -> dict[str, Any]:
+    """Generate MultiGen images with each model, detect the prompts' categories with OWLv2, score MG1-MG5
+    and compare the models on the same prompts and seeds."""
+    from pathlib import Path
+
+    from tokencompose.tasks.devices import resolve_device
+    from tokencompose.tasks.multigen.run import evaluate_cli_summary, preflight
+
+    logger = get_run_logger()
+    plan = preflight(config)
+    device = resolve_device(config.models.device)
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(config.out_dir) / CONFIG_FILE).write_text(config.to_json())
+    logger.info("MultiGen: %d prompts x %d images, %d model(s), %d shards on %s", len(plan.prompts),
+                config.generation.images_per_prompt, len(plan.runs), len(plan.shards), device)
+    for run in plan.runs:
+        counts = generate_task(quote(plan), run.label, device)
+        logger.info("%s: generation %s", run.label, counts)
+    for run in plan.runs:
+        counts = detect_task(quote(plan), run.label, device)
+        logger.info("%s: detection %s", run.label, counts)
+    report = report_task(quote(plan))
+    create_table_artifact(table=report.table_rows(), key="multigen-scores",
+                          description=f"MultiGen MG1-MG5 (mean ± std over image rounds), {len(plan.prompts)} prompts")
+    create_markdown_artifact(markdown=report.markdown, key="multigen-report", description=str(report.markdown_path))
+    logger.info("report written to %s", report.markdown_path)
+    return evaluate_cli_summary(report)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tokencompose.cli import run_subcommand
+
+    sys.exit(run_subcommand("evaluate"))
