@@ -6,6 +6,7 @@ output folder and the code, so a run started again skips every finished shard.
 from __future__ import annotations
 
 import hashlib
+import sys
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -33,8 +34,25 @@ def shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return "shard-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether a second try can succeed: I/O errors and a GPU out of memory. Anything else comes from
+    the shard's records or the code and would fail the same way again."""
+    if isinstance(error, OSError):
+        return True
+    torch = sys.modules.get("torch")  # never imported here just to check: the offline profile has no torch
+    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def retry_only_transient(task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn(task, task_run, state): retry a failed shard only for a transient error."""
+    error = state.data
+    if not isinstance(error, BaseException):
+        error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
 @task(name="build-shard", task_run_name="shard-{index:06d}", cache_key_fn=shard_cache_key, persist_result=True,
-      result_serializer="json", retries=2, retry_delay_seconds=[2, 10])
+      result_serializer="json", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_only_transient)
 def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord]) -> ShardSummary:
     backends = backend_registry.load_backends(config)
     provenance = backends.provenance(config.config_hash())
@@ -74,7 +92,9 @@ def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
     shard_task = build_shard_task.with_options(result_storage=cache_storage(config))
     progress = create_progress_artifact(0.0, key="build-grounded-coco-progress",
                                         description=f"shards of {config.output.out_dir}")
-    summaries = _run_shards(config, plan, shard_task, progress)
+    summaries, failed = _run_shards(config, plan, shard_task, progress)
+    if failed:
+        raise dataset.build_failed(plan, summaries, failed) from failed[min(failed)]
     backends = backend_registry.load_backends(config)
     stats = dataset.finalize(plan, summaries, backends.provenance(plan.config_hash))
     table = summary_table(plan, stats, summaries)
@@ -83,28 +103,41 @@ def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
     return {row["measure"]: row["value"] for row in table}
 
 
-def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress) -> list[ShardSummary]:
+def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress
+                ) -> tuple[list[ShardSummary], dict[int, BaseException]]:
     """Submit shards, at most ``config.workers`` at once; a cached result whose shard is not on disk
-    intact is built again."""
+    intact is built again. After a shard fails (retries spent) no new shard starts; the running ones
+    finish, so their work is kept and reported. Returns the summaries and the failures by shard."""
     logger = get_run_logger()
     waiting = list(enumerate(plan.batches))[::-1]
     running: dict[Any, int] = {}
     summaries: list[ShardSummary] = []
+    failed: dict[int, BaseException] = {}
     total = max(len(plan.batches), 1)
-    while waiting or running:
-        while waiting and len(running) < config.workers:
+    while running or (waiting and not failed):
+        while waiting and not failed and len(running) < config.workers:
             index, batch = waiting.pop()
             # quote: Prefect would otherwise walk every record (and polygon) looking for futures
             running[shard_task.submit(config=config, index=index, records=quote(batch))] = index
         future = next(as_completed(list(running)))
         index = running.pop(future)
-        summary = future.result()
-        # A shard just built was hashed as it was written; only a cached result needs checking.
-        if future.state.name == "Cached" and not dataset.shard_is_intact(config, summary):
-            logger.warning("%s: cached result does not match the file on disk; building it again", summary.shard)
-            summary = shard_task.with_options(refresh_cache=True)(config=config, index=index,
-                                                                  records=quote(plan.batches[index]))
+        try:
+            summary = _checked_result(config, plan, shard_task, future, index)
+        except Exception as error:
+            logger.error("shard %06d failed: %s: %s", index, type(error).__name__, error)
+            failed[index] = error
+            continue
         summaries.append(summary)
         update_progress_artifact(progress, 100.0 * len(summaries) / total)
         logger.info("progress: %d/%d shards", len(summaries), len(plan.batches))
-    return summaries
+    return summaries, failed
+
+
+def _checked_result(config: BuildConfig, plan: dataset.Plan, shard_task, future, index: int) -> ShardSummary:
+    summary = future.result()
+    # A shard just built was hashed as it was written; only a cached result needs checking.
+    if future.state.name == "Cached" and not dataset.shard_is_intact(config, summary):
+        get_run_logger().warning("%s: cached result does not match the file on disk; building it again", summary.shard)
+        summary = shard_task.with_options(refresh_cache=True)(config=config, index=index,
+                                                              records=quote(plan.batches[index]))
+    return summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,7 @@ SIZES_FILE = "sizes.json"
 REJECTS_FILE = "rejects.jsonl"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
+INCOMPLETE_FILE = "incomplete.json"
 
 
 class MemberLocation(BaseModel):
@@ -87,6 +88,20 @@ class Manifest(BaseModel):
     shards: list[ManifestShard]
     samples: int
     provenance: dict[str, Any]
+
+
+class IncompleteRun(BaseModel):
+    """Written in place of the manifest when a run fails: which shards are done (their rows are in
+    rejects.jsonl, stats.json and sizes.json), which failed and why, which were not built. A later
+    successful run of the same configuration removes it and writes the manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["failed"] = "failed"
+    config_hash: str
+    shards_planned: int
+    shards_done: list[str]
+    shards_failed: dict[str, str] = Field(description="shard -> the error that stopped it")
+    shards_not_built: list[str]
 
 
 def _add_counts(total: dict[str, int], part: dict[str, int]) -> None:

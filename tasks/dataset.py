@@ -2,7 +2,8 @@
 
 ``plan`` does everything that can stop a run before work starts (configuration, backends, source,
 output folder); ``finalize`` writes sizes.json, stats.json, rejects.jsonl and the manifest once all
-shards exist. The Prefect flow and :func:`build_directly` both use them.
+shards exist; when shards fail, ``build_failed`` writes the same reports for the shards done and
+incomplete.json instead of the manifest. The Prefect flow and :func:`build_directly` both use them.
 """
 from __future__ import annotations
 
@@ -14,21 +15,27 @@ from typing import Callable, Sequence
 
 from tokencompose import __version__
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.schemas.reports import (CARD_FILE, CONFIG_FILE, INDEX_DIR, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR,
-                                          SIZES_FILE, STATS_FILE, Manifest, ManifestShard, Reject, ShardStats,
-                                          ShardSummary, canonical_json, merge_stats, write_atomic)
+from tokencompose.schemas.reports import (CARD_FILE, CONFIG_FILE, INCOMPLETE_FILE, INDEX_DIR, MANIFEST_FILE,
+                                          REJECTS_FILE, SHARDS_DIR, SIZES_FILE, STATS_FILE, IncompleteRun, Manifest,
+                                          ManifestShard, Reject, ShardStats, ShardSummary, canonical_json, merge_stats,
+                                          write_atomic)
 from tokencompose.schemas.dataset_card import dataset_card
 from tokencompose.schemas.sample import SCHEMA_VERSION, Provenance
 from tokencompose.tasks import backends as backend_registry
+from tokencompose.tasks.images import ImageProblem, image_path
 from tokencompose.tasks.records import ImageRecord
 from tokencompose.tasks.selection import select_images
-from tokencompose.tasks.shards import build_shard
+from tokencompose.tasks.shards import build_shard, shard_name
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigurationError(ValueError):
     """The run cannot start: what is wrong and where, for every problem found."""
+
+
+class BuildFailed(RuntimeError):
+    """Shards failed; the reports of the finished ones and incomplete.json were written."""
 
 
 @dataclass
@@ -57,8 +64,10 @@ def batch_fingerprint(config: BuildConfig, records: Sequence[ImageRecord]) -> st
     for record in records:
         digest.update(repr(record).encode())
         try:
-            stat = (config.source.images_dir / record.file_name).stat()
+            stat = image_path(config.source.images_dir, record.file_name).stat()
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        except ImageProblem:
+            digest.update(b"unsafe")
         except OSError:
             digest.update(b"missing")
     return digest.hexdigest()
@@ -90,7 +99,7 @@ def clear_previous(config: BuildConfig) -> None:
         for path in (out / folder).glob("*") if (out / folder).is_dir() else ():
             if path.is_file():
                 path.unlink()
-    for name in (MANIFEST_FILE, STATS_FILE, SIZES_FILE, REJECTS_FILE, CARD_FILE):
+    for name in (MANIFEST_FILE, STATS_FILE, SIZES_FILE, REJECTS_FILE, CARD_FILE, INCOMPLETE_FILE):
         (out / name).unlink(missing_ok=True)
 
 
@@ -120,24 +129,32 @@ def start_output(run_plan: Plan) -> None:
     if previous.is_file() and json.loads(previous.read_text())["config_hash"] != run_plan.config_hash:
         clear_previous(config)
     for stale in (out / SHARDS_DIR).glob(".*.tmp") if (out / SHARDS_DIR).is_dir() else ():
-        stale.unlink()
+        if stale.is_file():
+            stale.unlink()
     record = {"config_hash": run_plan.config_hash, "tokencompose": __version__,
               "config": config.model_dump(mode="json"), "content": config.content_dict()}
     write_atomic(previous, canonical_json(record))
 
 
-def finalize(run_plan: Plan, summaries: Sequence[ShardSummary], provenance: Provenance) -> ShardStats:
-    """Write sizes.json, stats.json, rejects.jsonl and the manifest (last: its presence means done)."""
+def _write_reports(run_plan: Plan, summaries: Sequence[ShardSummary], **status) -> tuple[ShardStats, list[Reject]]:
+    """sizes.json, rejects.jsonl and stats.json for these shards (``status``: extra keys for stats.json)."""
     out = run_plan.config.output.out_dir
-    summaries = sorted(summaries, key=lambda s: s.shard)
     stats = merge_stats([s.stats for s in summaries])
     rejects = run_plan.selection_rejects + [r for s in summaries for r in s.rejects]
     write_atomic(out / SIZES_FILE, canonical_json({s.shard: s.samples for s in summaries}))
     write_atomic(out / REJECTS_FILE, b"".join(
         json.dumps(r.model_dump(), sort_keys=True, ensure_ascii=False).encode() + b"\n" for r in rejects))
     stats_doc = {"images_seen": run_plan.seen, "images_selected": sum(len(b) for b in run_plan.batches),
-                 "rejects_by_reason": reject_counts(rejects), **stats.model_dump()}
+                 "rejects_by_reason": reject_counts(rejects), **stats.model_dump(), **status}
     write_atomic(out / STATS_FILE, canonical_json(stats_doc))
+    return stats, rejects
+
+
+def finalize(run_plan: Plan, summaries: Sequence[ShardSummary], provenance: Provenance) -> ShardStats:
+    """Write sizes.json, stats.json, rejects.jsonl and the manifest (last: its presence means done)."""
+    out = run_plan.config.output.out_dir
+    summaries = sorted(summaries, key=lambda s: s.shard)
+    stats, rejects = _write_reports(run_plan, summaries)
     manifest = Manifest(
         tokencompose=__version__, schema_version=SCHEMA_VERSION, config_hash=run_plan.config_hash,
         image_field=run_plan.config.output.image_field, samples=sum(s.samples for s in summaries),
@@ -149,8 +166,34 @@ def finalize(run_plan: Plan, summaries: Sequence[ShardSummary], provenance: Prov
                   f"- nouns: {stats.nouns}; with a mask: {stats.nouns_with_mask} ({share})"]
     write_atomic(out / CARD_FILE, dataset_card(run_plan.config.output.image_field,
                                                manifest.provenance, manifest.samples, card_stats))
+    (out / INCOMPLETE_FILE).unlink(missing_ok=True)
     write_atomic(out / MANIFEST_FILE, canonical_json(manifest.model_dump(mode="json")))
     return stats
+
+
+def write_incomplete(run_plan: Plan, summaries: Sequence[ShardSummary], failed: dict[int, BaseException]) -> Path:
+    """After shards failed: the reports of the shards done so far, stats.json marked incomplete, and
+    incomplete.json in place of the manifest (an old manifest no longer describes the folder)."""
+    out = run_plan.config.output.out_dir
+    summaries = sorted(summaries, key=lambda s: s.shard)
+    done = [s.shard for s in summaries]
+    failed_names = {shard_name(i): f"{type(e).__name__}: {e}"[:2000] for i, e in sorted(failed.items())}
+    planned = [shard_name(i) for i in range(len(run_plan.batches))]
+    report = IncompleteRun(config_hash=run_plan.config_hash, shards_planned=len(planned), shards_done=done,
+                           shards_failed=failed_names,
+                           shards_not_built=[n for n in planned if n not in failed_names and n not in done])
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    _write_reports(run_plan, summaries, status="incomplete", shards_done=len(done), shards_planned=len(planned))
+    write_atomic(out / INCOMPLETE_FILE, canonical_json(report.model_dump()))
+    return out / INCOMPLETE_FILE
+
+
+def build_failed(run_plan: Plan, summaries: Sequence[ShardSummary], failed: dict[int, BaseException]) -> BuildFailed:
+    """Write the incomplete run's reports; the exception to raise (chain it to the first failure)."""
+    report = write_incomplete(run_plan, summaries, failed)
+    first = min(failed)
+    return BuildFailed(f"{len(failed)} of {len(run_plan.batches)} shards failed (first: {shard_name(first)}: "
+                       f"{type(failed[first]).__name__}: {failed[first]}); what was done is in {report}")
 
 
 def reject_counts(rejects: Sequence[Reject]) -> dict[str, int]:
@@ -177,7 +220,10 @@ def build_directly(config: BuildConfig, on_shard: Callable[[ShardSummary], None]
     provenance = backends.provenance(run_plan.config_hash)
     summaries = []
     for index, batch in enumerate(run_plan.batches):
-        summaries.append(build_shard(config, backends, provenance, index, batch))
+        try:
+            summaries.append(build_shard(config, backends, provenance, index, batch))
+        except Exception as error:
+            raise build_failed(run_plan, summaries, {index: error}) from error
         if on_shard:
             on_shard(summaries[-1])
     return finalize(run_plan, summaries, provenance)

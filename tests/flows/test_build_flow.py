@@ -61,7 +61,8 @@ def test_interrupted_run_resumed_gives_the_same_bytes(prefect_api, tmp_path):
     config_file.write_text(BuildConfig.model_validate(settings).model_dump_json())
     shards_dir = tmp_path / "interrupted" / "shards"
     env = {**os.environ, "PREFECT_API_URL": os.environ.get("PREFECT_API_URL", "")}
-    process = subprocess.Popen([sys.executable, "-m", "tokencompose.cli", "build", "--config", str(config_file)],
+    command = os.path.join(os.path.dirname(sys.executable), "tokencompose")  # the installed console script
+    process = subprocess.Popen([command, "build", "--config", str(config_file)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and len(list(shards_dir.glob("*.tar"))) < 3:
