@@ -14,6 +14,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("tokencompose.cli.view", "browse a built shard set in a local web viewer"),
     "models": ("tokencompose.cli.models", "list the model weights that are present and missing"),
     "serve": ("tokencompose.cli.serve", "serve the deployments for `prefect deployment run`"),
+    "wait-for-server": ("tokencompose.cli.server", "wait until the Prefect server at PREFECT_API_URL is up"),
+    "evaluate": ("tokencompose.cli.evaluate", "MultiGen: generate, detect and score a model's images"),
+    "attention": ("tokencompose.cli.attention", "cross-attention maps of each noun token for one prompt"),
 }
 
 

@@ -1,4 +1,5 @@
-"""`prefect deployment run build-grounded-coco/local` against a real Prefect server on 127.0.0.1."""
+"""Deployments against a real Prefect server on 127.0.0.1 with a temporary database: the README's
+prefect.yaml + work pool + worker commands exactly as written, and `tokencompose serve`."""
 import json
 import os
 import signal
@@ -15,6 +16,15 @@ from tokencompose.data import demo_settings
 from tokencompose.schemas.reports import Manifest
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+README_PORT = "4200"
+
+
+def readme_deployment_commands() -> str:
+    """The shell block between the deployment-commands markers of the README."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- deployment-commands")[1].split("<!-- end deployment-commands -->")[0]
+    return block.split("```sh\n")[1].split("```")[0]
 
 
 def _free_port() -> int:
@@ -81,3 +91,64 @@ def test_deployment_run_builds_a_dataset(prefect_server, tmp_path):
     manifest = Manifest.model_validate_json((out / "manifest.json").read_bytes())
     assert manifest.samples == 7 and [s.name for s in manifest.shards] == ["shard-000000.tar", "shard-000001.tar"]
     serve_log.close()
+
+
+def test_readme_deployment_commands_work_as_written(tmp_path):
+    """The block runs in a workspace that looks like the repository root (prefect.yaml, flows/, data/
+    and .venv/); only the port is changed to a free one."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "prefect.yaml").write_bytes((REPO / "prefect.yaml").read_bytes())
+    for name in ("flows", "data"):
+        (workspace / name).symlink_to(REPO / name)
+    (workspace / ".venv").symlink_to(BIN.parent)
+    port = str(_free_port())
+    commands = readme_deployment_commands()
+    assert commands.count(README_PORT) == 2
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false",
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("PREFECT_API_URL", None)
+    shell = subprocess.Popen(["bash", "-e", "-c", commands.replace(README_PORT, port)], cwd=workspace, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    api = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    try:
+        output, _ = shell.communicate(timeout=600)
+        assert shell.returncode == 0, output[-4000:]
+        assert "Completed" in output
+        manifest = Manifest.model_validate_json((workspace / "out" / "deployment" / "manifest.json").read_bytes())
+        assert manifest.samples == 7
+
+        names = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=api, capture_output=True,
+                               text=True, timeout=120).stdout
+        assert "build-grounded-coco/local" in names and "train-tokencompose/local" in names
+
+        # A failing run: its reason is in the flow run's state message.
+        bad = {"config": {"source": {"images_dir": str(tmp_path / "no-such-folder"),
+                                     "captions_json": "data/sample/captions.json"},
+                          "output": {"out_dir": "out/bad"}}}
+        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "build-grounded-coco/local",
+                              "--params", json.dumps(bad), "--watch", "--watch-timeout", "300"],
+                             env=api, capture_output=True, text=True, timeout=400)
+        assert run.returncode != 0 and "Failed" in run.stdout + run.stderr
+        flow_run_id = run.stdout.split("UUID:")[1].split()[0]
+        inspect = subprocess.run([str(BIN / "prefect"), "flow-run", "inspect", flow_run_id], env=api,
+                                 capture_output=True, text=True, timeout=120).stdout
+        assert "ConfigurationError" in inspect and "no-such-folder" in inspect
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        os.killpg(shell.pid, signal.SIGTERM)
+        time.sleep(1)
+        try:
+            os.killpg(shell.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_serve_refuses_without_a_server_url(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    started = time.monotonic()
+    run = subprocess.run([str(BIN / "tokencompose"), "serve"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "PREFECT_API_URL" in run.stderr and len(run.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 30
