@@ -97,12 +97,23 @@ def _hub_folder(repo: str) -> str:
     return "models--" + repo.replace("/", "--")
 
 
-def _snapshots(hf_cache: Path, repo: str) -> list[Path]:
-    root = hf_cache / _hub_folder(repo) / "snapshots"
-    if not root.is_dir():
-        return []
-    # Newest snapshot first, so an updated cache wins.
-    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+def _cached_snapshot(hf_cache: Path, repo: str) -> Path | None:
+    """The snapshot folder that the cache's ``refs/main`` names (huggingface_hub's own lookup)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, cache_dir=hf_cache, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def _cached_file(hf_cache: Path, repo: str, name: str) -> Path | None:
+    """A file of the ``refs/main`` snapshot, or None (huggingface_hub's own lookup)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, name, cache_dir=hf_cache)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
 def _folder_complete(folder: Path, members: Sequence[tuple[str, ...]]) -> bool:
@@ -126,17 +137,16 @@ def find_weights(spec: WeightSpec, models_dir: Path, hf_cache: Path | None = Non
             return path
     if hf_cache is not None:
         for repo, names in spec.hub:
+            searched.append(str(hf_cache / _hub_folder(repo)) + " (the snapshot refs/main names)")
             if spec.is_folder:
-                searched.append(str(hf_cache / _hub_folder(repo) / "snapshots" / "*"))
-                for snapshot in _snapshots(hf_cache, repo):
-                    if _folder_complete(snapshot, spec.members):
-                        return snapshot
+                snapshot = _cached_snapshot(hf_cache, repo)
+                if snapshot is not None and _folder_complete(snapshot, spec.members):
+                    return snapshot
             else:
                 for name in names:
-                    searched.append(str(hf_cache / _hub_folder(repo) / "snapshots" / "*" / name))
-                    for snapshot in _snapshots(hf_cache, repo):
-                        if (snapshot / name).is_file():
-                            return snapshot / name
+                    found = _cached_file(hf_cache, repo, name)
+                    if found is not None:
+                        return found
     return None
 
 

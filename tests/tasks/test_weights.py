@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 
 from tokencompose.cli import parser_for
@@ -55,12 +57,20 @@ def test_preflight_lists_all_problems_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def hub_snapshot(hub: Path, repo: str, commit: str, main: bool = True) -> Path:
+    """A snapshot folder in the Hugging Face cache layout; ``main`` makes refs/main name it."""
+    repo_dir = hub / ("models--" + repo.replace("/", "--"))
+    if main:
+        touch(repo_dir / "refs" / "main").write_text(commit)
+    return repo_dir / "snapshots" / commit
+
+
 def test_models_folder_and_hf_cache_are_found(tmp_path):
     cfg = config(tmp_path, grounding={"sam_variant": "vit_b"})
     touch(tmp_path / "models" / "groundingdino_swint_ogc.pth")
-    snapshot = tmp_path / "hub" / "models--lkeab--hq-sam" / "snapshots" / "0123abcd"
+    snapshot = hub_snapshot(tmp_path / "hub", "lkeab/hq-sam", "0123abcd")
     touch(snapshot / "sam_hq_vit_b.pth")
-    bert = tmp_path / "hub" / "models--google-bert--bert-base-uncased" / "snapshots" / "feed"
+    bert = hub_snapshot(tmp_path / "hub", "google-bert/bert-base-uncased", "feed")
     for name in ("config.json", "vocab.txt"):
         touch(bert / name)
     assert any("bert-base-uncased" in p for p in models.missing_weights(cfg, ["grounded_sam"]))
@@ -68,6 +78,29 @@ def test_models_folder_and_hf_cache_are_found(tmp_path):
     assert models.missing_weights(cfg, ["grounded_sam"]) == []
     assert models.locate(cfg, models.sam_hq_spec("vit_b")) == snapshot / "sam_hq_vit_b.pth"
     assert models.locate(cfg, models.text_encoder_spec()) == bert
+
+
+def test_hf_cache_follows_refs_main_not_the_newest_snapshot(tmp_path):
+    """refs/main names the snapshot to use; a newer snapshot left by another revision is not it."""
+    import os
+
+    cfg = config(tmp_path, grounding={"sam_variant": "vit_b"})
+    hub = tmp_path / "hub"
+    main = hub_snapshot(hub, "lkeab/hq-sam", "aaaa1111")
+    touch(main / "sam_hq_vit_b.pth")
+    other = hub_snapshot(hub, "lkeab/hq-sam", "bbbb2222", main=False)
+    touch(other / "sam_hq_vit_b.pth")
+    os.utime(main, (1_000_000, 1_000_000))           # refs/main's snapshot is the older one
+    assert models.locate(cfg, models.sam_hq_spec("vit_b")) == main / "sam_hq_vit_b.pth"
+    bert_main = hub_snapshot(hub, "google-bert/bert-base-uncased", "cafe")
+    for name in ("config.json", "vocab.txt", "model.safetensors"):
+        touch(bert_main / name)
+        touch(hub_snapshot(hub, "google-bert/bert-base-uncased", "beef", main=False) / name)
+    (hub / "models--google-bert--bert-base-uncased" / "refs" / "main").write_text("cafe")
+    os.utime(bert_main, (1_000_000, 1_000_000))
+    assert models.locate(cfg, models.text_encoder_spec()) == bert_main
+    (bert_main / "model.safetensors").unlink()       # refs/main's folder incomplete: not found, never the other
+    assert any("bert-base-uncased" in p for p in models.missing_weights(cfg, ["grounded_sam"]))
 
 
 def test_clip_tag_resolves_to_hub_files_and_openai_checksum(tmp_path):
