@@ -10,8 +10,8 @@ Nothing here downloads anything. Weights are looked for, in order:
    name (``bert-base-uncased/``, ``flair/pos-english/pytorch_model.bin``,
    ``timm/vit_large_patch14_clip_336.openai/open_clip_model.safetensors``);
 3. an existing Hugging Face hub cache (``models.hf_cache``, else ``$HF_HUB_CACHE``, else
-   ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``), in its ``models--org--name/snapshots/*/``
-   layout, for every file that a hub repository hosts.
+   ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``): the snapshot that ``refs/main`` names, as
+   huggingface_hub resolves it, for every file that a hub repository hosts.
 
 docs/models.md lists every file with its size, checksum (where recorded) and origin.
 """
