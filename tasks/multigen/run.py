@@ -41,6 +41,10 @@ class EvaluationError(RuntimeError):
 
 
 def _locate(spec, config) -> tuple[Path | None, str | None]:
+    """An existing folder given as a path is returned as is (its own check then says what is wrong
+    with it); a name is looked up in the models folder and hub cache."""
+    if spec.explicit is not None and spec.explicit.is_dir():
+        return spec.explicit, None
     searched: list[str] = []
     root = models_dir(config)
     found = find_weights(spec, root, hf_cache_dir(config), searched)
