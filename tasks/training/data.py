@@ -5,6 +5,20 @@ Each shard sample is ``<key>.<image_field>`` (original image bytes) plus ``<key>
 decoder. The stream is infinite and deterministic: epoch ``e`` shuffles the shard list with
 ``(seed, e)``, splits it over ranks and DataLoader workers, and shuffles samples in a buffer seeded
 per worker; so a resumed run can skip exactly the samples it already consumed without decoding them.
+
+Geometry (the authors' torchvision pipeline, reproduced exactly; both loss aggregations share it):
+
+- size: ``transforms.Resize(R)`` brings the short side to R and the long side to
+  ``int(R * long / short)`` (truncated: 640x480 -> 682x512), then ``CenterCrop(R)`` cuts the square at
+  ``round((side - R) / 2)`` (Python's round, half to even: 767 wide -> left 128);
+- image: PIL bilinear resize (PIL antialiases when it shrinks) to that size, the crop, then
+  ``ToTensor`` and ``Normalize(0.5, 0.5)`` computed in their order (``/255``, ``-0.5``, ``/0.5``), so
+  the tensor equals torchvision's bit for bit;
+- masks: the full-resolution 0/1 mask as a float tensor, resized as a tensor (bilinear, antialias
+  only with ``mask_antialias``: torchvision 0.14, which the authors ran, did not antialias tensors),
+  cropped, and kept fractional -- no threshold at R; then per attention resolution a bilinear resize
+  (same antialias setting) and ``> 0``. Thresholding the R mask first (at 0.5) and rounding the long
+  side would change about 1% of the 64x64 mask pixels, almost all towards smaller masks.
 """
 from __future__ import annotations
 
@@ -56,33 +70,48 @@ def expand_shards(patterns: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(found))
 
 
+def resized_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) after ``transforms.Resize(resolution)``: short side to ``resolution``, long side
+    ``int(resolution * long / short)`` (truncated, as torchvision computes it)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resolution, int(resolution * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
 def center_crop_box(width: int, height: int, resolution: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-    """Resize size that brings the short side to ``resolution`` and the centred square crop box in it."""
-    scale = resolution / min(width, height)
-    new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
-    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    """The resize size (``transforms.Resize``) and the ``CenterCrop`` box (left, top, right, bottom) in it."""
+    new_w, new_h = resized_size(width, height, resolution)
+    left, top = int(round((new_w - resolution) / 2.0)), int(round((new_h - resolution) / 2.0))
     return (new_w, new_h), (left, top, left + resolution, top + resolution)
 
 
 def transform_image(image: Image.Image, resolution: int) -> torch.Tensor:
+    """PIL image -> 3 x R x R in [-1, 1]: Resize(R) (PIL bilinear), CenterCrop(R), ToTensor, Normalize(0.5, 0.5)."""
     size, box = center_crop_box(image.width, image.height, resolution)
     image = image.convert("RGB").resize(size, Image.Resampling.BILINEAR).crop(box)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    return tensor.sub(0.5).div(0.5).contiguous()
 
 
-def transform_mask(mask: np.ndarray, resolution: int) -> torch.Tensor:
-    """The image's geometric transform applied to a boolean HxW mask: a boolean RxR tensor."""
-    height, width = mask.shape
-    size, box = center_crop_box(width, height, resolution)
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR).crop(box)
-    return torch.from_numpy(np.asarray(resized) >= 128)
+def transform_mask(mask: np.ndarray | torch.Tensor, resolution: int, antialias: bool = False) -> torch.Tensor:
+    """The image's geometry applied to H x W masks (..., H, W), boolean or 0/1: float R x R masks
+    with the bilinear resize's fractional values at the edges (no threshold)."""
+    mask = torch.as_tensor(mask)
+    height, width = mask.shape[-2:]
+    (new_w, new_h), (left, top, right, bottom) = center_crop_box(width, height, resolution)
+    lead = mask.shape[:-2]
+    flat = mask.reshape(-1, 1, height, width).float()
+    if flat.shape[0] == 0:
+        return flat.new_zeros(*lead, resolution, resolution)
+    resized = F.interpolate(flat, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=antialias)
+    return resized[:, 0, top:bottom, left:right].reshape(*lead, resolution, resolution).contiguous()
 
 
 def resize_mask(mask: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
     """The authors' per-resolution mask: bilinear resize (no antialias by default), then ``> 0``.
 
-    ``mask`` is (..., R, R) boolean; the result is (..., size, size) float of 0/1.
+    ``mask`` is (..., R, R), boolean or fractional (:func:`transform_mask`); the result is
+    (..., size, size) float of 0/1.
     """
     lead = mask.shape[:-2]
     flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()
@@ -160,12 +189,12 @@ class Preprocessor:
             if mask.shape != (image.height, image.width):
                 mask = np.asarray(Image.fromarray(mask).resize((image.width, image.height), Image.Resampling.NEAREST))
             kept_tokens.append(positions)
-            kept_masks.append(transform_mask(mask, self.resolution))
+            kept_masks.append(mask)
             kept_texts.append(noun.text)
             kept_spans.append(noun.span)
         stats["nouns_used"] += len(kept_tokens)
-        stacked = (torch.stack(kept_masks) if kept_masks
-                   else torch.zeros(0, self.resolution, self.resolution, dtype=torch.bool))
+        stacked = (transform_mask(np.stack(kept_masks), self.resolution, self.mask_antialias) if kept_masks
+                   else torch.zeros(0, self.resolution, self.resolution))
         masks = {r: resize_mask(stacked, r, self.mask_antialias) for r in self.mask_resolutions}
         relations = parse_relations(record.caption, kept_spans)
         stats["relations"] += len(relations)

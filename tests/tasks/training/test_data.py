@@ -53,6 +53,96 @@ def test_masks_resize_bilinear_without_antialias_then_positive():
     assert resize_mask(mask, 8, antialias=True).sum() >= 4  # today's torchvision default dilates instead
 
 
+# COCO-like (width, height): landscape, portrait, a long side that truncates (640x427 -> 767.4) and
+# crops at a half pixel (round half to even), square, odd sizes
+COCO_SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (612, 612), (427, 640), (333, 501), (501, 333)]
+
+
+def reference_image(image, resolution):
+    """The authors' image transform, through torchvision itself."""
+    from torchvision import transforms
+    return transforms.Compose([transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+                               transforms.CenterCrop(resolution), transforms.ToTensor(),
+                               transforms.Normalize([0.5], [0.5])])(image.convert("RGB"))
+
+
+def reference_masks(mask, resolution, sizes, antialias):
+    """The authors' mask transform through torchvision: tensor Resize + CenterCrop of the 0/1 mask (kept
+    fractional), then per attention resolution a bilinear Resize and ``> 0``."""
+    from torchvision import transforms
+    bilinear = transforms.InterpolationMode.BILINEAR
+    tensor = torch.from_numpy(mask).float()[None]
+    crop = transforms.CenterCrop(resolution)(transforms.Resize(resolution, bilinear, antialias=antialias)(tensor))
+    return {r: (transforms.Resize(r, bilinear, antialias=antialias)(crop)[0] > 0).float() for r in sizes}
+
+
+def random_photo_and_masks(width, height, seed):
+    """A noisy RGB image and masks of every scale: a thin line, a few-pixel blob, boxes, a disc."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    masks = []
+    thin = np.zeros((height, width), dtype=bool)
+    thin[:, width // 3] = True                                   # one pixel wide: vanishes if thresholded
+    masks.append(thin)
+    blob = np.zeros((height, width), dtype=bool)
+    y, x = rng.integers(0, height - 3), rng.integers(0, width - 3)
+    blob[y:y + 3, x:x + 3] = True
+    masks.append(blob)
+    for _ in range(2):
+        x0, x1 = np.sort(rng.integers(0, width, 2))
+        y0, y1 = np.sort(rng.integers(0, height, 2))
+        box = np.zeros((height, width), dtype=bool)
+        box[y0:y1 + 1, x0:x1 + 1] = True
+        masks.append(box)
+    yy, xx = np.mgrid[:height, :width]
+    masks.append((yy - height * 0.4) ** 2 + (xx - width * 0.6) ** 2 < (min(width, height) * 0.3) ** 2)
+    return image, masks
+
+
+@pytest.mark.parametrize("antialias", [False, True], ids=["torchvision-0.14", "antialias"])
+@pytest.mark.parametrize("width,height", COCO_SIZES)
+def test_geometry_equals_torchvision_resize_and_center_crop(width, height, antialias):
+    """Image and per-resolution masks equal the authors' torchvision pipeline exactly at R = 512."""
+    from PIL import Image
+    from tokencompose.tasks.training.data import resize_mask, transform_image
+    resolution, sizes = 512, (8, 16, 32, 64)
+    array, masks = random_photo_and_masks(width, height, seed=width * 1000 + height)
+    image = Image.fromarray(array)
+    # PIL does the resize in both: the same call on the same image gives the same bytes
+    assert torch.equal(transform_image(image, resolution), reference_image(image, resolution))
+    ours = transform_mask(np.stack(masks), resolution, antialias)
+    assert ours.shape == (len(masks), resolution, resolution) and ours.dtype == torch.float32
+    for index, mask in enumerate(masks):
+        expected = reference_masks(mask, resolution, sizes, antialias)
+        for r in sizes:
+            got = resize_mask(ours[index], r, antialias)
+            assert torch.equal(got, expected[r]), (index, r, (got != expected[r]).sum().item())
+
+
+def test_resize_truncates_the_long_side_and_crops_half_pixels_to_even():
+    from tokencompose.tasks.training.data import resized_size
+    assert resized_size(640, 480, 512) == (682, 512)      # 682.67 truncated, not rounded to 683
+    assert resized_size(480, 640, 512) == (512, 682)
+    assert center_crop_box(640, 427, 512) == ((767, 512), (128, 0, 640, 512))   # (767 - 512) / 2 = 127.5 -> 128
+    assert center_crop_box(612, 612, 512) == ((512, 512), (0, 0, 512, 512))
+
+
+def test_the_512_mask_keeps_fractional_edges():
+    """One-pixel lines of a 1280x960 mask (shrunk 0.53x to 512): some fall between the bilinear
+    sample points and have only fractional values below 0.5 at 512. Thresholding there drops such a
+    line; the authors' pipeline keeps the fractions and ``> 0`` at 64x64 finds it. Thresholding
+    first never adds a pixel (it only shrinks masks)."""
+    kept_only_by_fractions = 0
+    for column in range(600, 640):
+        mask = np.zeros((960, 1280), dtype=bool)
+        mask[:, column] = True
+        at_512 = transform_mask(mask, 512)
+        fractional, thresholded = resize_mask(at_512, 64), resize_mask(at_512 >= 0.5, 64)
+        assert (thresholded <= fractional).all()
+        kept_only_by_fractions += int(fractional.sum() > 0 and thresholded.sum() == 0)
+    assert kept_only_by_fractions > 0
+
+
 def test_every_sub_word_token_of_a_noun_is_used(preprocess, tokenizer):
     image = np.zeros((80, 120, 3), dtype=np.uint8)
     caption = "two giraffes beside a teddy bear"
