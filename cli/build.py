@@ -43,6 +43,12 @@ def run_build(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"cannot read --config: {error}", file=sys.stderr)
         return 2
+    from tokencompose.tasks.preflight import build_problems
+
+    problems = build_problems(config)
+    if problems:
+        print("cannot start:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return 2
     try:
         if args.no_prefect:
             from tokencompose.tasks.dataset import build_directly

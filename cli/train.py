@@ -18,6 +18,9 @@ def add_cli(subparsers) -> None:
         description="Train the train-tokencompose flow on build-grounded-coco shards. Every TrainConfig field "
                     "is a flag; flags override the --config file.")
     parser.add_argument("--config", type=Path, help="a JSON, YAML or TOML file with TrainConfig fields")
+    parser.add_argument("--demo", action="store_true",
+                        help="train a tiny random-weight model on the bundled sample (CPU, under a minute, "
+                             "nothing downloaded) into --output-dir (default runs/demo)")
     parser.add_argument("--no-prefect", action="store_true",
                         help="run the trainer directly (use this under `accelerate launch`)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
@@ -26,7 +29,13 @@ def add_cli(subparsers) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.model_validate(merged(read_settings_file(args.config), given_values(args.config_source, args)))
+    given = given_values(args.config_source, args)
+    demo = {}
+    if args.demo:
+        from tokencompose.tasks.training.demo import DEFAULT_DEMO_DIR, prepare_demo
+
+        demo = prepare_demo(Path(given.get("output_dir") or DEFAULT_DEMO_DIR))
+    return TrainConfig.model_validate(merged(read_settings_file(args.config), demo, given))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -40,6 +49,13 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     if args.print_config:
         print(config.to_json())
+    from tokencompose.tasks.preflight import train_problems
+
+    problems = train_problems(config)
+    if problems:
+        print("cannot start:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return 2
+    if args.print_config:
         return 0
     try:
         if args.no_prefect:

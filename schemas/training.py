@@ -36,8 +36,9 @@ class TrainConfig(BaseModel):
     mask_antialias: bool = Field(default=False, description="False reproduces the authors' torchvision 0.14 resize")
 
     # objective
-    train_layers: list[str] = Field(default=list(DEFAULT_TRAIN_LAYERS), description="UNet attention blocks whose "
-                                    "cross-attention maps get the grounding losses")
+    train_layers: list[str] | None = Field(default=None, description="UNet attention blocks whose cross-attention "
+                                           "maps get the grounding losses; null: the paper's choice, the middle "
+                                           "block and every decoder attention block of the model being trained")
     attn_module: str = DEFAULT_ATTN_MODULE
     aggregation: Aggregation = "reference"
     token_weight: float = Field(default=1e-3, ge=0, description="lambda")
@@ -74,7 +75,9 @@ class TrainConfig(BaseModel):
 
     @field_validator("train_layers")
     @classmethod
-    def _layers(cls, layers: list[str]) -> list[str]:
+    def _layers(cls, layers: list[str] | None) -> list[str] | None:
+        if layers is None:
+            return None
         if not layers:
             raise ValueError("train_layers must name at least one attention block")
         if len(set(layers)) != len(layers):
@@ -89,10 +92,9 @@ class TrainConfig(BaseModel):
             raise ValueError("lr_warmup_steps needs lr_scheduler 'constant_with_warmup', 'linear' or 'cosine'")
         return self
 
-    @property
-    def processor_targets(self) -> dict[str, str]:
+    def processor_targets(self, layers: list[str]) -> dict[str, str]:
         """``unet.attn_processors`` key of each trained module -> its layer name."""
-        return {f"{layer}.{self.attn_module}.processor": layer for layer in self.train_layers}
+        return {f"{layer}.{self.attn_module}.processor": layer for layer in layers}
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -7,7 +7,6 @@ resolved by looking its key up in the catalogue; nothing from a request is ever 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -77,27 +76,10 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tokencompose.viewer.app DIR [--host H] [--port P] [--tokenizer FOLDER]``."""
-    import uvicorn
+    """``python -m tokencompose.viewer.app DIR ...`` is ``tokencompose view DIR ...``."""
+    from tokencompose.cli import run_subcommand
 
-    parser = argparse.ArgumentParser(prog="python -m tokencompose.viewer.app", description=__doc__.splitlines()[0])
-    parser.add_argument("dir", type=Path)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="a training folder (diffusers pipeline or tokenizer folder) for the token view")
-    args = parser.parse_args(argv)
-    if not args.dir.is_dir():
-        print(f"{args.dir} is not a folder", file=sys.stderr)
-        return 2
-    loopback = args.host in LOOPBACK_HOSTS
-    if not loopback:
-        print(f"warning: listening on {args.host}: anyone who can reach this address can browse the dataset",
-              file=sys.stderr)
-    app = create_app(args.dir, background_scan=True, allowed_hosts=list(LOOPBACK_HOSTS) if loopback else None,
-                     tokenizer_dir=args.tokenizer)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+    return run_subcommand("view", argv)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,15 @@ def layer_downscale(unet, layer: str) -> int:
     raise ValueError(f"unknown UNet block {layer!r}")
 
 
+def paper_layers(unet) -> list[str]:
+    """The paper's trained blocks for this UNet's layout: the middle block and every decoder block
+    with attention (for SD1.x/2.x: mid_block.attentions.0 and up_blocks.1-3.attentions.0-2)."""
+    layers = [f"mid_block.attentions.{i}" for i in range(len(getattr(unet.mid_block, "attentions", None) or []))]
+    for b, block in enumerate(unet.up_blocks):
+        layers += [f"up_blocks.{b}.attentions.{i}" for i in range(len(getattr(block, "attentions", None) or []))]
+    return layers
+
+
 def layer_resolutions(unet, layers, latent_size: int) -> dict[str, int]:
     resolutions = {}
     for layer in layers:

@@ -31,26 +31,47 @@ def export_pipeline(config: TrainConfig, unet, out_dir: Path) -> Path:
 CURVE_TERMS = ("loss", "ldm", "token", "pixel", "spatial")
 
 
+def smoothed(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average that skips missing (NaN) points, debiased at the start."""
+    out, average, total = [], 0.0, 0.0
+    for value in values:
+        if value == value:  # not NaN
+            average = weight * average + (1 - weight) * value
+            total = weight * total + (1 - weight)
+        out.append(average / total if total else float("nan"))
+    return out
+
+
+def _resolution(key: str) -> int:
+    digits = "".join(ch if ch.isdigit() else " " for ch in key.split("/", 1)[1]).split()
+    return int(digits[0]) if digits else 0
+
+
 def plot_loss_curves(records: Iterable[dict], path: Path) -> Path | None:
-    """One panel per loss term (scales differ by orders of magnitude), one line per resolution group."""
+    """One panel per loss term (scales differ by orders of magnitude): the raw term, its smoothed
+    line, and one line per attention resolution in increasing order; legends beside the axes."""
     records = list(records)
     if not records:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     terms = [t for t in CURVE_TERMS if any(t in r for r in records)]
-    fig, axes = plt.subplots(len(terms), 1, figsize=(8, 2.4 * len(terms)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(terms), 1, figsize=(9, 2.4 * len(terms)), sharex=True, squeeze=False)
     steps = [r["step"] for r in records]
     for ax, term in zip(axes[:, 0], terms):
-        ax.plot(steps, [r.get(term, float("nan")) for r in records], label=term, color="black", linewidth=1.2)
-        groups = sorted({k for r in records for k in r if k.startswith(f"{term}/")})
+        raw = [r.get(term, float("nan")) for r in records]
+        ax.plot(steps, raw, label=f"{term} (raw)", color="black", linewidth=0.8, alpha=0.35)
+        ax.plot(steps, smoothed(raw), label=f"{term} (smoothed)", color="black", linewidth=1.6)
+        groups = sorted({k for r in records for k in r if k.startswith(f"{term}/")}, key=_resolution)
         for key in groups:
-            ax.plot(steps, [r.get(key, float("nan")) for r in records], label=key, linewidth=0.8, alpha=0.8)
+            ax.plot(steps, smoothed([r.get(key, float("nan")) for r in records]), label=key, linewidth=0.9)
         ax.set_ylabel(term)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1, 0].set_xlabel("optimizer step")
     fig.tight_layout()
     path = Path(path)

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 
-from tokencompose.tasks.training.attention import install_processors, layer_resolutions
+from tokencompose.tasks.training.attention import install_processors, layer_resolutions, paper_layers
 from tokencompose.schemas.training import CONFIG_FILE, TrainConfig
 from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
 from tokencompose.tasks.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
@@ -96,10 +96,11 @@ class Trainer:
         self.models: Components = load_components(cfg.pretrained_model)
         m = self.models
         latent = cfg.resolution // m.vae_scale_factor
-        self.resolutions = layer_resolutions(m.unet, cfg.train_layers, latent)
+        self.train_layers = cfg.train_layers or paper_layers(m.unet)
+        self.resolutions = layer_resolutions(m.unet, self.train_layers, latent)
         # with every grounding weight at 0 this is plain fine-tuning: the fused attention everywhere
         self.grounding = bool(cfg.token_weight or cfg.pixel_weight or cfg.spatial_weight)
-        self.store = install_processors(m.unet, cfg.processor_targets if self.grounding else {}, self.resolutions)
+        self.store = install_processors(m.unet, cfg.processor_targets(self.train_layers) if self.grounding else {}, self.resolutions)
         # every rank logs the same keys, also for a batch without nouns (the reductions must match)
         terms = ("token", "pixel", "spatial") if cfg.spatial_weight else ("token", "pixel")
         groups = [group_name(r) for r in sorted(set(self.resolutions.values()))]

@@ -6,8 +6,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from training_kit import TINY_LAYERS
-from tokencompose.tasks.training.attention import CaptureProcessor, install_processors, layer_resolutions
-from tokencompose.schemas.training import TrainConfig
+from tokencompose.tasks.training.attention import CaptureProcessor, install_processors, layer_resolutions, paper_layers
+from tokencompose.schemas.training import DEFAULT_TRAIN_LAYERS, TrainConfig
 from tokencompose.tasks.training.components import load_components
 
 
@@ -36,10 +36,19 @@ def test_sd14_default_layers_resolve_to_the_paper_resolutions():
     from diffusers import UNet2DConditionModel
     with torch.device("meta"):  # SD1.4's architecture (its config's defaults), no weights allocated
         sd14 = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    layers = TrainConfig.model_fields["train_layers"].default
+    layers = paper_layers(sd14)
+    assert layers == list(DEFAULT_TRAIN_LAYERS)
     resolutions = layer_resolutions(sd14, layers, 64)
     assert sorted(set(resolutions.values())) == [8, 16, 32, 64]
     assert resolutions["mid_block.attentions.0"] == 8 and resolutions["up_blocks.3.attentions.2"] == 64
+
+
+def test_paper_layers_follow_a_small_unets_own_layout(unet):
+    """The default needs no --train-layers for a UNet with fewer blocks than SD1.4."""
+    layers = paper_layers(unet)
+    assert layers[0] == "mid_block.attentions.0" and set(TINY_LAYERS) <= set(layers)
+    assert all(name in unet.attn_processors for name in TrainConfig(
+        pretrained_model="x", shards=["y"], output_dir="z").processor_targets(layers))
 
 
 def test_only_trained_cross_attentions_capture(unet):
