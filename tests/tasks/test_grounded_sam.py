@@ -89,20 +89,134 @@ def test_detection_batches_group_equal_sizes():
     assert _shape_groups([(3, 224, 320), (3, 224, 298), (3, 224, 320), (3, 224, 320)], 2) == [[0, 2], [3], [1]]
 
 
-def test_text_mask_fix_batches_prompts_exactly(setup, batched):
-    """GroundingDINO's text layers give heads of one image another image's prompt mask in a batch;
-    with the fix a batch of different prompts equals one-by-one inference."""
+# fp32 tolerance for batch vs one-by-one: a batch changes the blocking (and so the summation order) of
+# the matrix products, each rounding to about 6e-8 relative (2**-24); through the 6 encoder layers and
+# their norms this grows to a few 1e-6 on activations of order 1 and about 3e-5 on proposal logits of
+# order 10 (measured). 1e-4 + 1e-5 * |x| bounds that with margin, while a wrong prompt mask moves
+# them by far more (see test_text_mask_fix_is_needed).
+ATOL, RTOL = 1e-4, 1e-5
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """Run under a given intra-op thread count (it changes the summation order of the matrix
+    products), restoring the process's count afterwards so no other test sees it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _detector_stages(model, images, captions):
+    """One forward pass of GroundingDINO with its stages recorded (real model, forward hooks only):
+    the encoder's image memory and text features, the proposal logits the two-stage top-k reads,
+    and the decoder's inputs (keyword arguments) and outputs."""
+    import torch
+
+    record = {}
+    hooks = [
+        model.transformer.encoder.register_forward_hook(
+            lambda m, a, out: record.update(memory=out[0], memory_text=out[1])),
+        model.transformer.enc_out_class_embed.register_forward_hook(
+            lambda m, a, out: record.update(proposal_logits=out)),
+        model.transformer.decoder.register_forward_pre_hook(
+            lambda m, a, kwargs: record.update(decoder_inputs=dict(kwargs)), with_kwargs=True),
+        model.transformer.decoder.register_forward_hook(
+            lambda m, a, out: record.update(decoder_outputs=out)),
+    ]
+    try:
+        with torch.inference_mode():
+            record["pred_logits"] = model(images, captions=list(captions))["pred_logits"]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return record
+
+
+def _close(actual, expected, what):
+    import torch
+
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=RTOL, msg=lambda m: f"{what}: {m}")
+
+
+# two prompts of different token lengths (9 and 4 tokens): the second is padded in the batch
+FIX_PROMPTS = ["man . woman . teddy bear .", "dog ."]
+
+
+def test_text_mask_fix_batches_prompts_exactly(setup, batched, threads):
+    """A batch of images with prompts of different lengths gives each image what one-by-one inference
+    gives, under 1 and 2 threads, stage by stage:
+
+    - encoder (where GroundingDINO's text layers mix up the per-image prompt masks without the fix):
+      image memory, the prompt's text features and the proposal logits equal within fp32 tolerance;
+    - two-stage query selection: top-k of those logits, so its sorted values equal within the same
+      tolerance. Which of two proposals comes first can differ where their logits are closer than the
+      rounding noise (random weights give near-ties: 900 of about 1,000 logits of spread ~15 leave
+      gaps of 1e-5), and then every query sees a different neighbour and outputs move by up to 0.6:
+      that order is not a property of the batch, so the selection is compared by its values;
+    - decoder: run on one image's slice of the batch's inputs (its own prompt tokens only) it gives
+      that image's slice of the batch's outputs, so the decoder mixes nothing across images.
+    """
     import torch
 
     grounder, _ = batched
+    model = grounder.dino
     images = setup[1][:2]
     x = torch.stack([grounder.transform(im, None)[0] for im in images])
-    prompts = ["man . woman . teddy bear .", "dog ."]
-    with torch.inference_mode():
-        together = grounder.dino(x, captions=prompts)["pred_logits"]
-        alone = [grounder.dino(x[i:i + 1], captions=prompts[i:i + 1])["pred_logits"][0] for i in range(2)]
-    for i in range(2):
-        torch.testing.assert_close(together[i], alone[i], atol=1e-4, rtol=1e-4)
+    lengths = [len(model.tokenizer(p)["input_ids"]) for p in FIX_PROMPTS]
+    assert lengths[0] != lengths[1] and images[0].size == images[1].size
+    together = _detector_stages(model, x, FIX_PROMPTS)
+    assert together["memory_text"].shape[1] == max(lengths)
+    for i, n in enumerate(lengths):
+        alone = _detector_stages(model, x[i:i + 1], FIX_PROMPTS[i:i + 1])
+        assert alone["memory_text"].shape[1] == n
+        _close(together["memory"][i], alone["memory"][0], "image memory")
+        _close(together["memory_text"][i, :n], alone["memory_text"][0], "text features")
+        _close(together["proposal_logits"][i, :, :n], alone["proposal_logits"][0, :, :n], "proposal logits")
+        k = model.transformer.num_queries
+        top_together = together["proposal_logits"][i, :, :n].max(-1).values.topk(k).values
+        _close(top_together, alone["proposal_logits"][0, :, :n].max(-1).values.topk(k).values, "selected logits")
+        # the decoder alone on this image's slice of the batch's decoder inputs
+        inputs = together["decoder_inputs"]
+        own = dict(inputs)
+        for key in ("tgt", "memory", "pos", "refpoints_unsigmoid"):  # (length, batch, ...)
+            own[key] = inputs[key][:, i:i + 1]
+        for key in ("memory_key_padding_mask", "valid_ratios"):  # (batch, ...)
+            own[key] = inputs[key][i:i + 1]
+        own["memory_text"] = inputs["memory_text"][i:i + 1, :n]
+        own["text_attention_mask"] = inputs["text_attention_mask"][i:i + 1, :n]
+        assert not own["text_attention_mask"].any()  # only the image's own prompt tokens
+        with torch.inference_mode():
+            hs, references = model.transformer.decoder(**own)
+        hs_batch, references_batch = together["decoder_outputs"]
+        _close(torch.stack(list(hs))[:, 0], torch.stack(list(hs_batch))[:, i], "decoder states")
+        _close(torch.stack(list(references))[:, 0], torch.stack(list(references_batch))[:, i], "decoder boxes")
+
+
+def test_text_mask_fix_is_needed(setup, batched):
+    """Without the fix (groundingdino's own text layers) the padded prompt's image gets another
+    prompt's mask on some heads: its text features and proposal logits move far beyond the fp32
+    tolerance, so the stage comparison above can fail."""
+    import torch
+
+    grounder, _ = batched
+    model = grounder.dino
+    x = torch.stack([grounder.transform(im, None)[0] for im in setup[1][:2]])
+    n = len(model.tokenizer(FIX_PROMPTS[1])["input_ids"])
+    alone = _detector_stages(model, x[1:2], FIX_PROMPTS[1:])
+    layers = list(model.transformer.encoder.text_layers)
+    fixed = [layer.__dict__.pop("forward") for layer in layers]  # back to the class's own forward
+    try:
+        together = _detector_stages(model, x, FIX_PROMPTS)
+    finally:
+        for layer, forward in zip(layers, fixed):
+            layer.forward = forward
+    assert all(layer._tokencompose_mask_fix for layer in layers)
+    text_error = (together["memory_text"][1, :n] - alone["memory_text"][0]).abs().max().item()
+    logit_error = (together["proposal_logits"][1, :, :n] - alone["proposal_logits"][0, :, :n]).abs().max().item()
+    assert text_error > 100 * ATOL and logit_error > 100 * ATOL, (text_error, logit_error)
 
 
 def test_noun_mask_is_the_union_of_its_boxes(setup):
