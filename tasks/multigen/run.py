@@ -154,17 +154,24 @@ def distributed() -> tuple[int, int, str | None]:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
+    state = _state()
+    return state.process_index, state.num_processes, str(state.device)
+
+
+def _state():
+    """accelerate's process state; CPU processes (no GPU, or ACCELERATE_USE_CPU) get a gloo group."""
+    import os
+
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
-    return state.process_index, state.num_processes, str(state.device)
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
 
 
 def _barrier(world: int) -> None:
     if world > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        _state().wait_for_everyone()
 
 
 def _free(device: str) -> None:

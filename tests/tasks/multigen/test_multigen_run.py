@@ -124,3 +124,27 @@ def test_a_killed_run_resumes_to_the_same_bytes(make_eval_config, tmp_path):
         assert tree_bytes(tmp_path / "whole" / name, pattern) == tree_bytes(tmp_path / "killed" / name, pattern)
     assert (tmp_path / "whole" / "report.json").read_text() == (tmp_path / "killed" / "report.json").read_text() \
         .replace(str(tmp_path / "killed"), str(tmp_path / "whole"))
+
+
+def test_two_processes_split_the_shards_and_equal_one(make_eval_config, tmp_path):
+    """torchrun with 2 CPU processes (gloo via accelerate): each rank takes every other shard, rank 0
+    reports after both finish, and the bytes equal a single process's."""
+    fast = dict(benchmark={"limit": 4}, generation={"prompts_per_shard": 1},
+                report={"attention_prompts": 0, "grid_prompts": 1})
+    single = make_eval_config(out_dir=str(tmp_path / "single"), **fast)
+    evaluate_models(single)
+    double = make_eval_config(out_dir=str(tmp_path / "double"), **fast)
+    settings = tmp_path / "double.json"
+    settings.write_text(double.to_json())
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+               "-m", "tokencompose", "evaluate", "--no-prefect", "--config", str(settings)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 of 2" in result.stderr and "rank 0 of 2" in result.stderr
+    name = Path(single.pipelines[0]).name
+    for pattern in ("images/*.tar", "detections-*/*.jsonl"):
+        one = tree_bytes(tmp_path / "single" / name, pattern)
+        assert len(one) == 4 and one == tree_bytes(tmp_path / "double" / name, pattern)
+    assert json.loads((tmp_path / "double" / "report.json").read_text())["models"][0]["mg"] == \
+        json.loads((tmp_path / "single" / "report.json").read_text())["models"][0]["mg"]
