@@ -85,7 +85,8 @@ class DetectionConfig(_Strict):
                           json_schema_extra={"cli_shortcut": "detector"})
     threshold: float = Field(default=0.1, ge=0, le=1, description="a category counts when its best box scores above this")
     query_template: str = Field(default="a photo of a {category}", description="text query per category")
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=1, ge=1, description="images per detector call (on an H100, OWLv2-L at 960 px in "
+                            "bf16 ran 13.0 images/s one by one and 10.9 in batches of 16)")
     precision: Precision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
 
     @field_validator("query_template")
