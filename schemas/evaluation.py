@@ -159,8 +159,8 @@ class EvaluateConfig(_Strict):
 
     def detection_fingerprint(self) -> str:
         d = self.detection
-        blob = json.dumps({"detector": d.detector, "template": d.query_template, "precision": d.precision},
-                          sort_keys=True).encode()
+        blob = json.dumps({"detector": d.detector, "template": d.query_template, "precision": d.precision,
+                           "threshold": d.threshold}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
     def to_json(self) -> str:

@@ -4,8 +4,8 @@ text queries ("a photo of a {category}").
 Scores follow the processor's ``post_process_grounded_object_detection``: each predicted box takes its best
 query (argmax over the queries) with score sigmoid(logit); a category's score is the best score of the
 boxes that chose it, and the category is detected when that score is above the threshold (strictly,
-as the processor's ``threshold``). Each category's best score and box are kept (also below the
-threshold), so the threshold can be changed without running the detector again. Results go to one
+as the processor's ``threshold``). Each image's row lists its detected categories and keeps every
+category's best score and box (also below the threshold). Results go to one
 JSON Lines file per image shard, written under a temporary name and renamed (resumable like the
 images). Images whose generation gave NaNs are not detected; they are recorded as such.
 """
@@ -113,7 +113,13 @@ def detections_name(shard_name: str) -> str:
     return shard_name.replace(".tar", ".jsonl")
 
 
-def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int) -> dict:
+def detected_categories(categories: Sequence[str], scores: dict[str, dict] | None, threshold: float) -> list[str]:
+    """The categories whose best box scores above ``threshold`` (strictly), in prompt order."""
+    scores = scores or {}
+    return [c for c in categories if (scores.get(c) or {}).get("score") is not None and scores[c]["score"] > threshold]
+
+
+def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int, threshold: float = 0.1) -> dict:
     from PIL import Image
 
     rows = []
@@ -125,11 +131,12 @@ def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int) ->
         scored = detector.score([im for _, im in pending], [meta["categories"] for meta, _ in pending])
         for (meta, _), categories in zip(pending, scored):
             rows[meta["_row"]]["categories_scores"] = categories
+            rows[meta["_row"]]["detected"] = detected_categories(meta["categories"], categories, threshold)
         pending.clear()
 
     for meta, png in read_shard(shard):
         row = {"prompt_id": meta["prompt_id"], "image_index": meta["image_index"], "categories": meta["categories"],
-               "nan": meta["nan"], "categories_scores": None}
+               "nan": meta["nan"], "threshold": threshold, "detected": [], "categories_scores": None}
         rows.append(row)
         if meta["nan"]:
             continue
@@ -145,14 +152,14 @@ def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int) ->
 
 
 def run_detection(detector: Detector, shards: Sequence[Path], out_dir: Path, batch_size: int,
-                  progress: Callable[[str, dict], None] | None = None) -> dict:
+                  progress: Callable[[str, dict], None] | None = None, threshold: float = 0.1) -> dict:
     totals = {"shards_done": 0, "shards_skipped": 0, "images": 0}
     for shard in shards:
         out = Path(out_dir) / detections_name(shard.name)
         if out.exists():
             totals["shards_skipped"] += 1
             continue
-        counts = detect_shard(detector, shard, out, batch_size)
+        counts = detect_shard(detector, shard, out, batch_size, threshold)
         totals["shards_done"] += 1
         totals["images"] += counts["images"]
         if progress:

@@ -20,10 +20,11 @@ LEVELS = (1, 2, 3, 4, 5)
 
 
 def detected(row: dict, threshold: float) -> list[str]:
-    """The row's categories whose best box scores above ``threshold`` (NaN images: none)."""
-    scores = row.get("categories_scores") or {}
-    return [c for c in row["categories"] if (scores.get(c) or {}).get("score") is not None
-            and scores[c]["score"] > threshold]
+    """The row's categories whose best box scores above ``threshold`` (NaN images: none), recomputed
+    from the stored scores."""
+    from tokencompose.tasks.multigen.detection import detected_categories
+
+    return detected_categories(row["categories"], row.get("categories_scores"), threshold)
 
 
 @dataclass

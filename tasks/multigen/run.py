@@ -264,13 +264,14 @@ def detect_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world: i
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "detector.json").write_text(json.dumps(
             {"detector": str(plan.detector), "query_template": config.detection.query_template,
-             "precision": config.detection.precision}, indent=1))
+             "precision": config.detection.precision, "threshold": config.detection.threshold}, indent=1))
 
     def report(name: str, counts: dict) -> None:
         if progress:
             progress(f"{run.label}: {name} detected ({counts['images']} images)")
 
-    totals = det.run_detection(detector, todo, out_dir, config.detection.batch_size, progress=report)
+    totals = det.run_detection(detector, todo, out_dir, config.detection.batch_size, progress=report,
+                               threshold=config.detection.threshold)
     totals["shards_skipped"] += len(shards) - len(todo)
     return totals
 

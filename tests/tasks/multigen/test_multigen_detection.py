@@ -46,3 +46,33 @@ def test_an_owl_folder_of_another_architecture_is_refused(tiny_owl, tmp_path):
     assert "do not include Owlv2ForObjectDetection" in det.check_owlv2_folder(wrong)[0]
     with pytest.raises(ModelFolderError, match="owlvit"):
         det.Detector(other)
+
+
+def test_a_detections_file_lists_the_detected_categories_with_scores_and_boxes(tiny_sd, tiny_owl, tmp_path):
+    import torch
+
+    from tokencompose.tasks.multigen import generation as gen
+    from tokencompose.tasks.multigen.prompts import bundled
+
+    pipe = gen.load_pipeline(tiny_sd, "cpu", torch.float32)
+    plan = gen.plan_shards(bundled("coco")[:2], 2)[0]
+    shard = tmp_path / f"{plan.name}.tar"
+    gen.generate_shard(pipe, plan, shard, images_per_prompt=2, seed=0, steps=1, guidance_scale=7.5, resolution=32,
+                       batch_size=4, model={"label": "tiny"})
+    detector = det.Detector(tiny_owl, "cpu", "fp32")
+    out = tmp_path / "detections"
+    assert det.run_detection(detector, [shard], out, batch_size=3, threshold=0.3)["shards_done"] == 1
+    rows = det.read_detections(out / f"{plan.name}.jsonl")
+    assert [(r["prompt_id"], r["image_index"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for row in rows:
+        scores = row["categories_scores"]
+        assert row["threshold"] == 0.3 and sorted(scores) == sorted(row["categories"])
+        assert row["detected"] == [c for c in row["categories"] if (scores[c]["score"] or 0) > 0.3]
+    found = [len(r["detected"]) for r in rows]
+    assert max(found) > 0 and min(found) < 5          # the threshold separates something
+    # batch size does not change what is found (the same images scored one by one)
+    det.run_detection(detector, [shard], tmp_path / "one", batch_size=1, threshold=0.3)
+    single = det.read_detections(tmp_path / "one" / f"{plan.name}.jsonl")
+    assert [r["detected"] for r in single] == [r["detected"] for r in rows]
+    # done is done: a second call skips the file
+    assert det.run_detection(detector, [shard], out, batch_size=3)["shards_skipped"] == 1
