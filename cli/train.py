@@ -73,5 +73,10 @@ def run_train(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        if type(error).__name__ != "TrainingDiverged":
+            raise
+        print(f"training failed: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=1, default=str))
     return 0

@@ -65,6 +65,14 @@ class TrainResult:
     last_metrics: dict
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a finite number: nothing after it is worth keeping."""
+
+
+# fp16's loss scaler skips the steps whose gradients overflow; this many in a row means divergence.
+FP16_NONFINITE_STEPS = 20
+
+
 def sample_seed(seed: int, rank: int, index: int) -> int:
     digest = hashlib.blake2b(f"{seed}/{rank}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
@@ -86,6 +94,7 @@ class Trainer:
             mixed_precision=config.mixed_precision,
             project_config=ProjectConfiguration(project_dir=str(config.output_dir)))
         self.state = TrainState()
+        self._nonfinite_steps = 0
         self._setup()
 
     # ----------------------------------------------------------------- setup
@@ -209,6 +218,7 @@ class Trainer:
             self.state.stats.update(batch.stats)
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + value / accum
+        self._check_finite(sums["loss"])
         if cfg.max_grad_norm is not None:
             acc.clip_grad_norm_(self.unet.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
@@ -216,6 +226,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         return sums
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Raise TrainingDiverged when any rank's loss is NaN or infinite (under fp16, only after
+        FP16_NONFINITE_STEPS such steps in a row: the loss scaler recovers from single overflows)."""
+        bad = self.accelerator.reduce(torch.tensor([float(not torch.isfinite(loss).item())],
+                                                   device=self.accelerator.device), reduction="sum").item() > 0
+        self._nonfinite_steps = self._nonfinite_steps + 1 if bad else 0
+        allowed = FP16_NONFINITE_STEPS if self.accelerator.mixed_precision == "fp16" else 1
+        if self._nonfinite_steps >= allowed:
+            raise TrainingDiverged(f"the loss is {loss.item()} at step {self.state.step + 1}: training diverged "
+                                   f"(learning rate {self.config.learning_rate}); nothing is exported")
 
     # ------------------------------------------------------------------ loop
     def loader(self):

@@ -132,3 +132,15 @@ def test_a_batch_without_any_usable_noun_trains_l_ldm_only(make_config):
     loss, logs = trainer.compute_loss(batch)
     loss.backward()
     assert logs["token/16x16"] == 0 and logs["pixel"] == 0 and torch.isclose(loss, logs["ldm"])
+
+
+def test_a_diverged_run_stops_without_exporting(make_config, tiny_sd, tmp_path):
+    """NaN in the UNet's output: the first step's loss is NaN, the run raises and exports nothing."""
+    from tokencompose.tasks.multigen.toy import perturbed_copy
+    from tokencompose.tasks.training.trainer import TrainingDiverged
+
+    broken = perturbed_copy(tiny_sd, tmp_path / "nan-sd", nan=True)
+    config = make_config(pretrained_model=broken, max_steps=3, export=True, output_dir=tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match="step 1"):
+        Trainer(config).train()
+    assert not (tmp_path / "run" / "pipeline").exists()
