@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import pytest
 
 from tokencompose.cli import parser_for
@@ -133,8 +135,14 @@ def test_cli_lists_present_and_missing(tmp_path, capsys):
     args = parser.parse_args(["models", "--models-dir", str(tmp_path / "models"), "--profile", "paper"])
     assert args.handler(args) == 1
     out = capsys.readouterr().out
-    assert "present  sam_hq_vit_tiny.pth [not needed]" in out
-    assert "MISSING  sam_hq_vit_h.pth [required]" in out
+    needed, others = out.split("weights the paper profile needs:")[1].split("other weights tokencompose knows:")
+    assert re.search(r"MISSING +sam_hq_vit_h\.pth ", needed) and "sam_hq_vit_tiny" not in needed
+    assert re.search(r"present +sam_hq_vit_tiny\.pth +1 bytes at ", others)
+    assert "5 weight file(s) this configuration needs are missing" in out
+    assert all(len(line) < 200 for line in out.splitlines())          # a compact table, details only with -v
+    args = parser.parse_args(["models", "--models-dir", str(tmp_path / "models"), "--profile", "paper", "-v"])
+    assert args.handler(args) == 1
+    assert "get it from" in capsys.readouterr().out
     args = parser.parse_args(["models", "--models-dir", str(tmp_path / "models")])
     assert args.handler(args) == 0
 

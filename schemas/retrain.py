@@ -1,0 +1,60 @@
+"""The scheduled retraining configuration: which data to grow, how long to train, how to judge."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tokencompose.schemas.config import BuildConfig
+from tokencompose.schemas.evaluation import EvaluateConfig
+from tokencompose.schemas.training import TrainConfig
+
+Metric = Literal["MG1", "MG2", "MG3", "MG4", "MG5"]
+# The flow fills these in itself: a run must not set them.
+TRAIN_SET_BY_FLOW = ("pretrained_model", "shards", "output_dir", "max_steps")
+EVALUATE_SET_BY_FLOW = ("pipelines", "labels", "out_dir")
+QUICK_EVALUATION: dict[str, Any] = {"benchmark": {"name": "coco", "limit": 50},
+                                    "generation": {"images_per_prompt": 2}}
+
+
+class RetrainConfig(BaseModel):
+    """grow the dataset -> train the candidate -> MultiGen quick mode on candidate and promoted -> decide."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    build: BuildConfig = Field(description="the build-grounded-coco configuration of the growing dataset")
+    base_model: Path = Field(description="the Stable Diffusion folder trained from while nothing is promoted")
+    registry_dir: Path = Field(default=Path("registry"), description="the model registry folder")
+    runs_dir: Path = Field(default=Path("runs/retrain"), description="each run's training and evaluation output")
+    steps: int = Field(default=1000, ge=1, description="optimizer steps per retraining")
+    train: dict[str, Any] = Field(default={}, description="other TrainConfig fields (e.g. mixed_precision)")
+    evaluation: dict[str, Any] = Field(default=QUICK_EVALUATION, description="EvaluateConfig fields of the quick "
+                                       "MultiGen run (benchmark, generation, detection, report, models)")
+    metric: Metric = Field(default="MG3", description="the MultiGen metric that decides")
+    margin: float = Field(default=0.0, ge=0, description="percentage points the candidate must beat the promoted by")
+
+    @model_validator(mode="after")
+    def _nested_settings(self) -> "RetrainConfig":
+        for name, fixed in (("train", TRAIN_SET_BY_FLOW), ("evaluation", EVALUATE_SET_BY_FLOW)):
+            clash = sorted(set(getattr(self, name)) & set(fixed))
+            if clash:
+                raise ValueError(f"{name} must not set {', '.join(clash)}: the retraining flow sets them")
+        self.train_config(self.base_model, ["validation.tar"], self.runs_dir)
+        self.evaluate_config([str(self.base_model)], ["baseline"], self.runs_dir)
+        return self
+
+    def train_config(self, model: Path, shards: list[str], output_dir: Path) -> TrainConfig:
+        return TrainConfig.model_validate({**self.train, "pretrained_model": model, "shards": shards,
+                                           "output_dir": output_dir, "max_steps": self.steps})
+
+    def evaluate_config(self, pipelines: list[str], labels: list[str], out_dir: Path) -> EvaluateConfig:
+        return EvaluateConfig.model_validate({**self.evaluation, "pipelines": pipelines, "labels": labels,
+                                              "out_dir": out_dir})
+
+    def train_hash(self) -> str:
+        """What decides the training besides the data and the starting model."""
+        blob = json.dumps({"train": self.train, "steps": self.steps}, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
