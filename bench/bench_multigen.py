@@ -16,7 +16,7 @@ GPU: ``--device cuda --full-size`` builds SD1.4's architecture (UNet, VAE, CLIP 
 OWLv2-L/14 at 960 px with random weights (speed does not depend on weights).
 
     python bench/bench_multigen.py                                  # CPU, tiny models
-    python bench/bench_multigen.py --device cuda --full-size --images 64 --batch-size 16 --det-batch-size 16
+    python bench/bench_multigen.py --device cuda --full-size --images 64 --batch-size 16 --det-batch-size 1
 """
 from __future__ import annotations
 

@@ -303,7 +303,7 @@ def stable_diffusion_spec(name: str = SD14_REPO) -> WeightSpec:
                           source="a diffusers StableDiffusionPipeline folder (save_pretrained, or a train-tokencompose "
                                  "export's pipeline/)", members=STABLE_DIFFUSION_MEMBERS, explicit=path)
     return WeightSpec(
-        key=f"stable_diffusion:{name}", what=f"{what}: {name}", candidates=(name,), hub=((name, ()),),
+        key=f"stable_diffusion:{name}", what=what, candidates=(name,), hub=((name, ()),),
         members=STABLE_DIFFUSION_MEMBERS,
         source=f"the hub repository {name} (the files above; safety_checker/ and feature_extractor/ are not used)")
 
@@ -317,7 +317,7 @@ def owlv2_spec(name: str = OWLV2_REPO) -> WeightSpec:
                           source="an Owlv2ForObjectDetection + Owlv2Processor folder (save_pretrained)",
                           members=OWLV2_MEMBERS, explicit=path)
     return WeightSpec(
-        key=f"owlv2:{name}", what=f"{what}: {name}", candidates=(name,), hub=((name, ()),), members=OWLV2_MEMBERS,
+        key=f"owlv2:{name}", what=what, candidates=(name,), hub=((name, ()),), members=OWLV2_MEMBERS,
         source=f"the hub repository {name} (config.json, preprocessor_config.json, model.safetensors, tokenizer.json, "
                "tokenizer_config.json, vocab.json, merges.txt, special_tokens_map.json)")
 

@@ -51,7 +51,18 @@ def test_a_bad_prompt_file_stops_with_file_and_row(tmp_path, capsys):
 
 
 def test_models_lists_the_evaluation_folders(tmp_path, capsys):
+    from tokencompose.tasks.weights import STABLE_DIFFUSION_MEMBERS
+
     assert run(["models", "--models-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "MISSING  CompVis/stable-diffusion-v1-4" in out and "MISSING  google/owlv2-large-patch14-ensemble" in out
-    assert "unet/config.json" in out and "preprocessor_config.json" in out
+    lines = capsys.readouterr().out.lower().splitlines()
+    for name in ("compvis/stable-diffusion-v1-4", "google/owlv2-large-patch14-ensemble"):
+        assert any(name in line and "missing" in line for line in lines), name
+    # a complete diffusers layout under the hub name is found
+    for options in STABLE_DIFFUSION_MEMBERS:
+        path = tmp_path / "CompVis" / "stable-diffusion-v1-4" / options[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    assert run(["models", "--models-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.lower().splitlines()
+    assert any("compvis/stable-diffusion-v1-4" in line and "present" in line for line in lines)
+    assert any("google/owlv2-large-patch14-ensemble" in line and "missing" in line for line in lines)

@@ -98,7 +98,8 @@ def test_a_folder_made_with_other_settings_is_refused(make_eval_config):
 
 def test_a_killed_run_resumes_to_the_same_bytes(make_eval_config, tmp_path):
     """A real process killed with SIGKILL after its first shard, then resumed, equals an uninterrupted run."""
-    fast = dict(benchmark={"limit": 8}, generation={"prompts_per_shard": 1, "images_per_prompt": 2},
+    # 8 one-prompt shards of 4 steps: seconds of work left after the first shard, so the kill lands mid-run
+    fast = dict(benchmark={"limit": 8}, generation={"prompts_per_shard": 1, "images_per_prompt": 2, "steps": 4},
                 report={"attention_prompts": 0, "grid_prompts": 1})
     whole = make_eval_config(out_dir=str(tmp_path / "whole"), **fast)
     evaluate_models(whole)
