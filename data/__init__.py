@@ -11,6 +11,7 @@ def demo_settings() -> dict:
     """Source and selection of the bundled sample, as configuration fields."""
     return {
         "source": {"images_dir": str(SAMPLE_DIR / "images"), "captions_json": str(SAMPLE_DIR / "captions.json"),
-                   "instances_json": str(SAMPLE_DIR / "instances.json")},
+                   "instances_json": str(SAMPLE_DIR / "instances.json"),
+                   "lvis_json": [str(SAMPLE_DIR / "lvis.json")], "stuff_json": [str(SAMPLE_DIR / "stuff.json")]},
         "selection": {"policy": "vsr", "vsr_files": [str(SAMPLE_DIR / "vsr_train.jsonl")]},
     }

@@ -77,6 +77,40 @@ PHOTOS = [
     ]),
 ]
 
+# LVIS v1 and COCO-Stuff annotations of the photos, made for this project the same way (shapes drawn
+# on the photo; a stuff region is its shape less the image's thing masks). LVIS: id -> (category id,
+# shape), plus each image's checked-absent and not-exhaustive category ids; the horse is left out of
+# the LVIS file (LVIS too leaves some COCO images out). COCO-Stuff: category ids as COCO-Stuff's.
+LVIS = {
+    139: ([(451, ("polygon", [(0, 0), (92, 0), (86, 150), (30, 262), (0, 282)])),
+           (991, ("polygon", [(398, 0), (425, 0), (440, 150), (462, 235), (452, 286), (360, 286), (350, 240), (388, 150)])),
+           (556, ("ellipse", (392, 430, 112, 84)))], [378], []),
+    285: ([(225, ("polygon", [(0, 0), (451, 0), (451, 300), (0, 300)]))], [378], []),
+    632: ([(915, ("ellipse", (278, 245, 202, 150)))], [378, 225], []),
+    724: ([], [225, 378], []),
+    785: ([(189, ("polygon", [(240, 176), (336, 168), (338, 238), (244, 242)])),
+           (1121, ("polygon", [(292, 236), (334, 236), (412, 512), (386, 512), (318, 300), (262, 512), (226, 512)]))],
+          [378], []),
+    872: ([(271, ("ellipse", (210, 155, 72, 60)))], [225], []),
+    885: ([(90, ("polygon", [(58, 105), (192, 105), (192, 250), (58, 250)])),
+           (143, ("polygon", [(528, 15), (594, 15), (594, 57), (528, 57)])),
+           (143, ("polygon", [(600, 30), (661, 30), (661, 99), (600, 99)]))], [207], [143]),
+}
+STUFF_CATEGORIES = {96: "building-other", 115: "floor-other", 124: "grass", 156: "shelf", 157: "sky-other",
+                    165: "table", 173: "wall-other", 177: "wall-wood", 183: "other"}
+STUFF = {  # image id -> [(stuff category id, shape)]; "other" (183) covers the things
+    139: [(173, ("polygon", [(92, 0), (512, 0), (512, 300), (92, 300)]))],
+    632: [(165, ("polygon", [(0, 0), (600, 0), (600, 400), (0, 400)]))],
+    724: [(157, ("polygon", [(0, 0), (640, 0), (640, 300), (0, 300)]))],
+    785: [(124, ("polygon", [(0, 262), (512, 250), (512, 512), (0, 512)])),
+          (96, ("polygon", [(330, 175), (512, 150), (512, 250), (330, 255)])),
+          (157, ("polygon", [(0, 0), (512, 0), (512, 150), (330, 175), (0, 200)]))],
+    872: [(173, ("polygon", [(0, 0), (400, 0), (400, 300), (0, 300)]))],
+    885: [(115, ("polygon", [(0, 400), (741, 390), (741, 500), (0, 500)])),
+          (156, ("polygon", [(350, 0), (741, 0), (741, 200), (350, 200)])),
+          (177, ("polygon", [(0, 0), (350, 0), (350, 300), (0, 300)]))],
+}
+
 VSR_ROWS = [  # (image id or a name missing from the source, caption, relation, label)
     (632, "The spoon is right of the cup.", "right of", 1),
     (139, "The person is in front of the flag.", "in front of", 1),
@@ -147,6 +181,8 @@ def main() -> None:
     images_dir.mkdir(parents=True, exist_ok=True)
     categories = [line.split(",") for line in (SAMPLE.parent / "coco_categories.csv").read_text().splitlines()[1:]]
     images, captions, instances = [], [], []
+    thing_masks: dict[int, list[np.ndarray]] = {}
+    lvis_images, lvis_anns, stuff_anns = [], [], []
     for image_id, name, objects, texts in PHOTOS:
         pixels = _photo(name)
         file_name = f"{image_id:012d}.jpg"
@@ -156,13 +192,17 @@ def main() -> None:
                        "license": 0, "source": f"scikit-image data.{name}"})
         for i, text in enumerate(texts):
             captions.append({"id": image_id * 10 + i, "image_id": image_id, "caption": text})
+        thing_masks[image_id] = []
         for category_id, (how, arg) in objects:
             mask = _mask(pixels, how, arg)
+            thing_masks[image_id].append(mask)
             polygons = _polygons(mask)
             xs, ys = np.nonzero(mask.any(axis=0))[0], np.nonzero(mask.any(axis=1))[0]
             bbox = [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
             instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": category_id,
                               "segmentation": polygons, "area": float(mask.sum()), "bbox": bbox, "iscrowd": 0})
+        _human(image_id, pixels, [m for (_, _), m in zip(objects, thing_masks[image_id])], lvis_images, lvis_anns,
+               stuff_anns)
     info = {"description": "tokencompose bundled sample: scikit-image photos (public domain / CC0), "
                            "captions and polygons made for this project", "version": "1.0"}
     licenses = [{"id": 0, "name": "public domain / CC0 (scikit-image data)", "url": ""}]
@@ -171,6 +211,7 @@ def main() -> None:
     (SAMPLE / "captions.json").write_text(json.dumps({**common, "annotations": captions}, indent=1) + "\n")
     (SAMPLE / "instances.json").write_text(
         json.dumps({**common, "annotations": instances, "categories": cats}) + "\n")
+    _write_human(info, images, lvis_images, lvis_anns, stuff_anns)
     with open(SAMPLE / "vsr_train.jsonl", "w") as handle:
         for n, (image, caption, relation, label) in enumerate(VSR_ROWS):
             file_name = image if isinstance(image, str) else f"{image:012d}.jpg"
@@ -178,6 +219,57 @@ def main() -> None:
                    "caption": caption, "label": label, "relation": relation, "annotator_id": n % 3,
                    "vote_true_validator_id": "[2, 6]", "vote_false_validator_id": "[]", "reference_frame": None}
             handle.write(json.dumps(row) + "\n")
+
+
+def _bbox(mask: np.ndarray) -> list[float]:
+    xs, ys = np.nonzero(mask.any(axis=0))[0], np.nonzero(mask.any(axis=1))[0]
+    return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
+
+
+def _human(image_id: int, pixels: np.ndarray, things: list[np.ndarray], lvis_images: list, lvis_anns: list,
+           stuff_anns: list) -> None:
+    """The photo's LVIS entry and annotations (polygons) and its COCO-Stuff regions (compressed RLE)."""
+    from pycocotools import mask as coco_mask
+
+    height, width = pixels.shape[:2]
+    if image_id in LVIS:
+        shapes, negative, not_exhaustive = LVIS[image_id]
+        lvis_images.append({"id": image_id, "width": width, "height": height, "license": 0,
+                            "coco_url": f"http://images.cocodataset.org/train2017/{image_id:012d}.jpg",
+                            "neg_category_ids": negative, "not_exhaustive_category_ids": not_exhaustive})
+        for category_id, shape in shapes:
+            mask = _shapes(height, width, [shape])
+            lvis_anns.append({"id": len(lvis_anns) + 1, "image_id": image_id, "category_id": category_id,
+                              "segmentation": _polygons(mask), "area": float(mask.sum()), "bbox": _bbox(mask)})
+    if image_id not in STUFF:
+        return
+    thing = np.zeros((height, width), bool)
+    for mask in things:
+        thing |= mask
+    regions = [(category_id, _shapes(height, width, [shape]) & ~thing) for category_id, shape in STUFF[image_id]]
+    if thing.any():
+        regions.append((183, thing))
+    for category_id, mask in regions:
+        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        stuff_anns.append({"id": len(stuff_anns) + 1, "image_id": image_id, "category_id": category_id,
+                           "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                           "area": float(mask.sum()), "bbox": _bbox(mask), "iscrowd": 0})
+
+
+def _write_human(info: dict, images: list, lvis_images: list, lvis_anns: list, stuff_anns: list) -> None:
+    lvis_categories = {c["id"]: c for c in json.loads((SAMPLE.parent / "lvis_categories.json").read_text())}
+    used = sorted({a["category_id"] for a in lvis_anns} | {i for e in lvis_images for i in e["neg_category_ids"]})
+    licenses = [{"id": 0, "name": "public domain / CC0 (scikit-image data)", "url": ""}]
+    (SAMPLE / "lvis.json").write_text(json.dumps({
+        "info": {**info, "description": info["description"] + "; LVIS v1 format (categories: the LVIS v1 entries "
+                 "used, CC BY 4.0)"}, "licenses": licenses, "images": lvis_images, "annotations": lvis_anns,
+        "categories": [lvis_categories[i] for i in used]}) + "\n")
+    stuff_images = [{k: v for k, v in image.items() if k != "source"} for image in images]
+    (SAMPLE / "stuff.json").write_text(json.dumps({
+        "info": {**info, "description": info["description"] + "; COCO-Stuff format"}, "licenses": licenses,
+        "images": stuff_images, "annotations": stuff_anns,
+        "categories": [{"id": i, "name": n, "supercategory": "other" if n == "other" else "stuff"}
+                       for i, n in sorted(STUFF_CATEGORIES.items())]}) + "\n")
 
 
 if __name__ == "__main__":

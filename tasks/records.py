@@ -38,6 +38,7 @@ class ImageRecord:
     height: int
     captions: tuple[Caption, ...]
     annotations: tuple[Annotation, ...] = field(default=())
+    human: "HumanAnnotations | None" = None  # LVIS / COCO-Stuff, when the source names those files
 
 
 @dataclass(frozen=True)
@@ -47,3 +48,20 @@ class NounPhrase:
     text: str
     start: int
     end: int
+
+
+@dataclass(frozen=True)
+class HumanAnnotations:
+    """What the LVIS and COCO-Stuff files say about one image (read when the source names them).
+
+    ``lvis`` is None when no LVIS file lists the image (LVIS leaves out a few COCO images); LVIS is
+    federated, so a category is known present (annotated), known absent (``lvis_negative``) or
+    unknown, and ``lvis_not_exhaustive`` lists categories whose instances may not all be annotated.
+    ``stuff`` holds the image's COCO-Stuff regions ("other" dropped), ``stuff_names`` the file's
+    category id -> name (one dict shared by every image)."""
+
+    lvis: tuple[Annotation, ...] | None = None
+    lvis_negative: frozenset[int] = frozenset()
+    lvis_not_exhaustive: frozenset[int] = frozenset()
+    stuff: tuple[Annotation, ...] | None = None
+    stuff_names: dict = field(default_factory=dict, compare=False, hash=False)

@@ -241,11 +241,16 @@ def read_source(source: SourceConfig) -> Source:
     captions = _read_captions(source.captions_json, caption_entries, images, result)
     annotations = (_read_instances(source.instances_json, instance_entries, images, result)
                    if instance_entries is not None else {})
+    human = {}
+    if source.lvis_json or source.stuff_json:
+        from tokencompose.tasks.human_sources import read_human_annotations
+
+        human = read_human_annotations(source, images, result)
     for image in sorted(images.values(), key=lambda i: i.index):
         result.records[image.file_name] = ImageRecord(
             image.image_id, image.file_name, image.width, image.height,
             tuple(sorted(captions.get(image.image_id, ()), key=_caption_order)),
-            tuple(annotations.get(image.image_id, ())))
+            tuple(annotations.get(image.image_id, ())), human.get(image.image_id))
     return result
 
 

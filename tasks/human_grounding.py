@@ -1,0 +1,393 @@
+"""Human grounding: exact human masks from COCO instances, LVIS v1 and COCO-Stuff, in a set order.
+
+A noun is tried in each annotation source of ``grounding.human_order`` (default coco, lvis, stuff)
+that the source configuration gives; the first that yields a mask wins and the noun records it as
+its ``source`` (coco_annotations, lvis_annotations, stuff_annotations). A noun none of them masks
+keeps the reason of the first source that knows its category (LVIS's "verified absent" before any).
+
+Noun -> category, per source, over the noun's look-up keys (whole phrase, then head word, each
+also singular: :func:`grounding.lookup_keys`):
+
+* COCO: the curated noun table (data/noun_categories.csv), as the coco grounding.
+* LVIS: the curated table data/human_nouns.csv first, then LVIS's own names and synonyms, normalised
+  (``bow_(weapon)`` -> "bow", underscores -> spaces). A key several categories share goes to the
+  one whose *name* it is, else to the most frequent (f > c > r), else to the lowest id.
+* COCO-Stuff: the file's names normalised, then data/human_nouns.csv (whose stuff targets are COCO
+  panoptic's names, so that they hold with or without the file): "-other", "-stuff" and
+  "-merged" dropped, "wall-brick" read as "brick wall" with head "wall". A head names the union of
+  its categories ("wall": every wall-* region); "other" is never a category.
+* Hypernyms (data/hypernyms.csv): "animal", "vehicle", "food", "fruit"... resolve to the union of
+  the image's annotated members across all sources. A hypernym wins when no more specific key of
+  the noun names a category ("animal" -> hypernym; "farm animal" -> hypernym through its head;
+  "dog" -> COCO).
+
+LVIS is federated: a category is checked present (annotated), checked absent (``neg_category_ids``,
+reason ``category_verified_absent``) or unknown (``category_not_verified_in_image``); a mask of a
+category in ``not_exhaustive_category_ids`` is kept and flagged: its source reads
+``lvis_annotations_not_exhaustive``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+
+from tokencompose.schemas.sample import BackendInfo
+from tokencompose.tasks import masks
+from tokencompose.tasks.grounding import (REASON_BAD_ANNOTATION, REASON_CATEGORY_ABSENT, REASON_EMPTY_MASK,
+                                          REASON_NO_ANNOTATIONS, CocoAnnotationGrounder, Grounding, NounTable,
+                                          load_coco_categories, lookup_keys)
+from tokencompose.tasks.records import Annotation, ImageRecord
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+LVIS_CATEGORIES = DATA / "lvis_categories.json"
+PANOPTIC_CATEGORIES = DATA / "coco_panoptic_categories.json"
+HUMAN_NOUNS = DATA / "human_nouns.csv"
+HYPERNYMS = DATA / "hypernyms.csv"
+
+SOURCE_COCO = "coco_annotations"
+SOURCE_LVIS = "lvis_annotations"
+SOURCE_LVIS_NOT_EXHAUSTIVE = "lvis_annotations_not_exhaustive"
+SOURCE_STUFF = "stuff_annotations"
+SOURCE_LABELS = {"coco": SOURCE_COCO, "lvis": SOURCE_LVIS, "stuff": SOURCE_STUFF}
+
+REASON_NO_HUMAN_CATEGORY = "no_human_category"  # no source's vocabulary (nor a hypernym) names the noun
+REASON_VERIFIED_ABSENT = "category_verified_absent"  # LVIS: checked absent in the image
+REASON_NOT_VERIFIED = "category_not_verified_in_image"  # LVIS: neither annotated nor checked absent
+REASON_NOT_IN_LVIS = "image_not_in_lvis"  # no LVIS file lists the image
+
+# Reasons that settle a noun: the hybrid grounding does not ask the detector about it.
+SETTLED_REASONS = frozenset({REASON_CATEGORY_ABSENT, REASON_VERIFIED_ABSENT, REASON_BAD_ANNOTATION, REASON_EMPTY_MASK})
+
+_FREQUENCY_RANK = {"f": 0, "c": 1, "r": 2}
+_STUFF_DROP = {"other", "stuff", "merged"}
+# COCO-Stuff names whose second part is the object, not a kind of the first ("window-blind" is a blind)
+_STUFF_COMPOUNDS = {"window-blind": ("window blind", "blind")}
+
+
+def normalise_lvis(name: str) -> str:
+    """An LVIS name or synonym as a look-up key: ``bow_(weapon)`` -> "bow", ``T-shirt`` -> "t-shirt"."""
+    return " ".join(re.sub(r"\([^)]*\)", " ", name.replace("_", " ")).lower().split())
+
+
+def stuff_keys(name: str) -> tuple[str, str] | None:
+    """(phrase, head) of a COCO-Stuff or panoptic stuff name, or None for "other":
+    "wall-brick" -> ("brick wall", "wall"), "sky-other-merged" -> ("sky", "sky")."""
+    name = name.strip().lower()
+    base = name[: -len("-merged")] if name.endswith("-merged") else name
+    if base in _STUFF_COMPOUNDS:
+        return _STUFF_COMPOUNDS[base]
+    parts = [p for p in base.replace("_", " ").split("-") if p and p not in _STUFF_DROP]
+    if not parts or name == "other":
+        return None
+    head = parts[0]
+    return " ".join(parts[1:] + [head]), head
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class LvisVocabulary:
+    """LVIS categories by look-up key, with the tie rule of the module docstring."""
+
+    def __init__(self, categories: Iterable[dict]):
+        self.names: dict[int, str] = {}
+        ranked: dict[str, tuple] = {}
+        for category in categories:
+            category_id, name = int(category["id"]), str(category["name"])
+            self.names[category_id] = name
+            frequency = _FREQUENCY_RANK.get(category.get("frequency", "r"), 2)
+            for synonym in [name, *category.get("synonyms", [])]:
+                key = normalise_lvis(synonym)
+                if not key:
+                    continue
+                rank = (0 if normalise_lvis(name) == key else 1, frequency, category_id)
+                if key not in ranked or rank < ranked[key]:
+                    ranked[key] = rank
+        self.index: dict[str, int] = {key: rank[2] for key, rank in ranked.items()}
+        self.by_name: dict[str, int] = {name: i for i, name in self.names.items()}
+
+
+@lru_cache(maxsize=1)
+def lvis_vocabulary() -> LvisVocabulary:
+    return LvisVocabulary(json.loads(LVIS_CATEGORIES.read_text(encoding="utf-8")))
+
+
+def panoptic_stuff_names() -> list[str]:
+    return [c["name"] for c in json.loads(PANOPTIC_CATEGORIES.read_text(encoding="utf-8")) if not c["isthing"]]
+
+
+class StuffVocabulary:
+    """COCO-Stuff category names by look-up key: a full phrase names one category, a head all of its kind."""
+
+    def __init__(self, names: Iterable[str]):
+        self.index: dict[str, tuple[str, ...]] = {}
+        heads: dict[str, list[str]] = {}
+        for name in names:
+            keys = stuff_keys(name)
+            if keys is None:
+                continue
+            phrase, head = keys
+            self.index.setdefault(phrase, (name,))
+            heads.setdefault(head, []).append(name)
+        for head, members in heads.items():
+            if head not in self.index or len(members) > 1:
+                self.index[head] = tuple(sorted(members))
+        self.heads = set(heads)
+
+
+@dataclass(frozen=True)
+class Target:
+    source: str  # coco, lvis or stuff
+    name: str  # COCO category name, LVIS category name, or stuff head / phrase
+
+
+def _parse_target(text: str, where: str) -> Target:
+    source, _, name = text.strip().partition(":")
+    if source not in SOURCE_LABELS or not name.strip():
+        raise ValueError(f"{where}: a target is coco:NAME, lvis:NAME or stuff:NAME, got {text!r}")
+    return Target(source, name.strip())
+
+
+def _check_target(target: Target, where: str) -> None:
+    known = {"coco": set(load_coco_categories()), "lvis": set(lvis_vocabulary().by_name),
+             "stuff": StuffVocabulary(panoptic_stuff_names()).index.keys()}[target.source]
+    if target.name not in known:
+        raise ValueError(f"{where}: {target.source} has no category {target.name!r}")
+
+
+class HumanNounTable:
+    """The curated tables: noun -> LVIS / COCO-Stuff target (human_nouns.csv), hypernym -> members (hypernyms.csv)."""
+
+    def __init__(self, nouns_path: Path = HUMAN_NOUNS, hypernyms_path: Path = HYPERNYMS):
+        self.nouns: dict[str, Target] = {}
+        with open(nouns_path, newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.DictReader(handle), start=2):
+                where = f"{nouns_path.name}:{line_no}"
+                noun = (row.get("noun") or "").strip().lower()
+                target = _parse_target(row.get("target") or "", where)
+                if not noun or target.source == "coco":
+                    raise ValueError(f"{where}: needs a noun and an lvis: or stuff: target (COCO nouns are in "
+                                     f"noun_categories.csv)")
+                _check_target(target, where)
+                self.nouns[noun] = target
+        self.hypernyms: dict[str, list[Target]] = {}
+        with open(hypernyms_path, newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.DictReader(handle), start=2):
+                where = f"{hypernyms_path.name}:{line_no}"
+                hypernym = (row.get("hypernym") or "").strip().lower()
+                if not hypernym:
+                    raise ValueError(f"{where}: no hypernym")
+                members = [_parse_target(t, where) for t in (row.get("members") or "").split(";") if t.strip()]
+                for member in members:
+                    _check_target(member, where)
+                self.hypernyms.setdefault(hypernym, []).extend(members)
+        self.sha256 = hashlib.sha256(nouns_path.read_bytes() + hypernyms_path.read_bytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where a noun's look-up keys lead: per source the first key's category (and that key's rank)."""
+
+    per_source: dict  # source -> (key rank, category: COCO name | LVIS id | tuple of stuff names)
+    hypernym: tuple[int, str] | None  # (key rank, hypernym)
+
+    def uses_hypernym(self) -> bool:
+        if self.hypernym is None:
+            return False
+        return all(rank >= self.hypernym[0] for rank, _ in self.per_source.values())
+
+
+class NounResolver:
+    """Noun -> category per source and hypernym, without any image (the coverage benchmark uses it too).
+    COCO-Stuff names are those of the file when given, else COCO panoptic's stuff names."""
+
+    def __init__(self, coco_table: NounTable, stuff_names: Iterable[str] | None = None,
+                 curated: HumanNounTable | None = None):
+        self.coco = coco_table
+        self.lvis = lvis_vocabulary()
+        self.curated = curated or HumanNounTable()
+        self.stuff = stuff_vocabulary(tuple(stuff_names) if stuff_names is not None else tuple(panoptic_stuff_names()))
+
+    def resolve(self, noun: str, stuff: StuffVocabulary | None = None) -> Resolution:
+        stuff = stuff or self.stuff
+        per_source: dict = {}
+        hypernym = None
+        for rank, key in enumerate(lookup_keys(noun)):
+            target = self.curated.nouns.get(key)
+            if "coco" not in per_source and key in self.coco.table:
+                per_source["coco"] = (rank, self.coco.table[key])
+            if "lvis" not in per_source:
+                if target is not None and target.source == "lvis":
+                    per_source["lvis"] = (rank, self.lvis.by_name[target.name])
+                elif key in self.lvis.index:
+                    per_source["lvis"] = (rank, self.lvis.index[key])
+            if "stuff" not in per_source:
+                # the file's own name first ("carpet" is a COCO-Stuff category; panoptic merges it into "rug")
+                name = key if key in stuff.index or target is None or target.source != "stuff" else target.name
+                if name in stuff.index:
+                    per_source["stuff"] = (rank, stuff.index[name])
+            if hypernym is None and key in self.curated.hypernyms:
+                hypernym = (rank, key)
+        return Resolution(per_source, hypernym)
+
+
+@lru_cache(maxsize=8)
+def stuff_vocabulary(names: tuple[str, ...]) -> StuffVocabulary:
+    return StuffVocabulary(names)
+
+
+@dataclass(frozen=True)
+class _Found:
+    mask: dict | None
+    reason: str | None
+    boxes: list
+    not_exhaustive: bool = False
+
+
+def _union(record: ImageRecord, instances: Sequence[Annotation]) -> _Found:
+    if not instances:
+        return _Found(None, REASON_CATEGORY_ABSENT, [])
+    if any(a.problem for a in instances):
+        return _Found(None, REASON_BAD_ANNOTATION, [])
+    try:
+        rles = [masks.segmentation_to_rle(a.segmentation, record.height, record.width) for a in instances]
+    except masks.SegmentationProblem:
+        return _Found(None, REASON_BAD_ANNOTATION, [])
+    mask = masks.union(rles)
+    if masks.area(mask) == 0:
+        return _Found(None, REASON_EMPTY_MASK, [])
+    return _Found(mask, None, [tuple(float(v) for v in a.bbox) for a in instances])
+
+
+class HumanGrounder:
+    """Masks from every human annotation file the source gives, tried in ``order``."""
+
+    def __init__(self, coco: CocoAnnotationGrounder, order: Sequence[str], has_lvis: bool, has_stuff: bool,
+                 stuff_names: Iterable[str] | None = None, curated: HumanNounTable | None = None):
+        self.coco = coco
+        present = {"coco": coco.has_instances, "lvis": has_lvis, "stuff": has_stuff}
+        self.order = [s for s in order if present[s]]
+        self.configured_order = list(order)
+        self.resolver = NounResolver(coco.nouns, stuff_names, curated)
+        self.coco_ids = coco.category_ids
+
+    @classmethod
+    def from_config(cls, config) -> "HumanGrounder":
+        coco = CocoAnnotationGrounder(config.grounding.noun_table, config.source.instances_json is not None)
+        return cls(coco, config.grounding.human_order, bool(config.source.lvis_json), bool(config.source.stuff_json))
+
+    def info(self) -> BackendInfo:
+        from importlib.metadata import version
+
+        return BackendInfo(name="human", version=version("pycocotools"), details={
+            "order": ",".join(self.order), "noun_table": self.coco.nouns.path.name,
+            "noun_table_sha256": self.coco.nouns.sha256, "human_tables_sha256": self.resolver.curated.sha256,
+            "lvis_categories_sha256": _sha(LVIS_CATEGORIES)})
+
+    def ground(self, images: Sequence[Image.Image], records: Sequence[ImageRecord],
+               nouns: Sequence[Sequence[str]]) -> list[list[Grounding]]:
+        return [[self.ground_noun(record, noun) for noun in image_nouns]
+                for record, image_nouns in zip(records, nouns)]
+
+    def ground_covered(self, record: ImageRecord, noun: str) -> Grounding | None:
+        """The noun's grounding when the human annotations settle it (a mask, or a checked absence);
+        None when none of them can say (the hybrid asks the detector)."""
+        grounding = self.ground_noun(record, noun)
+        return grounding if grounding.mask is not None or grounding.reason in SETTLED_REASONS else None
+
+    def _stuff_vocabulary(self, record: ImageRecord) -> StuffVocabulary:
+        if record.human is not None and record.human.stuff is not None:
+            return stuff_vocabulary(tuple(sorted(set(record.human.stuff_names.values()))))
+        return self.resolver.stuff
+
+    def ground_noun(self, record: ImageRecord, noun: str) -> Grounding:
+        stuff = self._stuff_vocabulary(record)
+        resolution = self.resolver.resolve(noun, stuff)
+        if resolution.uses_hypernym():
+            return self._hypernym(record, resolution.hypernym[1], stuff)
+        chosen: Grounding | None = None
+        for source in self.order:
+            if source not in resolution.per_source:
+                continue
+            category = resolution.per_source[source][1]
+            grounding = {"coco": self._coco, "lvis": self._lvis, "stuff": self._stuff}[source](record, noun, category)
+            if grounding.mask is not None:
+                return grounding
+            if chosen is None or (grounding.reason == REASON_VERIFIED_ABSENT != chosen.reason):
+                chosen = grounding
+        return chosen or Grounding(reason=REASON_NO_HUMAN_CATEGORY)
+
+    def _coco(self, record: ImageRecord, noun: str, category: str) -> Grounding:
+        return self.coco.ground_noun(record, noun)
+
+    def _lvis(self, record: ImageRecord, noun: str, category_id: int) -> Grounding:
+        name = self.resolver.lvis.names[category_id]
+        human = record.human
+        if human is None or human.lvis is None:
+            return Grounding(category=name, reason=REASON_NOT_IN_LVIS if human else REASON_NO_ANNOTATIONS)
+        if category_id in human.lvis_negative:
+            return Grounding(category=name, reason=REASON_VERIFIED_ABSENT)
+        found = _union(record, [a for a in human.lvis if a.category_id == category_id])
+        if found.reason == REASON_CATEGORY_ABSENT:
+            return Grounding(category=name, reason=REASON_NOT_VERIFIED)
+        if found.mask is None:
+            return Grounding(category=name, reason=found.reason)
+        source = SOURCE_LVIS_NOT_EXHAUSTIVE if category_id in human.lvis_not_exhaustive else SOURCE_LVIS
+        return Grounding(mask=found.mask, box=masks.box(found.mask), category=name, source=source, boxes=found.boxes)
+
+    @staticmethod
+    def _stuff_instances(record: ImageRecord, names: Iterable[str]) -> list[Annotation]:
+        human = record.human
+        if human is None or human.stuff is None:
+            return []
+        wanted = set(names)
+        return [a for a in human.stuff if human.stuff_names.get(a.category_id) in wanted]
+
+    def _stuff(self, record: ImageRecord, noun: str, names: tuple[str, ...]) -> Grounding:
+        category = names[0] if len(names) == 1 else stuff_keys(names[0])[1]  # one category, or the head's kind
+        if record.human is None or record.human.stuff is None:
+            return Grounding(category=category, reason=REASON_NO_ANNOTATIONS)
+        found = _union(record, self._stuff_instances(record, names))
+        if found.mask is None:
+            return Grounding(category=category, reason=found.reason)
+        return Grounding(mask=found.mask, box=masks.box(found.mask), category=category, source=SOURCE_STUFF,
+                         boxes=found.boxes)
+
+    def _hypernym(self, record: ImageRecord, hypernym: str, stuff: StuffVocabulary) -> Grounding:
+        """The union of the image's annotated members of ``hypernym``, across the sources in order."""
+        members = self.resolver.curated.hypernyms[hypernym]
+        human = record.human
+        contributed: list[str] = []
+        instances: list[Annotation] = []
+        not_exhaustive = False
+        for source in self.order:
+            wanted = [m.name for m in members if m.source == source]
+            if source == "coco":
+                ids = {self.coco_ids[n] for n in wanted}
+                found = [a for a in record.annotations if a.category_id in ids]
+            elif source == "lvis":
+                ids = {self.resolver.lvis.by_name[n] for n in wanted}
+                found = [a for a in (human.lvis or ()) if a.category_id in ids] if human else []
+                not_exhaustive |= any(a.category_id in human.lvis_not_exhaustive for a in found)
+            else:
+                found = self._stuff_instances(record, [n for name in wanted for n in stuff.index.get(name, ())])
+            if found:
+                contributed.append(source)
+                instances += found
+        result = _union(record, instances)
+        if result.mask is None:
+            return Grounding(category=hypernym, reason=result.reason)
+        labels = [SOURCE_LABELS[s] for s in contributed]
+        if not_exhaustive:
+            labels = [SOURCE_LVIS_NOT_EXHAUSTIVE if label == SOURCE_LVIS else label for label in labels]
+        return Grounding(mask=result.mask, box=masks.box(result.mask), category=hypernym, source="+".join(labels),
+                         boxes=result.boxes)
