@@ -37,6 +37,13 @@ class SourceConfig(_Strict):
                                 json_schema_extra={"cli_shortcut": "captions-json"})
     instances_json: Path | None = Field(default=None, description="instances JSON: masks for the coco and hybrid "
                                         "grounding", json_schema_extra={"cli_shortcut": "instances-json"})
+    lvis_json: list[Path] = Field(default=[], description="LVIS v1 annotation files (lvis_v1_train.json, "
+                                  "lvis_v1_val.json): human masks for 1,203 categories on the COCO images",
+                                  json_schema_extra={"cli_shortcut": "lvis"})
+    stuff_json: list[Path] = Field(default=[], description="COCO-Stuff annotation files (stuff_train2017.json, "
+                                   "stuff_val2017.json): human masks for walls, floors, sky, grass, water...",
+                                   json_schema_extra={"cli_shortcut": "stuff"})
+
 
 
 class SelectionConfig(_Strict):
@@ -98,6 +105,17 @@ class GroundingConfig(_Strict):
     max_side: int = Field(default=1333, ge=224, description="... unless the longer side would exceed this")
     text_encoder: str = Field(default="bert-base-uncased", description="GroundingDINO's text encoder: a folder "
                               "name under the models folder (or hub cache), or a folder path")
+    human_order: list[Literal["coco", "lvis", "stuff"]] = Field(
+        default=["coco", "lvis", "stuff"], description="human grounding (source.lvis_json / stuff_json given): the "
+        "annotation sources a noun is tried in; the first that masks it wins")
+
+    @field_validator("human_order")
+    @classmethod
+    def _order(cls, order: list[str]) -> list[str]:
+        if not order or len(set(order)) != len(order):
+            raise ValueError("grounding.human_order must name coco, lvis and/or stuff, each at most once")
+        return order
+
 
     @model_validator(mode="after")
     def _sides(self) -> "GroundingConfig":
@@ -163,7 +181,11 @@ class BuildConfig(_Strict):
         data["output"] = {k: v for k, v in data["output"].items() if k in ("shard_size", "image_field", "require_mask")}
         data.pop("workers")
         data.pop("models")
+        human_files = {k: [Path(p).name for p in data["source"].pop(k)] for k in ("lvis_json", "stuff_json")}
         data["source"] = {k: (Path(v).name if v else v) for k, v in data["source"].items()}
+        data["source"].update({k: v for k, v in human_files.items() if v})  # absent when empty: hashes kept
+        if not any(human_files.values()):
+            data["grounding"].pop("human_order")  # only the human grounding reads it
         data["selection"]["vsr_files"] = [Path(p).name for p in data["selection"]["vsr_files"]]
         if data["grounding"]["noun_table"]:
             data["grounding"]["noun_table"] = Path(data["grounding"]["noun_table"]).name

@@ -94,6 +94,12 @@ def _grounded_sam_factory(config: BuildConfig):
     return GroundedSam.from_config(config)
 
 
+def _human_factory(config: BuildConfig):
+    from tokencompose.tasks.human_grounding import HumanGrounder
+
+    return HumanGrounder.from_config(config)
+
+
 def _hybrid_factory(config: BuildConfig):
     from tokencompose.tasks.hybrid import HybridGrounder
 
@@ -111,9 +117,12 @@ NOUN_BACKENDS: dict[str, BackendSpec] = {
     "flair": BackendSpec(_flair_factory, _weights_preflight("flair", "torch", "flair")),
 }
 GROUNDING_BACKENDS: dict[str, BackendSpec] = {
+    # coco: COCO's instances only, unless the source gives LVIS / COCO-Stuff files: then the human grounding
     "coco": BackendSpec(
-        lambda config: CocoAnnotationGrounder(config.grounding.noun_table, config.source.instances_json is not None),
+        lambda config: (_human_factory(config) if config.source.lvis_json or config.source.stuff_json else
+                        CocoAnnotationGrounder(config.grounding.noun_table, config.source.instances_json is not None)),
         _noun_table_preflight),
+    "human": BackendSpec(lambda config: _human_factory(config), _noun_table_preflight),
     "grounded_sam": BackendSpec(_grounded_sam_factory, _weights_preflight("grounded_sam", *_MODEL_PACKAGES)),
     "hybrid": BackendSpec(_hybrid_factory,
                           _all(_noun_table_preflight, _weights_preflight("hybrid", *_MODEL_PACKAGES))),
