@@ -11,7 +11,8 @@ also singular: :func:`grounding.lookup_keys`):
 * COCO: the curated noun table (data/noun_categories.csv), as the coco grounding.
 * LVIS: the curated table data/human_nouns.csv first, then LVIS's own names and synonyms, normalised
   (``bow_(weapon)`` -> "bow", underscores -> spaces). A key several categories share goes to the
-  one whose *name* it is, else to the most frequent (f > c > r), else to the lowest id.
+  one whose name it is exactly, else whose name it is less a qualifier ("bow" of "bow_(weapon)"),
+  else a synonym's; ties then go to the most frequent (f > c > r), then to the lowest id.
 * COCO-Stuff: the file's names normalised, then data/human_nouns.csv (whose stuff targets are COCO
   panoptic's names, so that they hold with or without the file): "-other", "-stuff" and
   "-merged" dropped, "wall-brick" read as "brick wall" with head "wall". A head names the union of
@@ -109,7 +110,9 @@ class LvisVocabulary:
                 key = normalise_lvis(synonym)
                 if not key:
                     continue
-                rank = (0 if normalise_lvis(name) == key else 1, frequency, category_id)
+                match = 0 if " ".join(name.replace("_", " ").lower().split()) == key else (
+                    1 if normalise_lvis(name) == key else 2)  # the name itself, the name less its qualifier, a synonym
+                rank = (match, frequency, category_id)
                 if key not in ranked or rank < ranked[key]:
                     ranked[key] = rank
         self.index: dict[str, int] = {key: rank[2] for key, rank in ranked.items()}
