@@ -245,3 +245,24 @@ def test_profiles_choose_the_grounding(scene, tmp_path):
     assert reordered.config_hash() != config.config_hash()
     with pytest.raises(ValueError, match="each at most once"):
         BuildConfig.model_validate({**json.loads(config.model_dump_json()), "grounding": {"human_order": ["coco", "coco"]}})
+
+
+def test_coverage_bench_counts_each_level(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({"annotations": [
+        {"image_id": 1, "caption": "A dog on the grass next to a tripod."},
+        {"image_id": 2, "caption": "Some animals in front of a kitchen."}]}))
+    out = tmp_path / "coverage.json"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_noun_coverage.py"
+    subprocess.run([sys.executable, str(bench), "--captions", str(captions), "--out", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    # dog: COCO; tripod: LVIS; grass: Stuff; animals: hypernym; kitchen: none; "front" is stop-listed
+    assert result["nouns_not_on_stop_list"] == 5 and result["stop_listed"] == 1
+    assert {k: v["nouns"] for k, v in result["resolved"].items()} == {
+        "coco": 1, "coco+lvis": 2, "coco+lvis+stuff": 3, "human": 4}
+    assert result["top_unresolved"] == [["kitchen", 1]]
