@@ -1,7 +1,9 @@
 """The build-grounded-coco flow: select -> (caption, nouns, masks, shard) per batch -> reports.
 
 One Prefect task per shard-sized batch, cached on the batch's inputs, the configuration, the
-output folder and the code, so a run started again skips every finished shard.
+output folder and the build identity (code, resolved device and precisions, library versions,
+weight digests), so a run started again skips every finished shard. One run writes an output
+folder at a time (a lock file); on a dataset that exists, only new images get (new) shards.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import ShardStats, ShardSummary
 from tokencompose.tasks import backends as backend_registry
 from tokencompose.tasks import dataset
+from tokencompose.tasks.identity import build_identity, identity_hash
 from tokencompose.tasks.records import ImageRecord
 from tokencompose.tasks.shards import build_shard
 
@@ -28,8 +31,11 @@ CACHE_DIR = ".cache/prefect"
 
 
 def shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """The shard's identity: the build identity (format, code, resolved device and precisions, library
+    versions, weight digests; tasks/identity.py), the configuration, the output folder, the shard number
+    and the batch (records plus each image file's size and mtime)."""
     config: BuildConfig = parameters["config"]
-    parts = [dataset.code_fingerprint(), config.config_hash(), str(config.output.out_dir.resolve()),
+    parts = [identity_hash(parameters["identity"]), config.config_hash(), str(config.output.out_dir.resolve()),
              str(parameters["index"]), dataset.batch_fingerprint(config, parameters["records"])]
     return "shard-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
@@ -53,18 +59,24 @@ def retry_only_transient(task, task_run, state) -> bool:
 
 @task(name="build-shard", task_run_name="shard-{index:06d}", cache_key_fn=shard_cache_key, persist_result=True,
       result_serializer="json", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_only_transient)
-def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord]) -> ShardSummary:
+def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord], identity: dict[str, Any]
+                     ) -> ShardSummary:
     backends = backend_registry.load_backends(config)
-    provenance = backends.provenance(config.config_hash())
+    provenance = backends.provenance(config.config_hash(), identity)
     summary = build_shard(config, backends, provenance, index, records)
     get_run_logger().info("%s: %d samples, %d rejects", summary.shard, summary.samples, len(summary.rejects))
     return summary
 
 
-def summary_table(plan: dataset.Plan, stats: ShardStats, summaries: list[ShardSummary]) -> list[dict[str, Any]]:
-    rejects = plan.selection_rejects + [r for s in summaries for r in s.rejects]
-    rows = [("images seen", plan.seen), ("images selected", sum(len(b) for b in plan.batches)),
-            ("samples written", stats.samples), ("shards", len(summaries)), ("images rejected", len(rejects))]
+def summary_table(plan: dataset.Plan, stats: ShardStats, summaries: list[ShardSummary], version: int = 1
+                  ) -> list[dict[str, Any]]:
+    existing = {s.shard for s in plan.existing}
+    shards = [*plan.existing, *(s for s in summaries if s.shard not in existing)]
+    rejects = plan.selection_rejects + [r for s in shards for r in s.rejects]
+    rows = [("images seen", plan.seen), ("images selected", plan.selected), ("new_images", plan.new_images),
+            ("new shards", len([s for s in summaries if s.shard not in existing])), ("dataset version", version),
+            ("samples written", stats.samples), ("shards", len(shards)),
+            ("images rejected", len(rejects))]
     rows += [(f"rejected: {reason}", count) for reason, count in dataset.reject_counts(rejects).items()]
     per_caption = stats.nouns / stats.samples if stats.samples else 0.0
     with_mask = stats.nouns_with_mask / stats.nouns if stats.nouns else 0.0
@@ -85,59 +97,68 @@ def cache_storage(config: BuildConfig) -> LocalFileSystem:
 def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
     """Build a grounded COCO dataset as sharded WebDataset tars (see docs/architecture.md)."""
     logger = get_run_logger()
-    plan = dataset.plan(config)
-    dataset.start_output(plan)
-    logger.info("config %s: %d images selected of %d seen, %d shards", plan.config_hash,
-                sum(len(b) for b in plan.batches), plan.seen, len(plan.batches))
-    shard_task = build_shard_task.with_options(result_storage=cache_storage(config))
-    progress = create_progress_artifact(0.0, key="build-grounded-coco-progress",
-                                        description=f"shards of {config.output.out_dir}")
-    summaries, failed = _run_shards(config, plan, shard_task, progress)
-    if failed:
-        raise dataset.build_failed(plan, summaries, failed) from failed[min(failed)]
-    backends = backend_registry.load_backends(config)
-    stats = dataset.finalize(plan, summaries, backends.provenance(plan.config_hash))
-    table = summary_table(plan, stats, summaries)
+    with dataset.output_lock(config.output.out_dir):
+        plan = dataset.plan(config)
+        dataset.start_output(plan)
+        # Identity without loading a model: what, besides the records, decides the shards' bytes.
+        identity = build_identity(config)
+        logger.info("config %s, build identity %s: %d new images of %d selected (%d seen), %d new shards after %d",
+                    plan.config_hash, identity_hash(identity), plan.new_images, plan.selected, plan.seen,
+                    len(plan.batches), len(plan.existing))
+        shard_task = build_shard_task.with_options(result_storage=cache_storage(config))
+        progress = create_progress_artifact(0.0, key="build-grounded-coco-progress",
+                                            description=f"shards of {config.output.out_dir}")
+        summaries, failed = _run_shards(config, plan, shard_task, progress, identity)
+        failed = failed or dataset.check_repairs(plan, summaries)
+        if failed:
+            raise dataset.build_failed(plan, summaries, failed) from failed[min(failed)]
+        # The provenance comes from the shard summaries: no backend is loaded here.
+        stats = dataset.finalize(plan, summaries, dataset.identity_provenance(plan.config_hash, identity))
+    versions = dataset.dataset_versions(config.output.out_dir)
+    table = summary_table(plan, stats, summaries, versions[-1].version if versions else 0)
     create_table_artifact(table, key="build-grounded-coco-summary", description=f"dataset {config.output.out_dir}")
+    if not plan.batches and plan.existing:
+        logger.info("no new images: the dataset stays at version %d", versions[-1].version)
     logger.info("done: %s", ", ".join(f"{row['measure']}={row['value']}" for row in table))
     return {row["measure"]: row["value"] for row in table}
 
 
-def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress
+def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress, identity: dict[str, Any]
                 ) -> tuple[list[ShardSummary], dict[int, BaseException]]:
     """Submit shards, at most ``config.workers`` at once; a cached result whose shard is not on disk
     intact is built again. After a shard fails (retries spent) no new shard starts; the running ones
     finish, so their work is kept and reported. Returns the summaries and the failures by shard."""
     logger = get_run_logger()
-    waiting = list(enumerate(plan.batches))[::-1]
+    waiting = sorted(plan.jobs().items())[::-1]
     running: dict[Any, int] = {}
     summaries: list[ShardSummary] = []
     failed: dict[int, BaseException] = {}
-    total = max(len(plan.batches), 1)
+    total = max(len(plan.jobs()), 1)
     while running or (waiting and not failed):
         while waiting and not failed and len(running) < config.workers:
             index, batch = waiting.pop()
             # quote: Prefect would otherwise walk every record (and polygon) looking for futures
-            running[shard_task.submit(config=config, index=index, records=quote(batch))] = index
+            running[shard_task.submit(config=config, index=index, records=quote(batch), identity=identity)] = index
         future = next(as_completed(list(running)))
         index = running.pop(future)
         try:
-            summary = _checked_result(config, plan, shard_task, future, index)
+            summary = _checked_result(config, plan, shard_task, future, index, identity)
         except Exception as error:
             logger.error("shard %06d failed: %s: %s", index, type(error).__name__, error)
             failed[index] = error
             continue
         summaries.append(summary)
         update_progress_artifact(progress, 100.0 * len(summaries) / total)
-        logger.info("progress: %d/%d shards", len(summaries), len(plan.batches))
+        logger.info("progress: %d/%d shards", len(summaries), len(plan.jobs()))
     return summaries, failed
 
 
-def _checked_result(config: BuildConfig, plan: dataset.Plan, shard_task, future, index: int) -> ShardSummary:
+def _checked_result(config: BuildConfig, plan: dataset.Plan, shard_task, future, index: int,
+                    identity: dict[str, Any]) -> ShardSummary:
     summary = future.result()
     # A shard just built was hashed as it was written; only a cached result needs checking.
     if future.state.name == "Cached" and not dataset.shard_is_intact(config, summary):
         get_run_logger().warning("%s: cached result does not match the file on disk; building it again", summary.shard)
-        summary = shard_task.with_options(refresh_cache=True)(config=config, index=index,
-                                                              records=quote(plan.batches[index]))
+        summary = shard_task.with_options(refresh_cache=True)(
+            config=config, index=index, records=quote(plan.jobs()[index]), identity=identity)
     return summary

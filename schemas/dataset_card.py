@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tokencompose.schemas.reports import SHARDS_DIR
+from tokencompose.schemas.reports import FORMAT_VERSION, SHARDS_DIR
 
 FLOAT, INT, STRING, BOOL = "float64", "int64", "string", "bool"
 BOX = {"list": FLOAT}
@@ -38,12 +38,14 @@ def _infer(value: Any) -> Any:
 
 
 def sample_type(provenance: dict) -> dict:
-    backends = {stage: _backend(provenance[stage].get("details", {})) for stage in ("captions", "nouns", "grounding")}
+    backends = {stage: _backend(provenance.get(stage, {}).get("details", {}))
+                for stage in ("captions", "nouns", "grounding")}
+    build = {"build": _infer(provenance["build"])} if provenance.get("build") else {}
     return {"struct": {
         "schema_version": INT, "key": STRING, "image_id": INT, "file_name": STRING, "width": INT, "height": INT,
         "image_field": STRING, "image_mode": STRING, "caption": STRING, "caption_id": INT,
         "candidates": {"list": CANDIDATE}, "nouns": {"list": NOUN},
-        "provenance": {"struct": {"tokencompose": STRING, "config_hash": STRING, **backends}},
+        "provenance": {"struct": {"tokencompose": STRING, "config_hash": STRING, **backends, **build}},
     }}
 
 
@@ -70,6 +72,11 @@ def features(image_field: str, provenance: dict) -> list[dict]:
             _yaml_node("json", sample_type(provenance))]
 
 
+def format_version(provenance: dict) -> int:
+    """The shard format the provenance's build identity records (this code's format when it has none)."""
+    return int(provenance.get("build", {}).get("format_version", 1)) if provenance.get("build") else FORMAT_VERSION
+
+
 def dataset_card(image_field: str, provenance: dict, samples: int, stats_lines: list[str]) -> bytes:
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{SHARDS_DIR}/*.tar"}]}],
@@ -81,6 +88,8 @@ def dataset_card(image_field: str, provenance: dict, samples: int, stats_lines: 
         f"{samples} samples built by tokencompose {provenance['tokencompose']} (configuration "
         f"{provenance['config_hash']}). Each sample: `{image_field}` (the original image bytes) and `json` "
         "(caption, candidate captions with scores, nouns with character spans and COCO RLE masks).", "",
+        f"Shard format {format_version(provenance)}: plain ustar tar members (no PAX headers), mtime 0, "
+        "no owner names; `manifest.json` lists every shard's sha256 and the dataset versions.", "",
         *stats_lines,
     ]
     return ("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + "\n".join(body) + "\n").encode("utf-8")

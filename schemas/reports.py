@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,11 @@ REJECTS_FILE = "rejects.jsonl"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 INCOMPLETE_FILE = "incomplete.json"
+LOCK_FILE = ".tokencompose.lock"  # one writer per output folder (tasks/dataset.py: output_lock)
+
+# The byte layout of the shards. 1: webdataset's TarWriter (a PAX header before every member).
+# 2: plain ustar headers with fixed metadata (tasks/shard_io.py), sha256 and offsets taken while writing.
+FORMAT_VERSION = 2
 
 
 class MemberLocation(BaseModel):
@@ -33,6 +39,9 @@ class ShardIndex(BaseModel):
     model_config = ConfigDict(extra="forbid")
     shard: str
     samples: dict[str, dict[str, MemberLocation]]
+    rejects: list[Reject] = Field(default_factory=list, description="images of this shard's batch that were "
+                                    "dropped (format 2): with the samples, every image id the shard holds")
+    stats: ShardStats | None = Field(default=None, description="the shard's counts (format 2)")
 
 
 class Reject(BaseModel):
@@ -68,6 +77,7 @@ class ShardSummary(BaseModel):
     samples: int
     stats: ShardStats
     rejects: list[Reject]
+    provenance: dict[str, Any] = Field(description="the Provenance in every sample of the shard")
 
 
 class ManifestShard(BaseModel):
@@ -79,15 +89,31 @@ class ManifestShard(BaseModel):
     index: str
 
 
+class DatasetVersion(BaseModel):
+    """One build that added shards: version 1 is the first build, each later build that found new
+    images in the source adds one. ``shards`` is every shard of the version (name -> sha256)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int
+    shards: dict[str, str]
+    added: list[str]
+    samples: int
+    source_hash: str
+    config_hash: str
+    provenance: dict[str, Any]
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tokencompose: str
     schema_version: int
+    format_version: int = Field(default=1, description="shard byte layout (FORMAT_VERSION); absent: 1")
     config_hash: str
     image_field: str
     shards: list[ManifestShard]
     samples: int
-    provenance: dict[str, Any]
+    provenance: dict[str, Any] = Field(description="the provenance of the latest version's samples")
+    versions: list[DatasetVersion] = Field(default_factory=list)
 
 
 class IncompleteRun(BaseModel):
@@ -126,12 +152,20 @@ def canonical_json(data: Any) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def temporary_name(name: str) -> str:
+    """A hidden temporary name for ``name``, unique per process and call: two writers never share one."""
+    return f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, then rename: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(temporary_name(path.name))
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     tmp.replace(path)
+
+
+ShardIndex.model_rebuild()  # it names Reject and ShardStats, defined after it

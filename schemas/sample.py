@@ -70,6 +70,9 @@ class Provenance(BaseModel):
     captions: BackendInfo
     nouns: BackendInfo
     grounding: BackendInfo
+    build: dict[str, Any] = Field(default_factory=dict, description="the build identity (tasks/identity.py): "
+                                  "format version, code, resolved device and precisions, library versions, "
+                                  "weight files' sizes and sha256; empty in format 1")
 
 
 class SampleRecord(BaseModel):

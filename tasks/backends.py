@@ -136,11 +136,12 @@ class Backends:
     nouns: NounExtractor
     grounding: Grounder
 
-    def provenance(self, config_hash: str) -> Provenance:
+    def provenance(self, config_hash: str, identity: dict | None = None) -> Provenance:
+        """What every sample records about how it was made; ``identity``: tasks.identity.build_identity."""
         from tokencompose import __version__
 
         return Provenance(tokencompose=__version__, config_hash=config_hash, captions=self.captions.info(),
-                          nouns=self.nouns.info(), grounding=self.grounding.info())
+                          nouns=self.nouns.info(), grounding=self.grounding.info(), build=identity or {})
 
 
 def preflight(config: BuildConfig) -> list[str]:

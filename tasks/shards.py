@@ -1,12 +1,11 @@
 """Building one shard: images -> caption -> nouns -> masks -> one WebDataset tar plus its index.
 
 The tar is written under a temporary name and renamed last, so a shard file on disk is always
-complete. Members carry fixed metadata (mtime 0, no owner names) so equal inputs give equal bytes.
+complete. Members carry fixed metadata (ustar headers, mtime 0, no owner names; tasks/shard_io.py)
+so equal inputs give equal bytes.
 """
 from __future__ import annotations
 
-import hashlib
-import tarfile
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -16,20 +15,26 @@ from typing import Sequence
 
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import (INDEX_DIR, SHARDS_DIR, MemberLocation, Reject, ShardIndex, ShardStats,
-                                          ShardSummary, canonical_json, write_atomic)
-from tokencompose.schemas.sample import CaptionCandidate, Noun, Provenance, SampleRecord, sample_key
+                                          ShardSummary, canonical_json, temporary_name, write_atomic)
+from tokencompose.schemas.sample import JSON_FIELD, CaptionCandidate, Noun, Provenance, SampleRecord, sample_key
 from tokencompose.tasks import captions as caption_stage
 from tokencompose.tasks.backends import Backends
 from tokencompose.tasks.grounding import REASON_STOP_LIST, Grounding
 from tokencompose.tasks.images import ImageProblem, LoadedImage, image_path, load_image
 from tokencompose.tasks.nouns import is_stop_listed, lookup_text
 from tokencompose.tasks.records import Caption, ImageRecord, NounPhrase
+from tokencompose.tasks.shard_io import write_tar
 
 CHUNK = 32  # images decoded and sent through the models at once; bounds memory per shard
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
+
+
+def shard_number(name: str) -> int:
+    """The number in a shard's name (``shard-000012.tar`` -> 12)."""
+    return int(name[len("shard-"):-len(".tar")])
 
 
 @dataclass
@@ -47,7 +52,7 @@ class ShardBuilder:
         self.config = config
         self.backends = backends
         self.provenance = provenance
-        self.stop_list = frozenset(config.nouns.stop_list)
+        self.stop_list = frozenset(config.nouns.resolved_stop_list(config.profile))
         self.seconds: Counter[str] = Counter()  # time per stage, for benchmarks and logs
 
     @contextmanager
@@ -163,41 +168,36 @@ def shard_stats(records_in: int, samples: Sequence[SampleRecord]) -> ShardStats:
     return stats
 
 
-def write_shard(out_dir: Path, index: int, samples: Sequence[tuple[SampleRecord, bytes]], image_field: str
-                ) -> tuple[str, str, int]:
-    """Write the tar (temporary name, then rename) and its index; returns (name, sha256, bytes)."""
+def write_shard(out_dir: Path, index: int, samples: Sequence[tuple[SampleRecord, bytes]], image_field: str,
+                rejects: Sequence[Reject] = (), stats: ShardStats | None = None) -> tuple[str, str, int]:
+    """Write the tar (a temporary name unique to this run, then rename) and its index; returns
+    (name, sha256, bytes). The hash and the member offsets are taken while the bytes go out: the
+    finished tar is never read back. The index also holds the shard's rejects and stats, so that a
+    later incremental build knows every image id the shard holds without rebuilding it."""
     name = shard_name(index)
     shard_path = out_dir / SHARDS_DIR / name
     shard_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = shard_path.with_name(f".{name}.tmp")
-    import webdataset as wds  # imported here: it loads torch, which a configuration error must not wait for
-
-    with open(tmp, "wb") as handle:
-        writer = wds.TarWriter(handle, user="", group="", mode=0o644, mtime=0.0, encoder=False)
-        for record, image_bytes in samples:
-            writer.write({"__key__": record.key, image_field: image_bytes, "json": record.to_json_bytes()})
-        writer.close()
-    shard_index = ShardIndex(shard=name, samples=_member_locations(tmp))
-    write_atomic(out_dir / INDEX_DIR / name.replace(".tar", ".json"), canonical_json(shard_index.model_dump()))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    size = tmp.stat().st_size
-    tmp.replace(shard_path)
+    tmp = shard_path.with_name(temporary_name(name))
+    digest, size, locations = write_tar(
+        tmp, ((record.key, {image_field: image_bytes, JSON_FIELD: record.to_json_bytes()})
+              for record, image_bytes in samples))
+    shard_index = ShardIndex(shard=name, rejects=list(rejects), stats=stats, samples={
+        key: {ext: MemberLocation(offset=offset, size=length) for ext, (offset, length) in members.items()}
+        for key, members in locations.items()})
+    try:
+        write_atomic(out_dir / INDEX_DIR / name.replace(".tar", ".json"), canonical_json(shard_index.model_dump()))
+        tmp.replace(shard_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return name, digest, size
-
-
-def _member_locations(path: Path) -> dict[str, dict[str, MemberLocation]]:
-    locations: dict[str, dict[str, MemberLocation]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar.getmembers():
-            key, _, extension = member.name.partition(".")
-            locations.setdefault(key, {})[extension] = MemberLocation(offset=member.offset_data, size=member.size)
-    return locations
 
 
 def build_shard(config: BuildConfig, backends: Backends, provenance: Provenance, index: int,
                 records: Sequence[ImageRecord]) -> ShardSummary:
     """The whole unit of work for one shard (called by the flow's task, or directly)."""
     samples, rejects = ShardBuilder(config, backends, provenance).build(records)
-    name, digest, size = write_shard(config.output.out_dir, index, samples, config.output.image_field)
-    return ShardSummary(shard=name, sha256=digest, bytes=size, samples=len(samples),
-                        stats=shard_stats(len(records), [s for s, _ in samples]), rejects=rejects)
+    stats = shard_stats(len(records), [s for s, _ in samples])
+    name, digest, size = write_shard(config.output.out_dir, index, samples, config.output.image_field, rejects, stats)
+    return ShardSummary(shard=name, sha256=digest, bytes=size, samples=len(samples), stats=stats, rejects=rejects,
+                        provenance=provenance.model_dump(mode="json"))
