@@ -29,11 +29,36 @@ def encode(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def decode(rle: dict) -> np.ndarray:
-    """A compressed RLE (string or bytes counts) as a boolean HxW array."""
+def decode(rle: dict, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A compressed RLE (string or bytes counts) as a boolean HxW array, checked first: raises
+    :class:`SegmentationProblem` for one pycocotools must not see (runs past the mask, a number cut
+    short, characters outside the alphabet, a size other than ``size``). Build, training and viewer
+    all decode shard masks through here."""
+    problem = validate_rle(rle, size)
+    if problem:
+        raise SegmentationProblem(problem)
     counts = rle["counts"]
+    if isinstance(counts, list):
+        raise SegmentationProblem("decode takes compressed counts (a string), not a list of runs")
     compressed = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     return coco_mask.decode(compressed).astype(bool)
+
+
+def checked_runs(rle: object) -> list[int]:
+    """The run lengths of a compressed RLE after :func:`validate_rle` (they cover exactly height x
+    width); raises :class:`SegmentationProblem` otherwise. Runs alternate background, foreground."""
+    problem = validate_rle(rle)
+    if problem:
+        raise SegmentationProblem(problem)
+    counts = rle["counts"]  # type: ignore[index]
+    if isinstance(counts, list):
+        return list(counts)
+    return compressed_runs(counts)
+
+
+def checked_area(rle: object) -> int:
+    """Foreground pixels of a validated RLE (every second run, starting with the second)."""
+    return sum(checked_runs(rle)[1::2])
 
 
 def _is_number(value: object) -> bool:

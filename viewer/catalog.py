@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import tarfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from tokencompose.viewer.render import quick_area
 from tokencompose.schemas.reports import (INDEX_DIR, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR, STATS_FILE, Manifest,
                                           Reject, ShardIndex)
 from tokencompose.schemas.sample import JSON_FIELD, SampleRecord
+from tokencompose.tasks.shard_io import scan_members
 
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.tar$")
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
@@ -246,16 +246,10 @@ class Catalog:
 
     @staticmethod
     def _scan_tar_headers(info: ShardInfo) -> dict[str, dict[str, tuple[int, int]]]:
-        """Fallback without an index: walk the tar headers (tarfile seeks over the data)."""
-        locations: dict[str, dict[str, tuple[int, int]]] = {}
-        try:
-            with tarfile.open(info.path, mode="r:") as tar:
-                for member in tar:
-                    if member.isfile():
-                        key, _, ext = member.name.partition(".")
-                        locations.setdefault(key, {})[ext] = (member.offset_data, member.size)
-        except (tarfile.TarError, OSError, EOFError) as error:
-            info.errors.append(f"tar is damaged ({_short(error)}); {len(locations)} samples found before it")
+        """Fallback without an index: walk the tar headers (the build's shard_io.scan_members)."""
+        locations, problem = scan_members(info.path)
+        if problem is not None:
+            info.errors.append(f"tar is damaged ({problem[:300]}); {len(locations)} samples found before it")
         return locations
 
     def _entry(self, number: int, key: str, members: dict[str, tuple[int, int]], handle, size: int) -> Entry:

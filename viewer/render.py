@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from pycocotools import mask as coco_mask
 
-from tokencompose.tasks.masks import decode
+from tokencompose.tasks.masks import SegmentationProblem, checked_runs, decode
 
 # Strong colours that rarely occur in photographs, so an overlay stands out; noun i gets PALETTE[i % len].
 PALETTE = ("#00c8ff", "#ff2bd6", "#b6ff00", "#ffb000", "#7a5cff", "#00ffa2", "#ff5a36", "#1e6bff",
@@ -34,43 +34,13 @@ class RenderError(Exception):
 
 
 def rle_counts(rle: dict) -> list[int]:
-    """The run lengths of a compressed COCO RLE, checked: non-negative and summing to height x width.
-
-    pycocotools trusts its input (runs that add up to more than the image write past its buffer),
-    so every mask from a shard passes through here before it is decoded.
-    """
+    """The run lengths of a compressed COCO RLE, checked by the one mask module
+    (:func:`tokencompose.tasks.masks.checked_runs`: non-negative, summing to height x width, no
+    number cut short) before pycocotools sees it; a damaged mask raises :class:`RenderError`."""
     try:
-        height, width = (int(v) for v in rle["size"])
-        text = rle["counts"]
-        data = text.encode("ascii") if isinstance(text, str) else bytes(text)
-    except (KeyError, TypeError, ValueError, UnicodeEncodeError):
-        raise RenderError("the mask is not a compressed COCO RLE") from None
-    if height < 0 or width < 0:
-        raise RenderError("the mask has a negative size")
-    counts: list[int] = []
-    position, length = 0, len(data)
-    while position < length:
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= length:
-                raise RenderError("the mask's run lengths end in the middle of a number")
-            code = data[position] - 48
-            if not 0 <= code < 64:
-                raise RenderError("the mask's run lengths hold a character outside the RLE alphabet")
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            position += 1
-            shift += 5
-            if not more and code & 0x10:
-                value |= -1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        if value < 0:
-            raise RenderError("the mask has a negative run length")
-        counts.append(value)
-    if sum(counts) != height * width:
-        raise RenderError(f"the mask's runs cover {sum(counts)} pixels, its size says {height * width}")
-    return counts
+        return checked_runs(rle)
+    except SegmentationProblem as problem:
+        raise RenderError(f"the mask is damaged: {problem}") from None
 
 
 def rle_area(rle: dict) -> int:
@@ -86,8 +56,10 @@ def mask_png(rle: dict, hex_colour: str) -> bytes:
     height, width = (int(v) for v in rle["size"])
     if height <= 0 or width <= 0 or height * width > MAX_MASK_PIXELS:
         raise RenderError(f"mask size {height}x{width} is out of range")
-    rle_counts(rle)  # raises on a damaged mask before pycocotools sees it
-    mask = decode(rle)
+    try:
+        mask = decode(rle)  # checked before pycocotools sees it
+    except SegmentationProblem as problem:
+        raise RenderError(f"the mask is damaged: {problem}") from None
     # A two-entry palette PNG at 1 bit per pixel (entry 0 transparent) is far smaller than RGBA.
     image = Image.frombytes("P", (width, height), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
     image.putpalette([0, 0, 0, *rgb(hex_colour)])

@@ -40,13 +40,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tokencompose.schemas.sample import JSON_FIELD, SampleRecord
-from tokencompose.tasks.masks import decode as decode_rle
+from tokencompose.tasks.masks import SegmentationProblem, decode as decode_rle
 from tokencompose.tasks.training.spatial import parse_relations
 
 MAX_TOKENS = 77
 
 # Per-sample counters, summed over a batch and over the run.
-STAT_KEYS = ("samples", "nouns", "nouns_used", "nouns_no_mask", "nouns_no_token", "relations")
+STAT_KEYS = ("samples", "nouns", "nouns_used", "nouns_no_mask", "nouns_no_token", "nouns_bad_mask", "relations")
 
 
 class DataError(RuntimeError):
@@ -185,7 +185,11 @@ class Preprocessor:
             if not positions:  # beyond the 77-token window, or a span no token covers
                 stats["nouns_no_token"] += 1
                 continue
-            mask = decode_rle(noun.mask.model_dump())
+            try:  # checked before pycocotools sees it: a damaged or hostile RLE must not reach its buffers
+                mask = decode_rle(noun.mask.model_dump())
+            except SegmentationProblem:
+                stats["nouns_bad_mask"] += 1
+                continue
             if mask.shape != (image.height, image.width):
                 mask = np.asarray(Image.fromarray(mask).resize((image.width, image.height), Image.Resampling.NEAREST))
             kept_tokens.append(positions)

@@ -329,7 +329,7 @@ def format_record(record: dict) -> str:
         if key == "step" or key.startswith("count/"):
             continue
         parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    skipped = record.get("count/nouns_no_mask", 0) + record.get("count/nouns_no_token", 0)
+    skipped = sum(record.get(f"count/{k}", 0) for k in ("nouns_no_mask", "nouns_no_token", "nouns_bad_mask"))
     parts.append(f"nouns used {record.get('count/nouns_used', 0)}, skipped {skipped}")
     return " ".join(parts)
 
