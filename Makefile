@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test system-deps bench view
+.PHONY: setup demo train-demo test system-deps bench view
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/tokencompose build --demo --out out/demo
+
+train-demo: setup
+	$(BIN)/tokencompose train --demo --output-dir runs/demo
 
 system-deps:
 	sh scripts/system-deps.sh

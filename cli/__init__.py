@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tokencompose.cli.train", "fine-tune Stable Diffusion with TokenCompose's losses"),
     "view": ("tokencompose.cli.view", "browse a built shard set in a local web viewer"),
     "models": ("tokencompose.cli.models", "list the model weights that are present and missing"),
+    "retrain": ("tokencompose.cli.retrain", "one round of scheduled retraining: grow, train, judge, promote"),
     "serve": ("tokencompose.cli.serve", "serve the deployments for `prefect deployment run`"),
     "wait-for-server": ("tokencompose.cli.server", "wait until the Prefect server at PREFECT_API_URL is up"),
     "evaluate": ("tokencompose.cli.evaluate", "MultiGen: generate, detect and score a model's images"),

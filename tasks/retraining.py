@@ -31,6 +31,16 @@ class Decision:
     result: MultiGenResult
 
 
+def latest_dataset(out_dir: Path) -> DatasetVersion:
+    """The newest version of the dataset a build wrote into ``out_dir`` and its shard files."""
+    from tokencompose.tasks.dataset import dataset_versions, version_shards
+
+    versions = dataset_versions(out_dir)
+    if not versions:
+        raise FileNotFoundError(f"{out_dir} holds no complete dataset: the build wrote no manifest")
+    return DatasetVersion(versions[-1].version, [str(p) for p in version_shards(out_dir)])
+
+
 def new_entry_id(now: datetime | None = None, salt: str = "") -> str:
     now = now or datetime.now(timezone.utc)
     digest = hashlib.sha256(f"{now.isoformat()}|{salt}".encode()).hexdigest()[:6]

@@ -1,0 +1,174 @@
+"""retrain-tokencompose with tiny random models on the bundled sample split in two parts: nothing new,
+a kill during training, the next run, and a scheduled run on a real Prefect server."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tokencompose.data import SAMPLE_DIR
+from tokencompose.flows.retrain import retrain_tokencompose
+from tokencompose.schemas.retrain import RetrainConfig
+from tokencompose.tasks.multigen.toy import save_random_owlv2
+from tokencompose.tasks.registry import ModelRegistry
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+VSR_LINES = (SAMPLE_DIR / "vsr_train.jsonl").read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def tiny_owl(tiny_sd, tmp_path_factory) -> Path:
+    return save_random_owlv2(tmp_path_factory.mktemp("owl") / "owlv2", tokenizer_dir=tiny_sd / "tokenizer")
+
+
+def settings(tmp_path: Path, tiny_sd: Path, tiny_owl: Path, vsr: Path) -> dict:
+    """A whole RetrainConfig as JSON data: tiny training and a tiny quick MultiGen."""
+    return {
+        "build": {"source": {"images_dir": str(SAMPLE_DIR / "images"), "captions_json": str(SAMPLE_DIR / "captions.json"),
+                             "instances_json": str(SAMPLE_DIR / "instances.json")},
+                  "selection": {"policy": "vsr", "vsr_files": [str(vsr)]},
+                  "output": {"out_dir": str(tmp_path / "data"), "shard_size": 2}},
+        "base_model": str(tiny_sd), "registry_dir": str(tmp_path / "registry"), "runs_dir": str(tmp_path / "runs"),
+        "steps": 2,
+        "train": {"resolution": 64, "num_workers": 0, "gradient_checkpointing": False, "gradient_accumulation_steps": 1,
+                  "shuffle_buffer": 4, "checkpoint_every": 1000, "log_every": 1},
+        "evaluation": {"benchmark": {"name": "coco", "limit": 2},
+                       "generation": {"images_per_prompt": 1, "steps": 1, "resolution": 32, "batch_size": 2},
+                       "detection": {"detector": str(tiny_owl)}, "models": {"device": "cpu"},
+                       "report": {"bootstrap_samples": 10, "grid_prompts": 1, "grid_images": 1,
+                                  "attention_prompts": 0}},
+        "metric": "MG1", "margin": 1000.0,   # a random candidate never clears this: it is recorded as rejected
+    }
+
+
+def write_vsr(path: Path, lines: int) -> Path:
+    path.write_text("\n".join(VSR_LINES[:lines]) + "\n")
+    return path
+
+
+def test_nothing_new_a_kill_during_training_and_the_next_run(prefect_api, one_thread, tiny_sd, tiny_owl, tmp_path):
+    vsr = write_vsr(tmp_path / "vsr_train.jsonl", 4)
+    data = settings(tmp_path, tiny_sd, tiny_owl, vsr)
+    first = retrain_tokencompose(config=RetrainConfig.model_validate(data))
+    registry = ModelRegistry(tmp_path / "registry")
+    assert first["status"] == "rejected" and first["dataset_version"] == 1
+    entry = registry.entry(first["entry"])
+    assert entry.multigen.metric == "MG1" and entry.dataset_version == 1 and entry.parent is None
+    assert (Path(entry.pipeline_dir) / "model_index.json").is_file()
+    registry.promote(entry.id, reason="promoted by the test")
+
+    assert retrain_tokencompose(config=RetrainConfig.model_validate(data))["status"] == "nothing new"
+    assert len(registry.entries()) == 1
+
+    # The source grows; a run is killed while it trains: the promoted model stays.
+    write_vsr(vsr, len(VSR_LINES))
+    config_file = tmp_path / "retrain.json"
+    config_file.write_text(json.dumps(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "ph")}
+    env.pop("PREFECT_API_URL", None)
+    killed = subprocess.Popen([str(BIN / "tokencompose"), "retrain", "--config", str(config_file)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 400
+    while not list((tmp_path / "runs").glob("*/train/train_config.json")):
+        assert killed.poll() is None, "the run ended before training started"
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    after_kill = ModelRegistry(tmp_path / "registry")
+    assert after_kill.promoted().id == entry.id and len(after_kill.entries()) == 1
+
+    nxt = retrain_tokencompose(config=RetrainConfig.model_validate(data))
+    assert nxt["status"] in ("promoted", "rejected") and nxt["dataset_version"] == 2
+    second = ModelRegistry(tmp_path / "registry").entry(nxt["entry"])
+    assert second.parent == entry.id and Path(second.base_model) == Path(entry.pipeline_dir)
+    assert len(second.dataset_shards) > len(entry.dataset_shards)
+    assert ModelRegistry(tmp_path / "registry").promoted().id == entry.id   # rejected: margin 1000
+
+
+def test_a_diverged_candidate_is_recorded_as_failed_and_not_evaluated(prefect_api, one_thread, tiny_sd, tiny_owl,
+                                                                        tmp_path):
+    from tokencompose.tasks.multigen.toy import perturbed_copy
+
+    broken = perturbed_copy(tiny_sd, tmp_path / "nan-sd", nan=True)
+    data = settings(tmp_path, broken, tiny_owl, write_vsr(tmp_path / "vsr_train.jsonl", 2))
+    result = retrain_tokencompose(config=RetrainConfig.model_validate(data))
+    assert result["status"] == "failed" and "diverged" in result["reason"]
+    entry = ModelRegistry(tmp_path / "registry").entry(result["entry"])
+    assert entry.status == "failed" and entry.pipeline_dir is None and entry.multigen is None
+    assert not list((tmp_path / "runs").glob("*/multigen"))
+    assert ModelRegistry(tmp_path / "registry").promoted() is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_scheduled_run_on_a_real_server_adds_a_registry_entry(tiny_sd, tiny_owl, tmp_path):
+    """prefect server start, the retrain deployment with an interval schedule of a few seconds, a worker:
+    a run the scheduler created (not a manual one) completes and the registry shows its entry."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    for name in ("flows", "data"):
+        (workspace / name).symlink_to(REPO / name)
+    project = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    weekly = next(d for d in project["deployments"] if d["name"] == "weekly")
+    assert weekly["schedules"][0]["cron"] and weekly["concurrency_limit"]["limit"] == 1
+    data = settings(tmp_path, tiny_sd, tiny_owl, write_vsr(tmp_path / "vsr_train.jsonl", 2))
+    weekly = {**weekly, "schedules": [{"interval": 5, "active": True}], "parameters": {"config": data}}
+    (workspace / "prefect.yaml").write_text(yaml.safe_dump({**project, "deployments": [weekly]}))
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    logs = open(tmp_path / "processes.log", "wb")
+    processes = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)]
+    try:
+        def run(*argv):
+            done = subprocess.run([str(BIN / argv[0]), *argv[1:]], env=env, cwd=workspace, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+        run("tokencompose", "wait-for-server", "--timeout", "180")
+        run("prefect", "work-pool", "create", "--type", "process", "tokencompose-gpu", "--overwrite")
+        run("prefect", "--no-prompt", "deploy", "--all")
+        processes.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "tokencompose-gpu"],
+                                          env=env, cwd=workspace, stdout=logs, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        registry_dir = tmp_path / "registry"
+        deadline = time.monotonic() + 600
+        completed = []
+        while not completed:
+            assert time.monotonic() < deadline, (tmp_path / "processes.log").read_text()[-3000:]
+            body = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "limit": 10, "offset": 0}
+            runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=30).json()
+            completed = [r for r in runs if r["auto_scheduled"]]
+            time.sleep(1)
+        entries = ModelRegistry(registry_dir).entries()
+        assert entries and entries[0].status in ("promoted", "rejected") and entries[0].dataset_version == 1
+        assert completed[0]["created_by"] is None or completed[0]["created_by"].get("type") != "USER"
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+        logs.close()
