@@ -1,0 +1,28 @@
+"""The stop-list follows the profile: the paper profile reproduces the authors' data, who had none."""
+from testkit import demo_config
+from tokencompose.schemas.config import DEFAULT_STOP_LIST
+from tokencompose.tasks.shards import ShardBuilder
+
+
+def _in_force(config) -> frozenset[str]:
+    return ShardBuilder(config, backends=None, provenance=None).stop_list  # what the build filters with
+
+
+def test_paper_profile_has_no_stop_list_unless_asked(tmp_path):
+    paper = demo_config(tmp_path / "o", profile="paper")
+    assert paper.nouns.stop_list is None and _in_force(paper) == frozenset()
+    assert paper.content_dict()["nouns"]["stop_list"] == []
+    asked = demo_config(tmp_path / "o", profile="paper", nouns={"stop_list": ["Front", " top "]})
+    assert _in_force(asked) == {"front", "top"} and asked.config_hash() != paper.config_hash()
+
+
+def test_offline_and_hybrid_keep_the_default_stop_list(tmp_path):
+    for profile in ("offline", "hybrid"):
+        config = demo_config(tmp_path / "o", profile=profile)
+        assert _in_force(config) == frozenset(DEFAULT_STOP_LIST)
+        assert config.content_dict()["nouns"]["stop_list"] == sorted(set(DEFAULT_STOP_LIST))
+    none = demo_config(tmp_path / "o", nouns={"stop_list": []})
+    assert _in_force(none) == frozenset()
+    # "the profile's default" and the default written out are one configuration
+    spelled = demo_config(tmp_path / "o", nouns={"stop_list": list(DEFAULT_STOP_LIST)})
+    assert spelled.config_hash() == demo_config(tmp_path / "o").config_hash()
