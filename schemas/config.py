@@ -53,6 +53,9 @@ class SelectionConfig(_Strict):
                                   json_schema_extra={"cli_shortcut": "vsr"})
     limit: int | None = Field(default=None, ge=1, description="keep only the first N selected images",
                               json_schema_extra={"cli_shortcut": "limit"})
+    keys_file: Path | None = Field(default=None, description="keep only the images listed here: sample keys "
+                                   "(zero-padded COCO ids) or file names, one a line, or the viewer's keys.json",
+                                   json_schema_extra={"cli_shortcut": "keys"})
 
     @model_validator(mode="after")
     def _vsr_needs_files(self) -> "SelectionConfig":
@@ -201,6 +204,10 @@ class BuildConfig(_Strict):
         if not any(human_files.values()):
             data["grounding"].pop("human_order")  # only the human grounding reads it
         data["selection"]["vsr_files"] = [Path(p).name for p in data["selection"]["vsr_files"]]
+        if data["selection"].get("keys_file"):
+            data["selection"]["keys_file"] = Path(data["selection"]["keys_file"]).name
+        else:
+            data["selection"].pop("keys_file", None)  # absent: the hash of every earlier configuration stays
         if data["grounding"]["noun_table"]:
             data["grounding"]["noun_table"] = Path(data["grounding"]["noun_table"]).name
         for stage in ("captions", "nouns", "grounding"):

@@ -18,6 +18,8 @@ def _path_problems(config: BuildConfig) -> list[str]:
     files += [(f"selection.vsr_files[{i}]", path) for i, path in enumerate(config.selection.vsr_files)]
     if config.grounding.noun_table is not None:
         files.append(("grounding.noun_table", config.grounding.noun_table))
+    if config.selection.keys_file is not None:
+        files.append(("selection.keys_file", config.selection.keys_file))
     for field, path in files:
         if path is not None and not path.is_file():
             problems.append(f"{field}: {path} {'does not exist' if not path.exists() else 'is not a file'}")

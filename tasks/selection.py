@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tokencompose.schemas.config import BuildConfig, SourceConfig
 from tokencompose.schemas.reports import Reject
+from tokencompose.schemas.sample import sample_key
 from tokencompose.tasks import masks
 from tokencompose.tasks.grounding import REASON_BAD_ANNOTATION
 from tokencompose.tasks.records import Annotation, Caption, ImageRecord
@@ -290,6 +291,22 @@ def read_vsr_image_names(path: Path) -> tuple[list[str], list[Reject]]:
     return list(dict.fromkeys(names)), rejects
 
 
+def read_keys_file(path: Path) -> set[str]:
+    """Keys or file names, one a line (blank lines and # comments skipped), or a JSON list or an object
+    with a "keys" list (the viewer's export)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise SourceError(f"selection.keys_file {path}: not valid JSON ({error})") from None
+        keys = data.get("keys") if isinstance(data, dict) else data
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise SourceError(f"selection.keys_file {path}: expected a list of strings or an object with 'keys'")
+        return set(keys)
+    return {line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
+
+
 def select_images(config: BuildConfig) -> Selection:
     """The images to build, in a stable order, and a reject for every image dropped."""
     source = read_source(config.source)
@@ -313,6 +330,9 @@ def select_images(config: BuildConfig) -> Selection:
     else:
         chosen = sorted(records.values(), key=lambda r: r.image_id)
         seen = len(chosen) + sum(1 for p in source.problems if p.reason == REASON_BAD_IMAGE_ENTRY)
+    if config.selection.keys_file is not None:
+        wanted = read_keys_file(config.selection.keys_file)
+        chosen = [r for r in chosen if sample_key(r.image_id) in wanted or r.file_name in wanted]
     if config.selection.limit is not None:
         chosen = chosen[: config.selection.limit]
     chosen_ids = {record.image_id for record in chosen}

@@ -119,3 +119,22 @@ def test_malformed_vsr_lines_are_rejects_with_file_and_line(tmp_path, line, why)
     assert [(r.reason, r.detail.split(":")[0] + ":" + r.detail.split(":")[1]) for r in rejects] == [
         ("malformed_vsr_line", "v.jsonl:3")]
     assert why in rejects[0].detail
+
+
+def test_a_keys_file_from_the_viewer_restricts_the_build(make_demo_config, tmp_path):
+    """The viewer's export (keys.txt or keys.json) is a list a build can take."""
+    import json as json_module
+
+    from tokencompose.tasks.selection import select_images
+
+    everything = [r.image_id for r in select_images(make_demo_config("all")).images]
+    keys_txt = tmp_path / "keys.txt"
+    keys_txt.write_text(f"# chosen in the viewer\n{everything[2]:012d}\n\n{everything[0]:012d}\n")
+    chosen = select_images(make_demo_config("txt", selection={"keys_file": str(keys_txt)}))
+    assert [r.image_id for r in chosen.images] == [everything[0], everything[2]]   # selection order kept
+    keys_json = tmp_path / "keys.json"
+    keys_json.write_text(json_module.dumps({"dataset": "x", "count": 1, "keys": [f"{everything[1]:012d}"]}))
+    config = make_demo_config("json", selection={"keys_file": str(keys_json)})
+    assert [r.image_id for r in select_images(config).images] == [everything[1]]
+    assert config.config_hash() != make_demo_config("plain").config_hash()
+    assert "keys_file" not in make_demo_config("plain").content_dict()["selection"]
