@@ -1,0 +1,303 @@
+"""build-grounded-coco on Dask and Ray (prefect-dask, prefect-ray): the same bytes as the local threads.
+
+Real engines only: a ``distributed.LocalCluster`` of 2 worker processes, a local Ray, a real Prefect
+API (the ``prefect_api`` fixture) and real tars. The source is the bundled sample replicated to 240
+images (16 shards of 15).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tokencompose.data.replicate import replicate_sample
+from tokencompose.schemas.config import BuildConfig
+from tokencompose.schemas.runner import RunnerConfig
+
+COPIES, SHARD_SIZE = 30, 15  # 240 images, 210 samples in 16 shards
+
+
+def _dataset_bytes(out: Path) -> dict[str, bytes]:
+    """Every file of the dataset but config.json (it records the run's own settings: out_dir, runner)."""
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+             if p.is_file() and ".cache" not in p.parts and not p.name.startswith(".")}
+    files.pop("config.json")
+    return files
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _config(source: dict, out: Path, **runner) -> BuildConfig:
+    return BuildConfig.model_validate({"source": source, "output": {"out_dir": str(out), "shard_size": SHARD_SIZE},
+                                       "runner": runner})
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> dict:
+    return replicate_sample(tmp_path_factory.mktemp("source"), COPIES)
+
+
+@pytest.fixture(scope="module")
+def reference(prefect_api, source, tmp_path_factory) -> dict[str, bytes]:
+    """The dataset as the local threads runner (the default) builds it."""
+    from tokencompose.flows.runners import run_build
+
+    out = tmp_path_factory.mktemp("threads") / "out"
+    run_build(_config(source, out))
+    files = _dataset_bytes(out)
+    assert len([n for n in files if n.endswith(".tar")]) == 16
+    return files
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Dask cluster of 2 worker processes, one (pretend) GPU each as a worker resource."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      resources={"GPU": 1}) as local, Client(local) as client:
+        client.wait_for_workers(2, timeout=120)
+        yield local, client
+
+
+# --- the configuration ------------------------------------------------------------------------
+
+def test_runner_is_part_of_the_run_not_of_the_dataset(tmp_path):
+    source = {"images_dir": str(tmp_path), "captions_json": str(tmp_path / "c.json")}
+    threads = _config(source, tmp_path / "o")
+    dask = _config(source, tmp_path / "o", dask_address="tcp://10.0.0.5:8786")
+    ray = _config(source, tmp_path / "o", kind="ray", processes=4, gpus_per_task=1)
+    assert dask.runner.kind == "dask", "an address implies its kind"
+    assert threads.config_hash() == dask.config_hash() == ray.config_hash()
+    assert "runner" not in threads.content_dict()
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"dask_address": "10.0.0.5:8786"}, "tcp://host:8786"),
+    ({"dask_address": "tcp://host:99999"}, "tcp://host:8786"),
+    ({"ray_address": "http://head:10001"}, "ray://host:10001"),
+    ({"kind": "ray", "dask_address": "tcp://h:8786"}, "for runner.kind 'dask'"),
+    ({"kind": "threads", "processes": 2}, "runner.processes"),
+    ({"dask_address": "tcp://h:8786", "processes": 2}, "runner.processes"),
+    ({"kind": "spark"}, "kind"),
+])
+def test_bad_runner_settings_are_refused(fields, message):
+    with pytest.raises(ValidationError) as error:
+        RunnerConfig.model_validate(fields)
+    assert message in str(error.value)
+
+
+def test_runner_flags_come_from_the_model(tmp_path, capsys):
+    from tokencompose.cli import main, parser_for
+    from tokencompose.cli.build import build_config_from_args
+
+    args = parser_for("build").parse_args(["build", "--demo", "--out", str(tmp_path / "o"), "--runner-kind", "dask",
+                                           "--processes", "2", "--runner.gpus-per-task", "0"])
+    runner = build_config_from_args(args).runner
+    assert (runner.kind, runner.processes, runner.gpus_per_task) == ("dask", 2, 0)
+    args = parser_for("build").parse_args(["build", "--demo", "--out", str(tmp_path / "o"),
+                                           "--ray-address", "ray://head:10001"])
+    assert build_config_from_args(args).runner.kind == "ray"
+    assert main(["build", "--demo", "--out", str(tmp_path / "o"), "--dask-address", "head:8786"]) == 2
+    assert "runner.dask_address" in capsys.readouterr().err
+
+
+# --- Dask -------------------------------------------------------------------------------------
+
+def test_new_local_cluster_of_two_processes_builds_the_same_bytes(prefect_api, source, reference, tmp_path):
+    from tokencompose.flows.runners import run_build
+
+    out = tmp_path / "dask"
+    summary = run_build(_config(source, out, kind="dask", processes=2))
+    assert summary["shards"] == 16
+    built = _dataset_bytes(out)
+    assert _sha(built["manifest.json"]) == _sha(reference["manifest.json"])
+    assert {n: _sha(b) for n, b in built.items()} == {n: _sha(b) for n, b in reference.items()}
+
+
+def test_a_worker_killed_mid_shard_ends_with_the_same_bytes(prefect_api, source, reference, cluster, tmp_path):
+    """SIGKILL one worker process while it runs a shard: Dask runs that shard again on a worker
+    still alive (its nanny also starts a new process); the dataset ends complete and identical."""
+    from tokencompose.flows.runners import run_build
+
+    local, client = cluster
+    pids = client.run(os.getpid)
+    out = tmp_path / "killed"
+    shards = out / "shards"
+    killed: dict = {}
+    stop = threading.Event()
+
+    def kill_once_a_shard_exists() -> None:
+        deadline = time.monotonic() + 240
+        while not stop.is_set() and time.monotonic() < deadline:
+            if shards.is_dir() and any(shards.glob("*.tar")):
+                busy = {w: keys for w, keys in client.processing().items() if keys and w in pids}
+                if busy:
+                    worker, keys = sorted(busy.items())[0]
+                    killed.update(worker=worker, keys=list(keys), tars=len(list(shards.glob("*.tar"))),
+                                  manifest=(out / "manifest.json").exists())
+                    os.kill(pids[worker], signal.SIGKILL)
+                    return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_once_a_shard_exists, daemon=True)
+    watcher.start()
+    try:
+        summary = run_build(_config(source, out, dask_address=local.scheduler_address))
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    assert killed, "no worker was killed: the run ended before a shard was written?"
+    assert not killed["manifest"] and killed["tars"] < 16, f"the kill must land mid-run: {killed}"
+    assert summary["shards"] == 16
+    # The shard that the killed worker was running went to the processing state a second time.
+    story = client.story(*killed["keys"])
+    assert sum(1 for event in story if event[2] == "processing") >= 2, story
+    assert _dataset_bytes(out) == reference
+
+
+def test_model_tasks_ask_for_one_gpu_each(prefect_api, cluster, tmp_path):
+    """Tasks named as model tasks run holding the worker's GPU resource (so at most one per GPU);
+    other tasks never ask for it."""
+    import cloudpickle
+    from distributed import get_worker
+    from prefect import flow, task
+
+    from tokencompose.flows.runners import make_task_runner
+
+    local, client = cluster
+    client.wait_for_workers(2, timeout=120)  # the killed worker's nanny restarts it
+
+    @task(name="generate")
+    def gpu_task(i: int) -> tuple[str, float]:
+        worker = get_worker()
+        time.sleep(0.3)  # overlap the tasks, so that two on one worker would have to share its GPU
+        return worker.address, worker.state.available_resources["GPU"]
+
+    @task(name="report")
+    def cpu_task() -> float:
+        return get_worker().state.available_resources["GPU"]
+
+    runner = make_task_runner(RunnerConfig(dask_address=local.scheduler_address), tmp_path / "out", {"generate"})
+
+    @flow(task_runner=runner)
+    def gpu_flow():
+        futures = [gpu_task.submit(i) for i in range(4)]
+        return [f.result() for f in futures], cpu_task.submit().result()
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    try:
+        placed, cpu_free = gpu_flow()
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert [free for _, free in placed] == [0.0] * 4, "a model task runs holding its worker's one GPU"
+    assert len({address for address, _ in placed}) == 2, "both GPUs work"
+    assert cpu_free == 1.0, "a task without a model does not take the GPU"
+
+
+def test_asking_for_more_gpus_than_a_worker_has_stops_before_work(prefect_api, source, cluster, tmp_path):
+    from tokencompose.flows.runners import RunnerError, dask_task_runner
+
+    local, _ = cluster
+    runner = dask_task_runner(RunnerConfig(dask_address=local.scheduler_address, gpus_per_task=2),
+                              tmp_path / "out", frozenset({"build-shard"}))
+    with pytest.raises(RunnerError, match="ask for 2 GPU"):
+        with runner:
+            pass
+
+
+def _can_mount_privately() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _can_mount_privately(), reason="needs `unshare -m` (root) to give a worker its own filesystem")
+def test_a_worker_that_does_not_share_the_output_folder_stops_the_run_before_work(prefect_api, source, tmp_path):
+    """One worker sees its own (tmpfs) folder where the output should be: the probe it writes is
+    not seen by the flow's process, so the run stops with the reason before any shard."""
+    from distributed import Client, LocalCluster
+
+    from tokencompose.flows.runners import RunnerError, run_build
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    dask_command = str(Path(sys.executable).parent / "dask")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
+            Client(local) as client:
+        script = f"mount -t tmpfs tmpfs {shared} && exec {dask_command} worker {local.scheduler_address} " \
+                 f"--nthreads 1 --no-dashboard --local-directory {tmp_path / 'scratch'}"
+        worker = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            client.wait_for_workers(2, timeout=120)
+            with pytest.raises(RunnerError, match="not the same filesystem"):
+                run_build(_config(source, shared / "out", dask_address=local.scheduler_address))
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=60)
+    assert not (shared / "out" / "shards").exists(), "no shard was started"
+    assert not list((shared / "out").glob(".tokencompose-probe-*")), "probe files are removed"
+
+
+# --- Ray --------------------------------------------------------------------------------------
+
+def test_local_ray_builds_the_same_bytes(prefect_api, source, reference, tmp_path):
+    ray = pytest.importorskip("ray")
+    from tokencompose.flows.runners import run_build
+
+    if ray.is_initialized():
+        ray.shutdown()
+    out = tmp_path / "ray"
+    summary = run_build(_config(source, out, kind="ray", processes=2))
+    assert not ray.is_initialized(), "the runner's own Ray is shut down"
+    assert summary["shards"] == 16
+    assert _dataset_bytes(out) == reference
+
+
+def test_ray_model_tasks_ask_for_one_gpu_each(prefect_api, tmp_path):
+    """On a local Ray that declares 2 GPUs, each model task is given exactly one of them."""
+    ray = pytest.importorskip("ray")
+    import cloudpickle
+    from prefect import flow, task
+
+    from tokencompose.flows.runners import make_task_runner
+
+    @task(name="detect")
+    def gpu_task(i: int) -> dict:
+        return ray.get_runtime_context().get_assigned_resources()
+
+    @task(name="report")
+    def cpu_task() -> dict:
+        return ray.get_runtime_context().get_assigned_resources()
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="prefect")
+    try:
+        runner = make_task_runner(RunnerConfig(kind="ray"), tmp_path / "out", {"detect"})
+
+        @flow(task_runner=runner)
+        def gpu_flow():
+            futures = [gpu_task.submit(i) for i in range(3)]
+            return [f.result() for f in futures], cpu_task.submit().result()
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        try:
+            placed, cpu = gpu_flow()
+        finally:
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    finally:
+        ray.shutdown()
+    assert [p.get("GPU") for p in placed] == [1.0] * 3
+    assert "GPU" not in cpu
