@@ -1,8 +1,15 @@
 """Cross-attention capture through diffusers attention processors.
 
-Only the trained ``attn2`` modules get :class:`CaptureProcessor`, which computes the attention
-probabilities explicitly (77 keys, so the map is small) and keeps only the columns of the caption's
-noun tokens; every other attention runs the fused :class:`AttnProcessor2_0`.
+Only the trained ``attn2`` modules get :class:`CaptureProcessor`; every other attention runs the
+fused :class:`AttnProcessor2_0`. The capture computes the attention probabilities once (77 keys, so
+the map is small), uses them for the output and hands the losses only the columns of the caption's
+noun tokens. It is one autograd function (:class:`CapturedAttention`) that keeps only the query,
+key and value for backward and recomputes the probabilities there: the full (B, heads, HW, 77)
+probabilities (fp32, plus a bf16 copy under autocast) are not held until backward, so the grounded
+step's activation memory is the plain step's plus the noun columns. Forward values and gradients
+are those of the explicit ``softmax(q k^T * scale) @ v`` with a gather of the noun columns, op for
+op and dtype for dtype (tests/tasks/training/test_capture_equality.py checks them against that).
+A step without nouns takes the fused path.
 
 Under gradient checkpointing a block's forward runs again during backward. The processor then does
 the same computation (the checkpoint replays must match) but records nothing, because the store is
@@ -11,7 +18,62 @@ only recording between :meth:`AttentionStore.begin` and :meth:`AttentionStore.en
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+
+def _probs_dtype(query: torch.Tensor) -> torch.dtype:
+    """fp32 probabilities feed the losses (float64 stays float64, for exact comparisons)."""
+    return torch.float64 if query.dtype == torch.float64 else torch.float32
+
+
+class CapturedAttention(torch.autograd.Function):
+    """``out = softmax(q k^T * scale) @ v`` and ``picked = probs[..., index]`` (fp32), saving only
+    q, k, v and the index for backward, where the probabilities are recomputed.
+
+    Shapes: q (B, H, U, d), k and v (B, H, L, d), index (B or 1, K) long. The dtypes follow the
+    explicit computation under autocast: scores in q's dtype, fp32 softmax, the product in v's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, index, scale: float):
+        probs = (torch.matmul(query, key.transpose(-1, -2)) * scale).softmax(dim=-1, dtype=_probs_dtype(query))
+        out = torch.matmul(probs.to(value.dtype), value)
+        batch, heads, queries, _ = probs.shape
+        picked = probs.gather(-1, index[:, None, None, :].expand(batch, heads, queries, index.shape[-1]))
+        ctx.save_for_backward(query, key, value, index)
+        ctx.scale = scale
+        ctx.set_materialize_grads(False)
+        return out, picked
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_picked):
+        query, key, value, index = ctx.saved_tensors
+        scale = ctx.scale
+        with torch.autocast(query.device.type, enabled=False):
+            scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+            probs = scores.softmax(dim=-1, dtype=_probs_dtype(query))
+            grad_probs = None
+            grad_value = None
+            if grad_out is not None:
+                low = probs.to(value.dtype)
+                grad_value = torch.matmul(low.transpose(-1, -2), grad_out.to(value.dtype))
+                grad_probs = torch.matmul(grad_out.to(value.dtype), value.transpose(-1, -2)).to(probs.dtype)
+                del low
+            if grad_picked is not None:
+                batch, heads, queries, _ = probs.shape
+                expanded = index[:, None, None, :].expand(batch, heads, queries, index.shape[-1])
+                scattered = torch.zeros_like(probs).scatter_add_(-1, expanded, grad_picked.to(probs.dtype))
+                grad_probs = scattered if grad_probs is None else grad_probs + scattered
+            if grad_probs is None:
+                return None, None, grad_value, None, None
+            # softmax backward in fp32, then back to the scores' dtype as autograd's softmax(dtype=) does
+            grad_scores = (probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))).to(scores.dtype)
+            del probs, grad_probs
+            grad_scores = grad_scores * scale
+            grad_query = torch.matmul(grad_scores, key) if ctx.needs_input_grad[0] else None
+            grad_key = torch.matmul(grad_scores.transpose(-1, -2), query) if ctx.needs_input_grad[1] else None
+        return grad_query, grad_key, grad_value, None, None
 
 
 class AttentionStore:
@@ -71,13 +133,27 @@ class CaptureProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
-        if attention_mask is not None:
+        index = self.store.token_index
+        if index is None:
+            # nothing to capture: the fused kernel, as on every other attention
+            mask = None
+            if attention_mask is not None:
+                mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
+                mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scale)
+        elif attention_mask is not None:  # not the case for SD's cross-attention; kept explicit
+            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
             mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
             scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1])
-        probs = scores.softmax(dim=-1, dtype=torch.float32)  # fp32 probabilities feed the losses
-        self._capture(probs, queries)
-        hidden_states = torch.matmul(probs.to(value.dtype), value)
+            probs = scores.softmax(dim=-1, dtype=_probs_dtype(query))  # fp32 probabilities feed the losses
+            self._check(queries)
+            index = index.to(probs.device)
+            self._record(probs.gather(-1, index[:, None, None, :].expand(*probs.shape[:3], index.shape[-1])))
+            hidden_states = torch.matmul(probs.to(value.dtype), value)
+        else:
+            self._check(queries)
+            hidden_states, picked = CapturedAttention.apply(query, key, value, index.to(query.device), attn.scale)
+            self._record(picked)
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -87,16 +163,12 @@ class CaptureProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def _capture(self, probs: torch.Tensor, queries: int) -> None:
-        index = self.store.token_index
-        if index is None:
-            return
+    def _check(self, queries: int) -> None:
         if self.resolution is not None and queries != self.resolution ** 2:
             raise RuntimeError(f"{self.layer}: {queries} queries, expected {self.resolution}x{self.resolution}; "
                                "the image resolution does not match the one the masks were made for")
-        batch, heads, _, _ = probs.shape
-        index = index.to(probs.device)
-        picked = probs.gather(-1, index[:, None, None, :].expand(batch, heads, queries, index.shape[-1]))
+
+    def _record(self, picked: torch.Tensor) -> None:
         if self.store.recording:
             self.store.maps[self.layer] = picked
 

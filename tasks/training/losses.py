@@ -52,7 +52,8 @@ def _per_sample_mean(values: torch.Tensor, noun_valid: torch.Tensor) -> torch.Te
 def _bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # torch's BCE (log clamped at -100); rounding can push a sum of probabilities just past 1
     with torch.autocast(probs.device.type, enabled=False):
-        return F.binary_cross_entropy(probs.float().clamp(0.0, 1.0), target.float(), reduction="none")
+        dtype = torch.promote_types(probs.dtype, torch.float32)
+        return F.binary_cross_entropy(probs.to(dtype).clamp(0.0, 1.0), target.to(dtype), reduction="none")
 
 
 def _noun_maps(mean_map: torch.Tensor, slot_noun: torch.Tensor) -> torch.Tensor:
@@ -93,8 +94,11 @@ def grounding_losses(maps: dict[str, torch.Tensor], resolutions: dict[str, int],
     if aggregation not in ("reference", "normalized"):
         raise ValueError(f"unknown aggregation {aggregation!r}")
     groups: dict[int, list[torch.Tensor]] = defaultdict(list)
+    dtype = torch.float64 if any(a.dtype == torch.float64 for a in maps.values()) else torch.float32
     for layer, attn in maps.items():
-        groups[resolutions[layer]].append(attn.float())
+        groups[resolutions[layer]].append(attn.to(dtype))
+    targets = Targets(targets.slot_noun.to(dtype), targets.noun_valid, targets.masks, targets.relations,
+                      targets.relation_valid)
     terms = ("token", "pixel", "spatial") if spatial else ("token", "pixel")
     batch = targets.noun_valid.shape[0]
     reference = next(iter(maps.values())) if maps else targets.slot_noun
@@ -103,8 +107,8 @@ def grounding_losses(maps: dict[str, torch.Tensor], resolutions: dict[str, int],
     with torch.autocast(reference.device.type, enabled=False):
         for resolution in sorted(groups):
             group = groups[resolution]
-            mask = targets.masks[resolution].flatten(2).float()                     # B x N x U
-            slot_mask = torch.einsum("bnk,bnu->bku", targets.slot_noun.float(), mask)  # B x K x U
+            mask = targets.masks[resolution].flatten(2).to(dtype)                   # B x N x U
+            slot_mask = torch.einsum("bnk,bnu->bku", targets.slot_noun.to(dtype), mask)  # B x K x U
             name = group_name(resolution)
             if aggregation == "reference":
                 parts = {"token": _group_token_reference(group, slot_mask, targets),
