@@ -61,6 +61,21 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = True
     seed: int = 0
 
+    # throughput (docs/training.md "Throughput"); the defaults change nothing about the paper's run
+    auto_batch: bool = Field(default=False, description="on CUDA: choose train_batch_size, gradient_accumulation_steps "
+                             "and gradient_checkpointing from the GPU's memory (a short probe measures the activation "
+                             "memory per sample), keeping effective_batch samples per optimizer step; checkpointing "
+                             "only when the batch that fits without it is below min(auto_min_batch, effective_batch). "
+                             "Without CUDA the values above are used")
+    effective_batch: int | None = Field(default=None, ge=1, description="auto_batch: samples per optimizer step per "
+                                        "device; null: train_batch_size x gradient_accumulation_steps")
+    auto_min_batch: int = Field(default=8, ge=1, description="auto_batch: the per-device batch that keeps the GPU busy; "
+                                "below it, gradient checkpointing is turned on to fit a larger one")
+    memory_headroom: float = Field(default=0.9, gt=0, le=1, description="auto_batch: fraction of the GPU's memory to plan for")
+    fused_optimizer: bool = Field(default=True, description="fused AdamW when every trained parameter is a float CUDA tensor")
+    channels_last: bool = Field(default=False, description="CUDA: the UNet in channels-last memory format")
+    compile_unet: bool = Field(default=False, description="torch.compile the UNet (its first steps compile)")
+
     # bookkeeping
     checkpoint_every: int = Field(default=2000, ge=1, description="optimizer steps between checkpoints")
     checkpoints_total_limit: int | None = Field(default=3, ge=1)

@@ -6,6 +6,7 @@ what two accumulated batches of 1 draw, and a resumed run draws what an uninterr
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ log = logging.getLogger("tokencompose.tasks.training")
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+PLAN_FILE = "memory_plan.json"
 METRICS_FILE = "metrics.jsonl"
 
 ProgressCallback = Callable[[int, int, dict], None]
@@ -78,6 +80,78 @@ def sample_seed(seed: int, rank: int, index: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+@dataclass(frozen=True)
+class ActivationCost:
+    """Activation memory of one forward + backward (weights, gradients, optimizer state excluded):
+    ``base + per_sample * batch`` bytes, from a probe at two batch sizes."""
+    base: int
+    per_sample: int
+
+    @classmethod
+    def from_probe(cls, batch_a: int, bytes_a: int, batch_b: int, bytes_b: int) -> "ActivationCost":
+        per_sample = max(1, (bytes_b - bytes_a) // (batch_b - batch_a))
+        return cls(base=max(0, bytes_a - per_sample * batch_a), per_sample=per_sample)
+
+    def fits(self, budget: int) -> int:
+        return max(0, (budget - self.base) // self.per_sample)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    batch_size: int
+    accumulation: int
+    gradient_checkpointing: bool
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+
+# fp32 weights, fp32 gradients, AdamW's two fp32 moments (mixed precision keeps fp32 master weights)
+BYTES_PER_TRAINED_PARAMETER = 16
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def plan_memory(total_bytes: int, parameters: int, plain: ActivationCost, checkpointed: ActivationCost | None, *,
+                effective_batch: int, min_batch: int = 8, other_bytes: int = 0, headroom: float = 0.9,
+                bytes_per_parameter: int = BYTES_PER_TRAINED_PARAMETER) -> MemoryPlan:
+    """Per-device batch, gradient checkpointing and accumulation for ``effective_batch`` samples per step.
+
+    The budget is ``headroom * total_bytes`` less the trained parameters' weights, gradients and
+    optimizer state and ``other_bytes`` (frozen models, buffers). The batch divides ``effective_batch``
+    (so the step sees exactly that many samples) and is the largest that fits; checkpointing is used
+    only when the batch that fits without it is below ``min(min_batch, effective_batch)`` and
+    checkpointing fits a larger one.
+    """
+    budget = int(total_bytes * headroom) - parameters * bytes_per_parameter - other_bytes
+    want = min(min_batch, effective_batch)
+    fits_plain = min(plain.fits(budget), effective_batch)
+    if fits_plain >= want:
+        batch = _largest_divisor(effective_batch, fits_plain)
+        return MemoryPlan(batch, effective_batch // batch, False,
+                          f"{fits_plain} samples fit without checkpointing (wanted {want})")
+    fits_ckpt = min(checkpointed.fits(budget), effective_batch) if checkpointed is not None else 0
+    batch_plain = _largest_divisor(effective_batch, fits_plain) if fits_plain >= 1 else 0
+    batch_ckpt = _largest_divisor(effective_batch, fits_ckpt) if fits_ckpt >= 1 else 0
+    if batch_ckpt > batch_plain:
+        return MemoryPlan(batch_ckpt, effective_batch // batch_ckpt, True,
+                          f"{fits_plain} samples fit without checkpointing, {fits_ckpt} with it (wanted {want})")
+    if batch_plain:
+        return MemoryPlan(batch_plain, effective_batch // batch_plain, False,
+                          f"{fits_plain} samples fit without checkpointing (wanted {want}); checkpointing fits no "
+                          "larger batch")
+    gib = 2 ** 30
+    raise MemoryError(f"not even one sample fits: {total_bytes / gib:.1f} GiB x {headroom} less "
+                      f"{(parameters * bytes_per_parameter + other_bytes) / gib:.1f} GiB of parameters, gradients, "
+                      f"optimizer state and frozen models leaves {budget / gib:.2f} GiB; one sample needs "
+                      f"{(plain.base + plain.per_sample) / gib:.2f} GiB"
+                      + (f" ({(checkpointed.base + checkpointed.per_sample) / gib:.2f} GiB with checkpointing)"
+                         if checkpointed is not None else ""))
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint (its state file is written last)."""
     root = Path(output_dir) / CHECKPOINTS_DIR
@@ -114,17 +188,30 @@ class Trainer:
         terms = ("token", "pixel", "spatial") if cfg.spatial_weight else ("token", "pixel")
         groups = [group_name(r) for r in sorted(set(self.resolutions.values()))]
         self.term_names = [*terms, *(f"{t}/{g}" for t in terms for g in groups)] if self.grounding else []
-        if cfg.gradient_checkpointing:
-            m.unet.enable_gradient_checkpointing()
         for frozen in (m.vae, m.text_encoder):
             frozen.requires_grad_(False)
             frozen.eval()
             frozen.to(acc.device)
             if self.weight_dtype != torch.float32:
                 frozen.to(dtype=self.weight_dtype)
+        m.unet.to(acc.device)  # before the optimizer: fused AdamW needs its parameters on the GPU
         m.unet.train()
-        optimizer = torch.optim.AdamW(m.unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        self.output_dir = Path(cfg.output_dir)
+        self.plan = self._memory_plan()
+        self.batch_size, self.accumulation = self.plan.batch_size, self.plan.accumulation
+        if self.plan.gradient_checkpointing:
+            m.unet.enable_gradient_checkpointing()
+        cuda = acc.device.type == "cuda"
+        if cfg.channels_last and cuda:
+            m.unet.to(memory_format=torch.channels_last)
+        if cfg.compile_unet:
+            m.unet.compile()  # in place: state-dict keys and the module's class stay as they are
+        params = list(m.unet.parameters())
+        fused = cfg.fused_optimizer and cuda and all(p.is_cuda and p.is_floating_point() for p in params)
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                                      **({"fused": True} if fused else {}))
+        self.fused_optimizer = fused
         # accelerate's scheduler steps once per process per optimizer step, hence the scaling
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
                                   num_training_steps=cfg.max_steps * acc.num_processes)
@@ -132,12 +219,80 @@ class Trainer:
         self.urls = expand_shards(cfg.shards)
         self.preprocess = Preprocessor(m.tokenizer, cfg.resolution, sorted(set(self.resolutions.values())),
                                        cfg.mask_antialias, cfg.image_field)
-        self.output_dir = Path(cfg.output_dir)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / CONFIG_FILE).write_text(cfg.to_json())
+            (self.output_dir / PLAN_FILE).write_text(self.plan.to_json())
         if cfg.resume:
             self._resume()
+
+    def _memory_plan(self) -> MemoryPlan:
+        """The config's batch, accumulation and checkpointing, or with ``auto_batch`` on CUDA a plan from
+        the GPU's memory and a probe (a resumed run keeps its checkpoint's plan: the data stream depends on it)."""
+        cfg, acc = self.config, self.accelerator
+        fixed = MemoryPlan(cfg.train_batch_size, cfg.gradient_accumulation_steps, cfg.gradient_checkpointing,
+                           "the configuration's values")
+        if not cfg.auto_batch:
+            return fixed
+        if acc.device.type != "cuda":
+            log.info("auto_batch: no CUDA device, the memory probe is skipped; using the configuration's batch %d x "
+                     "accumulation %d, gradient checkpointing %s", fixed.batch_size, fixed.accumulation,
+                     fixed.gradient_checkpointing)
+            return MemoryPlan(fixed.batch_size, fixed.accumulation, fixed.gradient_checkpointing,
+                              "auto_batch without CUDA: the configuration's values")
+        checkpoint = latest_checkpoint(self.output_dir) if cfg.resume else None
+        if checkpoint is not None and (checkpoint / PLAN_FILE).exists():
+            plan = MemoryPlan(**json.loads((checkpoint / PLAN_FILE).read_text()))
+            log.info("auto_batch: resuming with the checkpoint's plan %s", plan)
+            return plan
+        unet = self.models.unet
+        effective = cfg.effective_batch or cfg.train_batch_size * cfg.gradient_accumulation_steps
+        parameters = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+        gc.collect()
+        torch.cuda.empty_cache()
+        other = torch.cuda.memory_allocated(acc.device) - 4 * parameters   # frozen models, buffers
+        plain = self.probe_activation_cost(checkpointing=False)
+        checkpointed = self.probe_activation_cost(checkpointing=True)
+        total = torch.cuda.get_device_properties(acc.device).total_memory
+        plan = plan_memory(total, parameters, plain, checkpointed, effective_batch=effective,
+                           min_batch=cfg.auto_min_batch, other_bytes=max(0, other), headroom=cfg.memory_headroom)
+        log.info("auto_batch: %.1f GiB GPU, %d M trained parameters, activations %s (checkpointed %s) -> batch %d x "
+                 "accumulation %d, gradient checkpointing %s (%s)", total / 2**30, parameters // 10**6, plain,
+                 checkpointed, plan.batch_size, plan.accumulation, plan.gradient_checkpointing, plan.reason)
+        return plan
+
+    def probe_activation_cost(self, checkpointing: bool, slots: int = 8) -> ActivationCost:
+        """CUDA: peak memory of a forward + backward above the memory before it, at batch 1 and 2 (random
+        inputs, ``slots`` captured noun columns); gradients are allocated by a warm-up pass first."""
+        m, acc = self.models, self.accelerator
+        unet = m.unet
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
+        latent = self.config.resolution // m.vae_scale_factor
+        peaks = {}
+        for batch in (1, 1, 2):  # the first pass allocates the gradients
+            noisy = torch.randn(batch, unet.config.in_channels, latent, latent, device=acc.device)
+            timesteps = torch.randint(0, 1000, (batch,), device=acc.device)
+            hidden = torch.randn(batch, 77, unet.config.cross_attention_dim, device=acc.device)
+            index = torch.arange(1, slots + 1, device=acc.device).expand(batch, slots) if self.grounding else None
+            torch.cuda.synchronize(acc.device)
+            base = torch.cuda.memory_allocated(acc.device)
+            torch.cuda.reset_peak_memory_stats(acc.device)
+            self.store.begin(index)
+            with acc.autocast():
+                prediction = unet(noisy, timesteps, hidden).sample
+            maps = self.store.end()
+            loss = prediction.float().pow(2).mean() + sum(a.float().mean() for a in maps.values())
+            loss.backward()
+            del prediction, maps, loss
+            torch.cuda.synchronize(acc.device)
+            peaks[batch] = torch.cuda.max_memory_allocated(acc.device) - base
+            unet.zero_grad(set_to_none=False)
+        unet.zero_grad(set_to_none=True)
+        unet.disable_gradient_checkpointing()
+        return ActivationCost.from_probe(1, peaks[1], 2, peaks[2])
 
     def _resume(self) -> None:
         checkpoint = latest_checkpoint(self.output_dir)
@@ -204,9 +359,10 @@ class Trainer:
         return loss, logs
 
     def train_step(self, batches) -> dict[str, torch.Tensor]:
-        """One optimizer step over ``gradient_accumulation_steps`` batches; returns averaged logs."""
+        """One optimizer step over ``self.accumulation`` batches (the plan's, by default the config's
+        gradient_accumulation_steps); returns averaged logs."""
         cfg, acc = self.config, self.accelerator
-        accum = cfg.gradient_accumulation_steps
+        accum = self.accumulation
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             batch = next(batches)
@@ -241,10 +397,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def loader(self):
         cfg, acc = self.config, self.accelerator
-        return make_loader(self.urls, self.preprocess, batch_size=cfg.train_batch_size, num_workers=cfg.num_workers,
+        return make_loader(self.urls, self.preprocess, batch_size=self.batch_size, num_workers=cfg.num_workers,
                            seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, rank=acc.process_index,
                            world_size=acc.num_processes,
-                           skip_batches=self.state.step * cfg.gradient_accumulation_steps)
+                           skip_batches=self.state.step * self.accumulation)
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
@@ -254,6 +410,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (path / CONFIG_FILE).write_text(self.config.to_json())
+            (path / PLAN_FILE).write_text(self.plan.to_json())
             (path / STATE_FILE).write_text(self.state.to_json())  # last: marks the checkpoint complete
             self._prune_checkpoints()
         acc.wait_for_everyone()
@@ -292,7 +449,7 @@ class Trainer:
         last: dict = {}
         checkpoint = latest_checkpoint(self.output_dir)
         window_start, window_samples = time.perf_counter(), 0
-        global_batch = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+        global_batch = self.batch_size * self.accumulation * acc.num_processes
         while self.state.step < cfg.max_steps:
             logs = self.train_step(batches)
             window_samples += global_batch
