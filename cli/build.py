@@ -56,9 +56,9 @@ def run_build(args: argparse.Namespace) -> int:
             stats = build_directly(config)
             print(json.dumps({"samples": stats.samples, "nouns": stats.nouns, "nouns_with_mask": stats.nouns_with_mask}))
         else:
-            from tokencompose.flows.build import build_grounded_coco
+            from tokencompose.flows.runners import run_build
 
-            summary = build_grounded_coco(config=config)
+            summary = run_build(config)  # on config.runner: threads, Dask or Ray
             print(json.dumps(summary, indent=1))
     except ConfigurationError as error:
         print(f"cannot start: {error}", file=sys.stderr)
@@ -67,5 +67,10 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"build failed: {error} (what finished is reported in {config.output.out_dir}/incomplete.json; "
               "run the same command again to finish)", file=sys.stderr)
         return 1
+    except Exception as error:
+        if type(error).__name__ != "RunnerError":  # tokencompose.flows.runners, imported only with Prefect
+            raise
+        print(f"cannot start on {config.runner.describe()}: {error}", file=sys.stderr)
+        return 2
     print(f"dataset written to {config.output.out_dir}")
     return 0

@@ -59,9 +59,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 return 0
             summary = evaluate_cli_summary(report)
         else:
-            from tokencompose.flows.evaluate import evaluate_multigen
+            from tokencompose.flows.runners import run_evaluate
 
-            summary = evaluate_multigen(config=config)
+            summary = run_evaluate(config)  # on config.runner: threads, Dask or Ray
     except (EvaluationError, ModelFolderError) as error:
         print(str(error), file=sys.stderr)
         return 2
