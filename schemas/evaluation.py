@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tokencompose.schemas.config import ModelsConfig
+from tokencompose.schemas.runner import RunnerConfig
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 OWLV2_L = "google/owlv2-large-patch14-ensemble"
@@ -122,6 +123,7 @@ class EvaluateConfig(_Strict):
     detection: DetectionConfig = DetectionConfig()
     report: ReportConfig = ReportConfig()
     models: ModelsConfig = ModelsConfig()
+    runner: RunnerConfig = Field(default=RunnerConfig(), description="where the generation and detection tasks run")
 
     @field_validator("pipelines", "labels", mode="before")
     @classmethod
