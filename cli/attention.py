@@ -6,9 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
 
-from tokencompose.cli.options import add_config_flags, explain, given_values, merged, read_settings_file
+from tokencompose.cli.options import add_config_flags, load_config
 from tokencompose.schemas.evaluation import AttentionConfig
 
 
@@ -24,14 +23,8 @@ def add_cli(subparsers) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    try:
-        config = AttentionConfig.model_validate(merged(read_settings_file(args.config),
-                                                       given_values(args.config_source, args)))
-    except ValidationError as error:
-        print(explain(error, "attention configuration"), file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as error:
-        print(f"cannot read --config: {error}", file=sys.stderr)
+    config = load_config(AttentionConfig, args, "attention configuration")
+    if config is None:
         return 2
     from tokencompose.tasks.multigen.attention_maps import INFO_FILE, attention_for_prompt
     from tokencompose.tasks.multigen.generation import ModelFolderError

@@ -89,6 +89,21 @@ def explain(error: ValidationError, what: str = "configuration") -> str:
     return f"invalid {what}:\n" + "\n".join(lines)
 
 
+def load_config(model: type[BaseModel], args: argparse.Namespace, what: str, *presets: dict) -> BaseModel | None:
+    """The configuration from the --config file, then ``presets``, then the flags; None after printing
+    one clear message when it cannot be read or is invalid (the caller exits 2)."""
+    import sys
+
+    try:
+        return model.model_validate(merged(read_settings_file(args.config), *presets,
+                                           given_values(args.config_source, args)))
+    except ValidationError as error:
+        print(explain(error, what), file=sys.stderr)
+    except (OSError, ValueError) as error:
+        print(f"cannot read --config: {error}", file=sys.stderr)
+    return None
+
+
 def read_settings_file(path: Path | None) -> dict:
     from tokencompose.schemas.settings_file import read_settings
 

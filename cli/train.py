@@ -6,9 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
 
-from tokencompose.cli.options import add_config_flags, explain, given_values, merged, read_settings_file
+from tokencompose.cli.options import add_config_flags, given_values, load_config
 from tokencompose.schemas.training import TrainConfig
 
 
@@ -28,24 +27,18 @@ def add_cli(subparsers) -> None:
     parser.set_defaults(handler=run_train, config_source=source)
 
 
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    given = given_values(args.config_source, args)
-    demo = {}
-    if args.demo:
-        from tokencompose.tasks.training.demo import DEFAULT_DEMO_DIR, prepare_demo
+def demo_preset(args: argparse.Namespace) -> dict:
+    """With --demo: the tiny model and the sample's shards, made in --output-dir (default runs/demo)."""
+    if not args.demo:
+        return {}
+    from tokencompose.tasks.training.demo import DEFAULT_DEMO_DIR, prepare_demo
 
-        demo = prepare_demo(Path(given.get("output_dir") or DEFAULT_DEMO_DIR))
-    return TrainConfig.model_validate(merged(read_settings_file(args.config), demo, given))
+    return prepare_demo(Path(given_values(args.config_source, args).get("output_dir") or DEFAULT_DEMO_DIR))
 
 
 def run_train(args: argparse.Namespace) -> int:
-    try:
-        config = train_config_from_args(args)
-    except ValidationError as error:
-        print(explain(error, "training configuration"), file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as error:
-        print(f"cannot read --config: {error}", file=sys.stderr)
+    config = load_config(TrainConfig, args, "training configuration", demo_preset(args))
+    if config is None:
         return 2
     if args.print_config:
         print(config.to_json())
