@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from tokencompose.cli.options import add_config_flags, load_config
 from tokencompose.schemas.evaluation import AttentionConfig
 

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from tokencompose.cli.options import add_config_flags, given_values, load_config
 from tokencompose.schemas.training import TrainConfig
 
