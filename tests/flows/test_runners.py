@@ -243,7 +243,7 @@ def test_a_worker_that_does_not_share_the_output_folder_stops_the_run_before_wor
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             client.wait_for_workers(2, timeout=120)
-            with pytest.raises(RunnerError, match="not the same filesystem"):
+            with pytest.raises(RunnerError, match="must be on a filesystem every worker shares"):
                 run_build(_config(source, shared / "out", dask_address=local.scheduler_address))
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -254,26 +254,34 @@ def test_a_worker_that_does_not_share_the_output_folder_stops_the_run_before_wor
 
 # --- Ray --------------------------------------------------------------------------------------
 
-def test_local_ray_builds_the_same_bytes(prefect_api, source, reference, tmp_path):
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the Ray tests (starting one is the slow part), declaring 2 GPUs as resources."""
     ray = pytest.importorskip("ray")
-    from tokencompose.flows.runners import run_build
-
     if ray.is_initialized():
         ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="prefect")
+    yield ray
+    ray.shutdown()
+
+
+def test_local_ray_builds_the_same_bytes(prefect_api, source, reference, local_ray, tmp_path):
+    from tokencompose.flows.runners import run_build
+
     out = tmp_path / "ray"
-    summary = run_build(_config(source, out, kind="ray", processes=2))
-    assert not ray.is_initialized(), "the runner's own Ray is shut down"
+    summary = run_build(_config(source, out, kind="ray"))
     assert summary["shards"] == 16
     assert _dataset_bytes(out) == reference
 
 
-def test_ray_model_tasks_ask_for_one_gpu_each(prefect_api, tmp_path):
-    """On a local Ray that declares 2 GPUs, each model task is given exactly one of them."""
-    ray = pytest.importorskip("ray")
+def test_ray_model_tasks_ask_for_one_gpu_each(prefect_api, local_ray, tmp_path):
+    """On a Ray that declares 2 GPUs, each model task is given exactly one; other tasks none."""
     import cloudpickle
     from prefect import flow, task
 
     from tokencompose.flows.runners import make_task_runner
+
+    ray = local_ray
 
     @task(name="detect")
     def gpu_task(i: int) -> dict:
@@ -283,21 +291,17 @@ def test_ray_model_tasks_ask_for_one_gpu_each(prefect_api, tmp_path):
     def cpu_task() -> dict:
         return ray.get_runtime_context().get_assigned_resources()
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="prefect")
+    runner = make_task_runner(RunnerConfig(kind="ray"), tmp_path / "out", {"detect"})
+
+    @flow(task_runner=runner)
+    def gpu_flow():
+        futures = [gpu_task.submit(i) for i in range(3)]
+        return [f.result() for f in futures], cpu_task.submit().result()
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test module
     try:
-        runner = make_task_runner(RunnerConfig(kind="ray"), tmp_path / "out", {"detect"})
-
-        @flow(task_runner=runner)
-        def gpu_flow():
-            futures = [gpu_task.submit(i) for i in range(3)]
-            return [f.result() for f in futures], cpu_task.submit().result()
-
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        try:
-            placed, cpu = gpu_flow()
-        finally:
-            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        placed, cpu = gpu_flow()
     finally:
-        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert [p.get("GPU") for p in placed] == [1.0] * 3
     assert "GPU" not in cpu
