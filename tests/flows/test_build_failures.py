@@ -121,7 +121,10 @@ def test_the_cli_exits_non_zero_and_leaves_the_report_when_a_shard_cannot_be_wri
     config = demo_config(tmp_path / "out", output={"shard_size": 2})
     build_directly(config)
     out = config.output.out_dir
-    # A real I/O failure: the second shard's index cannot replace a folder of the same name.
+    # As after an interrupted first run (no manifest: every shard is planned again; a complete
+    # dataset only grows, see test_incremental_build.py) ...
+    (out / "manifest.json").unlink()
+    # ... with a real I/O failure: the second shard's index cannot replace a folder of the same name.
     (out / "index" / "shard-000001.json").unlink()
     (out / "index" / "shard-000001.json").mkdir()
     settings = tmp_path / "config.json"
@@ -130,7 +133,32 @@ def test_the_cli_exits_non_zero_and_leaves_the_report_when_a_shard_cannot_be_wri
     result = subprocess.run([command, "build", "--no-prefect", "--config", str(settings)],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode != 0
-    assert "BuildFailed" in result.stderr and "IsADirectoryError" in result.stderr
+    assert "build failed: " in result.stderr and "IsADirectoryError" in result.stderr
     report = IncompleteRun.model_validate_json((out / "incomplete.json").read_bytes())
     assert report.shards_done == ["shard-000000.tar"] and list(report.shards_failed) == ["shard-000001.tar"]
     assert not (out / "manifest.json").exists()
+
+
+def test_a_failed_incremental_build_keeps_the_previous_version(tmp_path):
+    """Shards of a new version fail: the manifest of the version before stays (its shards are intact),
+    incomplete.json names the new shards; the same command once the problem is gone finishes."""
+    from tokencompose.data import SAMPLE_DIR
+    from tokencompose.tasks.dataset import BuildFailed, dataset_versions
+
+    lines = (SAMPLE_DIR / "vsr_train.jsonl").read_text().splitlines(keepends=True)
+    vsr = tmp_path / "vsr_train.jsonl"
+    vsr.write_text("".join(lines[:4]))
+    config = demo_config(tmp_path / "out", selection={"vsr_files": [str(vsr)]}, output={"shard_size": 2})
+    out = config.output.out_dir
+    build_directly(config)
+    manifest = (out / "manifest.json").read_bytes()
+    vsr.write_text("".join(lines))
+    (out / "index" / "shard-000002.json").mkdir()
+    with pytest.raises(BuildFailed, match="shard-000002.tar"):
+        build_directly(config)
+    assert (out / "manifest.json").read_bytes() == manifest and len(dataset_versions(out)) == 1
+    report = IncompleteRun.model_validate_json((out / "incomplete.json").read_bytes())
+    assert list(report.shards_failed) == ["shard-000002.tar"] and report.shards_not_built == ["shard-000003.tar"]
+    (out / "index" / "shard-000002.json").rmdir()
+    build_directly(config)
+    assert [v.version for v in dataset_versions(out)] == [1, 2] and not (out / "incomplete.json").exists()
