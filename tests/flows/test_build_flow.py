@@ -1,4 +1,5 @@
 """The build-grounded-coco flow under a real (test-harness) Prefect API."""
+import json
 import os
 import signal
 import subprocess
@@ -97,3 +98,23 @@ def test_parallel_shards_give_the_same_bytes_as_the_direct_build(prefect_api, tm
     build_grounded_coco(config=demo_config(tmp_path / "parallel", workers=3, output={"shard_size": 2}))
     build_directly(demo_config(tmp_path / "direct", output={"shard_size": 2}))
     assert _dataset_bytes(tmp_path / "parallel") == _dataset_bytes(tmp_path / "direct")
+
+
+def test_a_cached_rerun_loads_no_backend(prefect_api, tmp_path):
+    """Provenance travels in the shard summaries: a run whose shards are all cached (or that has no new
+    images) writes its reports without loading a single model, and the manifest's provenance is the
+    one in the samples."""
+    from tokencompose.tasks import backends
+
+    config = demo_config(tmp_path / "out", output={"shard_size": 3})
+    out = config.output.out_dir
+    build_grounded_coco(config=config)
+    manifest = json.loads((out / "manifest.json").read_text())
+    backends._loaded.clear()  # as in a new process
+    (out / "manifest.json").unlink()  # an unfinished run: every shard is planned again, all cached
+    summary = build_grounded_coco(config=config)
+    assert backends._loaded == {}, "no backend was loaded for bookkeeping"
+    assert json.loads((out / "manifest.json").read_text())["provenance"] == manifest["provenance"]
+    assert summary["shards"] == len(manifest["shards"])
+    build_grounded_coco(config=config)  # complete: nothing new
+    assert backends._loaded == {}
