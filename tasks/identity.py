@@ -35,6 +35,7 @@ BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
     "consensus": (),
     "spacy": ("spacy", "thinc"),
     "coco": ("pycocotools",),
+    "human": ("pycocotools",),
     "clip": ("torch", "open_clip_torch"),
     "flair": ("torch", "flair", "transformers"),
     "grounded_sam": ("torch", "torchvision", "transformers", "groundingdino-py", "segment-anything-hq", "pycocotools"),
@@ -205,7 +206,7 @@ def weight_digests(config: BuildConfig, cache_file: Path | None = None) -> dict[
 
 def noun_table_digest(config: BuildConfig) -> str | None:
     """A custom noun table decides masks; the configuration holds only its file name."""
-    if config.backend("grounding") not in ("coco", "hybrid") or config.grounding.noun_table is None:
+    if config.backend("grounding") not in ("coco", "human", "hybrid") or config.grounding.noun_table is None:
         return None
     from tokencompose.tasks.shard_io import file_sha256
 
