@@ -33,7 +33,7 @@ def test_demo_build_is_readable_by_stock_webdataset(make_demo_config):
     out = config.output.out_dir
     samples = _samples(out)
     manifest = Manifest.model_validate_json((out / "manifest.json").read_bytes())
-    assert len(samples) == manifest.samples == 7 and len(manifest.shards) == 3
+    assert len(samples) == manifest.samples == 8 and len(manifest.shards) == 3
     for sample in samples:
         assert {k for k in sample if not k.startswith("__")} == {"jpg", "json"}
         record = SampleRecord.from_json_bytes(sample["json"])
@@ -81,11 +81,12 @@ def test_demo_stats_and_rejects(make_demo_config):
     build_directly(config)
     out = config.output.out_dir
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["images_seen"] == 9 and stats["images_selected"] == 8 and stats["samples"] == 7
-    assert stats["rejects_by_reason"] == {"no_masks": 1, "not_in_source": 1}
+    assert stats["images_seen"] == 9 and stats["images_selected"] == 8 and stats["samples"] == 8
+    assert stats["nouns"] == 22 and stats["nouns_with_mask"] == 13
+    assert stats["rejects_by_reason"] == {"not_in_source": 1}
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert {r["file_name"] for r in rejects} == {"000000999999.jpg", "000000000724.jpg"}
-    assert json.loads((out / "sizes.json").read_text()) == {"shard-000000.tar": 7}
+    assert [(r["file_name"], r["reason"]) for r in rejects] == [("000000999999.jpg", "not_in_source")]
+    assert json.loads((out / "sizes.json").read_text()) == {"shard-000000.tar": 8}
 
 
 def test_bad_images_become_rejects_and_the_build_finishes(source_builder, tmp_path):
