@@ -169,6 +169,7 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(config.output_dir)))
         self.state = TrainState()
         self._nonfinite_steps = 0
+        self._data_wait = 0.0  # seconds spent waiting for the loader since the last log record
         self._setup()
 
     # ----------------------------------------------------------------- setup
@@ -365,7 +366,9 @@ class Trainer:
         accum = self.accumulation
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
+            waited = time.perf_counter()
             batch = next(batches)
+            self._data_wait += time.perf_counter() - waited
             sync = micro == accum - 1
             with acc.no_sync(self.unet) if not sync else nullcontext():
                 loss, logs = self.compute_loss(batch)
@@ -456,6 +459,8 @@ class Trainer:
             if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
                 last = self._record(logs, window_samples / max(elapsed, 1e-9))
+                last["data_wait_fraction"] = self._data_wait / max(elapsed, 1e-9)  # > ~0.05: add num_workers
+                self._data_wait = 0.0
                 window_start, window_samples = time.perf_counter(), 0
                 if acc.is_main_process:
                     with open(metrics_path, "a") as handle:

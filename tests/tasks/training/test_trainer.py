@@ -49,7 +49,8 @@ def test_a_few_dozen_steps_lower_the_token_loss(make_config):
     assert result.steps == 30 and result.stats["nouns_no_token"] >= 1 and result.stats["nouns_no_mask"] >= 1
     records = [json.loads(line) for line in (config.output_dir / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30]
-    assert {"token/4x4", "token/8x8", "token/16x16", "pixel/16x16", "ldm", "lr", "samples_per_s"} <= records[-1].keys()
+    assert {"token/4x4", "token/8x8", "token/16x16", "pixel/16x16", "ldm", "lr", "samples_per_s",
+            "data_wait_fraction"} <= records[-1].keys()
     assert result.loss_curve is not None and result.loss_curve.stat().st_size > 1000
 
 
