@@ -30,14 +30,19 @@ FLOW_NAME = "build-grounded-coco"
 CACHE_DIR = ".cache/prefect"
 
 
+def shard_key(config: BuildConfig, index: int, records, identity: dict[str, Any]) -> str:
+    parts = [identity_hash(identity), config.config_hash(), str(config.output.out_dir.resolve()), str(index),
+             dataset.batch_fingerprint(config, records)]
+    return "shard-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
 def shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The shard's identity: the build identity (format, code, resolved device and precisions, library
     versions, weight digests; tasks/identity.py), the configuration, the output folder, the shard number
-    and the batch (records plus each image file's size and mtime)."""
+    and the batch (records plus each image file's size and mtime). Computed where the task runs (a
+    remote worker resolves its own device and libraries), without loading any model."""
     config: BuildConfig = parameters["config"]
-    parts = [identity_hash(parameters["identity"]), config.config_hash(), str(config.output.out_dir.resolve()),
-             str(parameters["index"]), dataset.batch_fingerprint(config, parameters["records"])]
-    return "shard-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
+    return shard_key(config, parameters["index"], parameters["records"], build_identity(config))
 
 
 def is_transient(error: BaseException) -> bool:
@@ -59,10 +64,9 @@ def retry_only_transient(task, task_run, state) -> bool:
 
 @task(name="build-shard", task_run_name="shard-{index:06d}", cache_key_fn=shard_cache_key, persist_result=True,
       result_serializer="json", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_only_transient)
-def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord], identity: dict[str, Any]
-                     ) -> ShardSummary:
+def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord]) -> ShardSummary:
     backends = backend_registry.load_backends(config)
-    provenance = backends.provenance(config.config_hash(), identity)
+    provenance = backends.provenance(config.config_hash(), build_identity(config))
     summary = build_shard(config, backends, provenance, index, records)
     get_run_logger().info("%s: %d samples, %d rejects", summary.shard, summary.samples, len(summary.rejects))
     return summary
@@ -108,7 +112,7 @@ def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
         shard_task = build_shard_task.with_options(result_storage=cache_storage(config))
         progress = create_progress_artifact(0.0, key="build-grounded-coco-progress",
                                             description=f"shards of {config.output.out_dir}")
-        summaries, failed = _run_shards(config, plan, shard_task, progress, identity)
+        summaries, failed = _run_shards(config, plan, shard_task, progress)
         failed = failed or dataset.check_repairs(plan, summaries)
         if failed:
             raise dataset.build_failed(plan, summaries, failed) from failed[min(failed)]
@@ -123,7 +127,7 @@ def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
     return {row["measure"]: row["value"] for row in table}
 
 
-def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress, identity: dict[str, Any]
+def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress
                 ) -> tuple[list[ShardSummary], dict[int, BaseException]]:
     """Submit shards, at most ``config.workers`` at once; a cached result whose shard is not on disk
     intact is built again. After a shard fails (retries spent) no new shard starts; the running ones
@@ -138,11 +142,11 @@ def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress, i
         while waiting and not failed and len(running) < config.workers:
             index, batch = waiting.pop()
             # quote: Prefect would otherwise walk every record (and polygon) looking for futures
-            running[shard_task.submit(config=config, index=index, records=quote(batch), identity=identity)] = index
+            running[shard_task.submit(config=config, index=index, records=quote(batch))] = index
         future = next(as_completed(list(running)))
         index = running.pop(future)
         try:
-            summary = _checked_result(config, plan, shard_task, future, index, identity)
+            summary = _checked_result(config, plan, shard_task, future, index)
         except Exception as error:
             logger.error("shard %06d failed: %s: %s", index, type(error).__name__, error)
             failed[index] = error
@@ -153,12 +157,11 @@ def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress, i
     return summaries, failed
 
 
-def _checked_result(config: BuildConfig, plan: dataset.Plan, shard_task, future, index: int,
-                    identity: dict[str, Any]) -> ShardSummary:
+def _checked_result(config: BuildConfig, plan: dataset.Plan, shard_task, future, index: int) -> ShardSummary:
     summary = future.result()
     # A shard just built was hashed as it was written; only a cached result needs checking.
     if future.state.name == "Cached" and not dataset.shard_is_intact(config, summary):
         get_run_logger().warning("%s: cached result does not match the file on disk; building it again", summary.shard)
         summary = shard_task.with_options(refresh_cache=True)(
-            config=config, index=index, records=quote(plan.jobs()[index]), identity=identity)
+            config=config, index=index, records=quote(plan.jobs()[index]))
     return summary

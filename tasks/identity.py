@@ -94,8 +94,18 @@ def code_files() -> list[Path]:
     return sorted(seen | tables)
 
 
+_fingerprints: dict[Path, str] = {}
+
+
 def code_fingerprint() -> str:
-    """Hash of the code and tables that decide a shard's bytes (see :func:`code_files`)."""
+    """Hash of the code and tables that decide a shard's bytes (see :func:`code_files`), taken once
+    per process: the code that runs is what was imported, whatever happens to the files later."""
+    if PACKAGE_ROOT not in _fingerprints:
+        _fingerprints[PACKAGE_ROOT] = _hash_code()
+    return _fingerprints[PACKAGE_ROOT]
+
+
+def _hash_code() -> str:
     digest = hashlib.sha256()
     for path in code_files():
         digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0")
