@@ -63,12 +63,13 @@ class CapturedAttention(torch.autograd.Function):
             if grad_picked is not None:
                 batch, heads, queries, _ = probs.shape
                 expanded = index[:, None, None, :].expand(batch, heads, queries, index.shape[-1])
-                scattered = torch.zeros_like(probs).scatter_add_(-1, expanded, grad_picked.to(probs.dtype))
-                grad_probs = scattered if grad_probs is None else grad_probs + scattered
+                if grad_probs is None:
+                    grad_probs = torch.zeros_like(probs)
+                grad_probs.scatter_add_(-1, expanded, grad_picked.to(probs.dtype))
             if grad_probs is None:
                 return None, None, grad_value, None, None
-            # softmax backward in fp32, then back to the scores' dtype as autograd's softmax(dtype=) does
-            grad_scores = (probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))).to(scores.dtype)
+            # autograd's own softmax backward (fp32), then back to the scores' dtype as softmax(dtype=) does
+            grad_scores = torch.ops.aten._softmax_backward_data(grad_probs, probs, -1, probs.dtype).to(scores.dtype)
             del probs, grad_probs
             grad_scores = grad_scores * scale
             grad_query = torch.matmul(grad_scores, key) if ctx.needs_input_grad[0] else None
