@@ -12,14 +12,25 @@ from tokencompose.viewer.catalog import Catalog
 HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
-# How the boxes a noun carries were made, by the source of its mask (schemas.sample.Noun.source).
-BOX_KINDS = {"coco_annotations": "COCO annotation box", "grounded_sam": "Grounding DINO box",
-             "hybrid": "Grounding DINO box"}
+# How the boxes a noun carries were made, by the source of its mask (schemas.sample.Noun.source):
+# "{box}" stands for "box" or "boxes". The human grounding (tasks/human_grounding.py) writes the first four,
+# and joins them with "+" for a noun whose instances come from several sources.
+BOX_KINDS = {"coco_annotations": "COCO annotation {box}", "lvis_annotations": "LVIS annotation {box}",
+             "lvis_annotations_not_exhaustive": "LVIS annotation {box} (not exhaustive)",
+             "stuff_annotations": "COCO-Stuff annotation {box}", "grounded_sam": "Grounding DINO {box}",
+             "hybrid": "Grounding DINO {box}"}
+_BOX_SOURCES = {"coco_annotations": "COCO", "lvis_annotations": "LVIS",
+                "lvis_annotations_not_exhaustive": "LVIS (not exhaustive)", "stuff_annotations": "COCO-Stuff"}
 
 
 def box_kind(source: str | None, count: int = 1) -> str:
-    kind = BOX_KINDS.get(source or "", f"{source} box" if source else "box")
-    return kind + ("es" if count != 1 else "")
+    box = "box" if count == 1 else "boxes"
+    parts = (source or "").split("+")
+    if len(parts) > 1 and all(p in _BOX_SOURCES for p in parts):  # e.g. coco_annotations+lvis_annotations
+        return f"{' + '.join(_BOX_SOURCES[p] for p in parts)} annotation {box}"
+    if source in BOX_KINDS:
+        return BOX_KINDS[source].replace("{box}", box)
+    return f"{source} {box}" if source else box
 
 
 def environment() -> Environment:

@@ -14,7 +14,7 @@ from viewer_support import LiveServer, build_demo  # noqa: E402
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    """The bundled sample built as shards (one shard, seven samples); never modified by tests."""
+    """The bundled sample built as shards (one shard, eight samples); never modified by tests."""
     return build_demo(tmp_path_factory.mktemp("demo") / "demo-shards")
 
 

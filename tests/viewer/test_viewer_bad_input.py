@@ -218,14 +218,14 @@ def test_missing_stats_and_rejects(demo_copy):
     html = client_for(demo_copy).get("/dataset").text
     assert "stats.json is missing" in html and "counted from the catalogue" in html
     assert "rejects.jsonl is missing" in html
-    assert "<th>nouns</th><td>19</td>" in html  # counted from the catalogue
+    assert "<th>nouns</th><td>22</td>" in html  # counted from the catalogue
 
 
 def test_bad_reject_lines_are_counted(demo_copy):
     with open(demo_copy / "rejects.jsonl", "ab") as handle:
         handle.write(b"{broken\n[]\n")
     html = client_for(demo_copy).get("/dataset").text
-    assert "2 rejected; 2 unreadable line(s)" in html
+    assert "1 rejected; 2 unreadable line(s)" in html
 
 
 # ---- datasets written with tokencompose's own shard writer, from edited demo records ------------------
@@ -288,7 +288,7 @@ def test_many_shards_gallery_and_shard_filter(many_shards):
     first = client.get("/", params={"per_page": 96})
     assert "1,200 of 1,200 samples" in first.text and "page 1 of 13" in first.text
     only = client.get("/", params={"shard": "shard-000001.tar", "q": "spoon"})
-    assert "58 of 1,200 samples" in only.text  # keys 1001000 + i, i = 0, 7, ... (58 of them below 400)
+    assert "50 of 1,200 samples" in only.text  # keys 1001000 + i, i = 0, 8, ... (50 of them below 400)
     assert client.get("/", params={"shard": "shard-000009.tar"}).status_code == 404
     assert client.get("/sample/000001002399").status_code == 200
 
@@ -335,7 +335,7 @@ def test_background_scan_serves_while_reading(demo_dir, monkeypatch):
     gate.set()
     assert client.app.state.catalog.finished.wait(10)
     assert "still being read" not in client.get("/").text
-    assert "7 of 7 samples" in client.get("/").text
+    assert "8 of 8 samples" in client.get("/").text
 
 
 def test_shards_folder_as_dir(demo_dir):

@@ -24,6 +24,7 @@ from test_viewer_security import asgi_get
 from viewer_support import DEMO_KEYS
 
 CUP_KEY = "000000000632"  # "A cup of coffee on a red saucer with a spoon.": cup 0, coffee 1, saucer 2, spoon 3
+ROCKET_KEY = "000000000724"  # "A rocket standing on a launch pad under a blue sky.": only the sky masked (COCO-Stuff)
 
 
 def cards(html: str) -> list[str]:
@@ -59,7 +60,8 @@ def test_token_positions_are_the_training_codes(client):
                                         encoded["special_tokens_mask"], noun.span)
         assert positions == ", ".join(map(str, expected))
         assert status == ("used" if noun.mask is not None else "skipped")
-    assert "skipped: no mask (no_coco_category)" in rows[1][3] and rows[0][3] == "used by the loss"
+    assert "skipped: no mask (no_human_category)" in rows[1][3] and rows[0][3] == "used by the loss"
+    assert rows[2][3] == "used by the loss"  # the saucer, masked from LVIS
     assert "Positions 14–76: padding (63 tokens)" in html
 
 
@@ -71,8 +73,8 @@ def test_per_resolution_masks_are_the_training_masks(client, demo_app):
         example = Preprocessor(default_tokenizer(), TRAIN_RESOLUTION, ATTENTION_RESOLUTIONS).from_record(record, image)
     html = client.get(f"/sample/{CUP_KEY}").text
     shown = re.findall(r'<img class="res-mask" data-noun="(\d)" data-resolution="(\d+)" src="([^"]+)"', html)
-    assert [(n, int(r)) for n, r, _ in shown] == [(n, r) for n in "03" for r in ATTENTION_RESOLUTIONS]
-    for kept, noun in enumerate((0, 3)):
+    assert [(n, int(r)) for n, r, _ in shown] == [(n, r) for n in "023" for r in ATTENTION_RESOLUTIONS]
+    for kept, noun in enumerate((0, 2, 3)):
         for resolution in ATTENTION_RESOLUTIONS:
             response = client.get(f"/sample/{CUP_KEY}/training/mask/{noun}/{resolution}.png")
             assert response.status_code == 200 and response.headers["content-type"] == "image/png"
@@ -144,33 +146,71 @@ def test_boxes_are_labelled_by_mask_source(client):
     html = client.get(f"/sample/{CUP_KEY}").text
     assert "detector box" not in html
     assert '<summary class="box-kind">1 COCO annotation box</summary>' in html
+    # the demo's saucer is masked from LVIS, the rocket photo's sky from COCO-Stuff
+    assert re.findall(r'<summary class="box-kind">([^<]+)</summary>', html) == [
+        "1 COCO annotation box", "1 LVIS annotation box", "1 COCO annotation box"]
+    assert 'title="LVIS annotation box"' in html and 'title="COCO annotation box"' in html
+    sky = client.get(f"/sample/{ROCKET_KEY}").text
+    assert re.findall(r'<summary class="box-kind">([^<]+)</summary>', sky) == ["1 COCO-Stuff annotation box"]
+
+
+@pytest.mark.parametrize("source, count, label", [
+    ("coco_annotations", 1, "COCO annotation box"), ("coco_annotations", 2, "COCO annotation boxes"),
+    ("lvis_annotations", 1, "LVIS annotation box"), ("lvis_annotations", 3, "LVIS annotation boxes"),
+    ("lvis_annotations_not_exhaustive", 1, "LVIS annotation box (not exhaustive)"),
+    ("lvis_annotations_not_exhaustive", 2, "LVIS annotation boxes (not exhaustive)"),
+    ("stuff_annotations", 1, "COCO-Stuff annotation box"), ("stuff_annotations", 2, "COCO-Stuff annotation boxes"),
+    ("coco_annotations+lvis_annotations", 2, "COCO + LVIS annotation boxes"),
+    ("coco_annotations+lvis_annotations_not_exhaustive+stuff_annotations", 1,
+     "COCO + LVIS (not exhaustive) + COCO-Stuff annotation box"),
+    ("grounded_sam", 2, "Grounding DINO boxes"), ("hybrid", 1, "Grounding DINO box"),
+    ("something_new", 2, "something_new boxes"), ("coco_annotations+something_new", 1,
+                                                   "coco_annotations+something_new box"),
+    (None, 1, "box"), (None, 2, "boxes")])
+def test_box_kind_labels_every_mask_source(source, count, label):
+    from tokencompose.viewer.templating import box_kind
+
+    assert box_kind(source, count) == label
+
+
+def test_every_source_the_human_grounding_writes_has_a_box_label():
+    from tokencompose.tasks import human_grounding
+    from tokencompose.viewer.templating import BOX_KINDS
+
+    written = {human_grounding.SOURCE_COCO, human_grounding.SOURCE_LVIS, human_grounding.SOURCE_LVIS_NOT_EXHAUSTIVE,
+               human_grounding.SOURCE_STUFF, *human_grounding.SOURCE_LABELS.values()}
+    assert written <= set(BOX_KINDS)
 
 
 # ---- gallery: overlays, filters, sorting, export ----------------------------------------------------------
 
 def test_gallery_thumbnail_overlays(client):
     html = client.get("/").text
-    assert html.count('class="thumb-masks"') == 7 and 'id="show-overlays"' in html
+    assert html.count('class="thumb-masks"') == 8 and 'id="show-overlays"' in html
     response = client.get(f"/sample/{CUP_KEY}/thumb-masks.png")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     record = record_of(client, CUP_KEY)
     overlay = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGBA"))
     assert max(overlay.shape[:2]) == render.THUMB_SIZE
     scale = overlay.shape[1] / record.width
-    for noun in (0, 3):  # the centre of each mask, scaled, carries that noun's colour
-        mask = decode(record.nouns[noun].mask.model_dump())
-        ys, xs = np.nonzero(mask)
+    masks = {noun: decode(record.nouns[noun].mask.model_dump()).astype(bool) for noun in (0, 2, 3)}
+    for noun in (0, 2, 3):  # each mask, where no later noun is drawn over it, scaled, carries that noun's colour
+        visible = masks[noun] & ~np.logical_or.reduce([masks[later] for later in masks if later > noun] or [False])
+        ys, xs = np.nonzero(visible)
         inside = [(y, x) for y, x in zip(ys[::97], xs[::97])]
         colours = [tuple(overlay[int(y * scale), int(x * scale)]) for y, x in inside]
         hits = sum(c == (*render.rgb(render.colour(noun)), 255) for c in colours)
         assert hits / len(colours) > 0.8
-    assert overlay[0, 0, 3] == 0  # a corner outside both masks is clear
+    assert not any(m[0, 0] for m in masks.values()) and overlay[0, 0, 3] == 0  # a corner outside every mask is clear
 
 
 def test_filter_by_category_source_reason_and_area(client, demo_app):
     catalog = demo_app.state.catalog
     assert cards(client.get("/", params={"category": "person"}).text) == ["000000000139", "000000000785"]
-    assert sorted(cards(client.get("/", params={"source": "coco_annotations"}).text)) == sorted(DEMO_KEYS)
+    assert cards(client.get("/", params={"source": "coco_annotations"}).text) == [k for k in DEMO_KEYS if k != ROCKET_KEY]
+    assert cards(client.get("/", params={"source": "lvis_annotations"}).text) == [CUP_KEY, "000000000139",
+                                                                                   "000000000785"]
+    assert cards(client.get("/", params={"source": "stuff_annotations"}).text) == [ROCKET_KEY]  # the sky
     assert cards(client.get("/", params={"reason": "stop_list"}).text) == ["000000000776"]  # "background"
     # area: some noun's mask covers at least 50% of the image
     big = cards(client.get("/", params={"min_area": "50"}).text)
@@ -180,9 +220,9 @@ def test_filter_by_category_source_reason_and_area(client, demo_app):
         if any(n.mask is not None and render.rle_area(n.mask.model_dump()) >= 0.5 * record.width * record.height
                for n in record.nouns):
             expected.append(entry.key)
-    assert big == expected == ["000000000285"]
+    assert big == expected == ["000000000285", ROCKET_KEY]  # the cat (66.7%), the sky (70.5%)
     small = cards(client.get("/", params={"max_area": "5"}).text)
-    assert small == [CUP_KEY]  # the spoon: 3.5% of the image
+    assert small == [CUP_KEY, "000000000785"]  # the spoon: 3.5% of the image; the camera: 2.5%
     # noun-level: the conditions hold for one noun together (the spoon is small, the cup is not)
     assert cards(client.get("/", params={"category": "cup", "max_area": "5"}).text) == []
     assert cards(client.get("/", params={"category": "spoon", "max_area": "5"}).text) == [CUP_KEY]
@@ -196,8 +236,8 @@ def test_sorting(client, demo_app):
     catalog = demo_app.state.catalog
     by_area = cards(client.get("/", params={"sort": "area"}).text)
     largest = {e.key: max(e.areas()) for e in catalog.entries}
-    assert by_area == sorted(largest, key=lambda k: -largest[k]) and by_area[0] == "000000000285"
-    assert cards(client.get("/", params={"sort": "-area"}).text)[0] == CUP_KEY  # the spoon
+    assert by_area == sorted(largest, key=lambda k: -largest[k]) and by_area[0] == ROCKET_KEY  # the sky
+    assert cards(client.get("/", params={"sort": "-area"}).text)[0] == "000000000785"  # the camera
     assert cards(client.get("/", params={"sort": "nouns"}).text)[0] == CUP_KEY  # 4 nouns
     assert cards(client.get("/", params={"sort": "key"}).text) == sorted(DEMO_KEYS)
 
@@ -220,7 +260,7 @@ def test_bad_filter_numbers_are_ignored(client):
                    {"max_area": "1e400"}, {"min_area": "101"}):
         response = client.get("/", params=params)
         assert response.status_code == 200
-    assert len(cards(client.get("/", params={"min_area": "nan", "max_area": "inf"}).text)) == 7
+    assert len(cards(client.get("/", params={"min_area": "nan", "max_area": "inf"}).text)) == 8
     assert cards(client.get("/", params={"min_area": "101"}).text) == []  # clamped to 100%: nothing that large
 
 
@@ -240,8 +280,34 @@ def test_export_keys_of_the_filtered_subset(client):
 
 # ---- rejected images ------------------------------------------------------------------------------------
 
-def test_rejects_page_lists_rows_with_source_images(client, demo_dir):
+@pytest.fixture(scope="module")
+def coco_only_dir(tmp_path_factory):
+    """The bundled sample built from COCO's instances alone (no LVIS / COCO-Stuff files): the rocket photo,
+    with nothing COCO can mask, is then rejected, so a reject has a source image to show."""
+    from tokencompose.data import demo_settings
+    from tokencompose.schemas.config import BuildConfig
+    from tokencompose.tasks.dataset import build_directly
+
+    settings = demo_settings()
+    settings["source"] = {**settings["source"], "lvis_json": [], "stuff_json": []}
+    settings["output"] = {"out_dir": str(tmp_path_factory.mktemp("coco-only") / "shards")}
+    build_directly(BuildConfig.model_validate(settings))
+    return Path(settings["output"]["out_dir"])
+
+
+def test_the_demo_rejects_only_the_image_not_in_captions(client, demo_dir):
     rows = [json.loads(line) for line in (demo_dir / "rejects.jsonl").read_text().splitlines() if line.strip()]
+    assert [(r["file_name"], r["reason"]) for r in rows] == [("000000999999.jpg", "not_in_source")]
+    html = client.get("/rejects").text
+    assert "1 of 1 rejected" in html and '<tr data-row="0">' in html and 'src="/rejects/0/thumb.jpg"' not in html
+    assert client.get("/rejects/0/image").status_code == 404
+
+
+def test_rejects_page_lists_rows_with_source_images(coco_only_dir):
+    demo_dir = coco_only_dir
+    client = TestClient(create_app(demo_dir))
+    rows = [json.loads(line) for line in (demo_dir / "rejects.jsonl").read_text().splitlines() if line.strip()]
+    assert {r["file_name"] for r in rows} == {"000000999999.jpg", "000000000724.jpg"}
     html = client.get("/rejects").text
     assert f"{len(rows)} of {len(rows)} rejected" in html
     for number, row in enumerate(rows):

@@ -24,7 +24,7 @@ def test_gallery_lists_every_sample_with_thumbnails(client):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert sorted(cards(response.text)) == sorted(DEMO_KEYS)
-    assert "7 of 7 samples" in response.text
+    assert "8 of 8 samples" in response.text
     for key in DEMO_KEYS:
         assert f'src="/sample/{key}/thumb.jpg"' in response.text
     assert "A cup of coffee on a red saucer with a spoon." in response.text
@@ -57,7 +57,7 @@ def test_gallery_pages(client):
     assert len(cards(first.text)) == 3 and "page 1 of 3" in first.text
     assert 'rel="next"' in first.text
     last = client.get("/", params={"per_page": 3, "page": 3})
-    assert len(cards(last.text)) == 1 and 'rel="prev"' in last.text
+    assert len(cards(last.text)) == 2 and 'rel="prev"' in last.text
     beyond = client.get("/", params={"per_page": 3, "page": 99})  # clamps to the last page
     assert cards(beyond.text) == cards(last.text)
     seen = cards(first.text) + cards(client.get("/", params={"per_page": 3, "page": 2}).text) + cards(last.text)
@@ -67,7 +67,7 @@ def test_gallery_pages(client):
 def test_gallery_marks_nouns_without_mask(client):
     html = client.get("/", params={"q": "000000000632"}).text
     chips = re.findall(r'<span class="chip( unmasked)?"[^>]*>([^<]+)</span>', html)
-    assert chips == [("", "cup"), (" unmasked", "coffee"), (" unmasked", "saucer"), ("", "spoon")]
+    assert chips == [("", "cup"), (" unmasked", "coffee"), ("", "saucer"), ("", "spoon")]
 
 
 def test_sample_page(client):
@@ -79,18 +79,19 @@ def test_sample_page(client):
                        html)
     assert [(m[1], m[3]) for m in marks] == [("0", "cup"), ("1", "coffee"), ("2", "saucer"), ("3", "spoon")]
     assert [m[2] for m in marks] == [render.colour(i) for i in range(4)]
-    assert [bool(m[0]) for m in marks] == [False, True, True, False]
+    assert [bool(m[0]) for m in marks] == [False, True, False, False]
     # one overlay and one checkbox per masked noun, an opacity slider
     assert re.findall(r'<img class="mask" data-noun="(\d)" src="([^"]+)"', html) == [
-        ("0", "/sample/000000000632/mask/0.png"), ("3", "/sample/000000000632/mask/3.png")]
-    assert re.findall(r'class="noun-toggle" data-noun="(\d)"', html) == ["0", "3"]
+        ("0", "/sample/000000000632/mask/0.png"), ("2", "/sample/000000000632/mask/2.png"),
+        ("3", "/sample/000000000632/mask/3.png")]
+    assert re.findall(r'class="noun-toggle" data-noun="(\d)"', html) == ["0", "2", "3"]
     assert 'type="range" id="opacity"' in html
-    # boxes (the demo's COCO backend gives boxes, no scores)
-    assert html.count('class="box" data-noun=') == 2 and "172, 18, 240, 280" in html
+    # boxes (the demo's human annotations give boxes, no scores): the cup (COCO), the saucer (LVIS), the spoon
+    assert html.count('class="box" data-noun=') == 3 and "172, 18, 240, 280" in html and "77, 95, 403, 300" in html
     # nouns without a mask with their reason
     without = html[html.index('id="without-mask"'):]
-    assert "<strong>coffee</strong>: <span class=\"reason\">no_coco_category</span>" in without
-    assert "<strong>saucer</strong>" in without
+    assert "<strong>coffee</strong>: <span class=\"reason\">no_human_category</span>" in without
+    assert "<strong>saucer</strong>" not in without
     # candidate captions with scores, the chosen one marked; provenance
     candidates = html[html.index('id="candidates"'):html.index("</table>", html.index('id="candidates"'))]
     assert candidates.count("<tr") == 6 and "0.448" in candidates and "chosen" in candidates
@@ -178,7 +179,7 @@ def test_dataset_page(client, demo_dir):
     rejects = html[html.index('id="rejects-by-reason"'):]
     for reason, count in stats["rejects_by_reason"].items():
         assert f"<td>{reason}</td><td>{count}</td>" in rejects
-    assert "000000000724.jpg" in html and "not in captions.json" in html  # rejects.jsonl lines
+    assert "000000999999.jpg" in html and "not in captions.json" in html  # rejects.jsonl lines
     manifest = json.loads((demo_dir / "manifest.json").read_text())
     assert "shard-000000.tar" in html and manifest["config_hash"] in html
 
@@ -198,4 +199,4 @@ def test_paging_reuses_the_search(demo_app):
     first = searches.search(Query(text=" Spoon "))
     assert searches.search(Query(text="spoon")) is first
     assert [e.key for e in first] == ["000000000632"]
-    assert len(searches.search(Query())) == 7
+    assert len(searches.search(Query())) == 8
