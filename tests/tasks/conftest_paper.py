@@ -180,5 +180,8 @@ def calibrated_threshold(grounder, images, prompts, boxes_per_image: float = 3.0
         scores = np.concatenate([d.scores for d in grounder.detect(images, prompts)])
     finally:
         grounder.box_threshold, grounder.text_threshold = saved
-    keep = min(len(scores) - 1, int(boxes_per_image * len(images)))
-    return float(np.sort(scores)[::-1][keep])
+    ranked = np.sort(scores)[::-1]
+    keep = min(len(ranked) - 1, max(1, int(boxes_per_image * len(images))))
+    # midway between the last kept score and the next: a threshold equal to a box's own score would
+    # keep or drop that box on a float rounding (batch vs one by one)
+    return float((ranked[keep - 1] + ranked[keep]) / 2)
