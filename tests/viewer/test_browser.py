@@ -31,8 +31,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "viewer-sample.png"
 UPDATE_SCREENSHOTS = os.environ.get("TOKENCOMPOSE_UPDATE_SCREENSHOTS") == "1"
 UNDER_CI = os.environ.get("CI", "").lower() in ("true", "1")
-KEY = "000000000632"  # "A cup of coffee on a red saucer with a spoon.": cup = noun 0, spoon = noun 3
-CUP, SPOON = 0, 3
+KEY = "000000000632"  # "A cup of coffee on a red saucer with a spoon.": cup = noun 0, saucer = noun 2, spoon = noun 3
+CUP, SAUCER, SPOON = 0, 2, 3
 
 
 
@@ -134,7 +134,7 @@ def wait_for_images(page) -> None:
 
 def test_gallery_search_and_mask_toggles(live_server, page, tmp_path):
     page.goto(live_server.url + "/")
-    assert page.locator("li.card").count() == 7
+    assert page.locator("li.card").count() == 8
     page.fill("#search", "spoon")
     page.press("#search", "Enter")
     page.wait_for_url("**/?q=spoon*")
@@ -143,7 +143,7 @@ def test_gallery_search_and_mask_toggles(live_server, page, tmp_path):
     page.wait_for_url(f"**/sample/{KEY}")
     wait_for_images(page)
     assert page.locator("#caption").inner_text().strip() == "A cup of coffee on a red saucer with a spoon."
-    assert page.locator("img.mask").count() == 2
+    assert page.locator("img.mask").count() == 3  # cup, saucer (LVIS), spoon
 
     shot = save_screenshot(page, tmp_path)
     assert Image.open(shot).size == (1280, 720)
@@ -151,9 +151,10 @@ def test_gallery_search_and_mask_toggles(live_server, page, tmp_path):
     record = SampleRecord.model_validate_json(page.request.get(f"{live_server.url}/sample/{KEY}/record.json").body())
     cup_mask = decode(record.nouns[CUP].mask.model_dump())
     spoon_mask = decode(record.nouns[SPOON].mask.model_dump())
-    cup = pick(interior(cup_mask & ~spoon_mask), 300, seed=1)
-    spoon = pick(interior(spoon_mask & ~cup_mask), 150, seed=2)
-    outside = pick(interior(~cup_mask & ~spoon_mask), 300, seed=3)
+    saucer_mask = decode(record.nouns[SAUCER].mask.model_dump())  # kept out of every sampled region
+    cup = pick(interior(cup_mask & ~spoon_mask & ~saucer_mask), 300, seed=1)
+    spoon = pick(interior(spoon_mask & ~cup_mask & ~saucer_mask), 150, seed=2)
+    outside = pick(interior(~cup_mask & ~spoon_mask & ~saucer_mask), 300, seed=3)
     cup_colour, spoon_colour = render.rgb(render.colour(CUP)), render.rgb(render.colour(SPOON))
 
     page.uncheck("#show-boxes")  # box outlines would cover a few mask pixels
@@ -209,7 +210,8 @@ def test_cat_mask_and_dataset_page(live_server, page):
 
     page.click("text=Dataset")
     page.wait_for_url("**/dataset")
-    assert "no_masks" in page.locator("#rejects-by-reason").inner_text()
+    by_reason = page.locator("#rejects-by-reason").inner_text()
+    assert "not_in_source\t1" in by_reason and "no_masks" not in by_reason  # the rocket photo is kept now
     assert page.locator("#nouns-per-caption tr").count() == 4  # header + 2, 3 and 4 nouns
 
 
@@ -232,12 +234,13 @@ def test_training_view_tokens_and_attention_masks(live_server, page):
         assert border == "rgb({}, {}, {})".format(*render.rgb(render.colour(noun)))
     rows = page.locator("#noun-tokens tbody tr")
     assert [rows.nth(i).locator("td.positions").inner_text() for i in range(4)] == ["2", "4", "8", "11"]
-    assert "skipped: no mask (no_coco_category)" in rows.nth(1).inner_text()
+    assert "skipped: no mask (no_human_category)" in rows.nth(1).inner_text()
+    assert "used by the loss" in rows.nth(2).inner_text()  # the saucer, masked from LVIS
 
     loaded(page, "img.res-mask")
     masks = page.locator("img.res-mask")
-    assert masks.count() == 8  # cup and spoon at 8, 16, 32 and 64
-    for i in range(8):
+    assert masks.count() == 12  # cup, saucer and spoon at 8, 16, 32 and 64
+    for i in range(12):
         mask = masks.nth(i)
         mask.scroll_into_view_if_needed()
         assert mask.is_visible()
@@ -271,7 +274,7 @@ def test_gallery_filter_with_overlays(live_server, page):
     page.wait_for_url("**/?*category=person*")
     assert sorted(page.locator("li.card").evaluate_all("cards => cards.map(c => c.dataset.key)")) == [
         "000000000139", "000000000785"]
-    assert page.locator("#summary").inner_text().startswith("2 of 7 samples")
+    assert page.locator("#summary").inner_text().startswith("2 of 8 samples")
     loaded(page, "img.thumb-masks")
     overlay = page.locator("img.thumb-masks").first
     assert overlay.is_visible()
@@ -283,7 +286,26 @@ def test_gallery_filter_with_overlays(live_server, page):
     assert exported.text() == "000000000139\n000000000785\n"
 
 
-def test_rejects_page_and_image(live_server, page):
+@pytest.fixture(scope="module")
+def coco_only_server(tmp_path_factory):
+    """The sample built from COCO's instances alone (no LVIS / COCO-Stuff): the rocket photo is then rejected."""
+    from tokencompose.data import demo_settings
+    from tokencompose.schemas.config import BuildConfig
+    from tokencompose.tasks.dataset import build_directly
+    from tokencompose.viewer.app import create_app
+    from viewer_support import LiveServer
+
+    settings = demo_settings()
+    settings["source"] = {**settings["source"], "lvis_json": [], "stuff_json": []}
+    out = tmp_path_factory.mktemp("coco-only") / "shards"
+    settings["output"] = {"out_dir": str(out)}
+    build_directly(BuildConfig.model_validate(settings))
+    with LiveServer(create_app(out)) as server:
+        yield server
+
+
+def test_rejects_page_and_image(coco_only_server, page):
+    live_server = coco_only_server
     page.goto(live_server.url + "/")
     page.click("header.top >> text=Rejected")
     page.wait_for_url("**/rejects")
