@@ -184,8 +184,10 @@ class BuildConfig(_Strict):
     runner: RunnerConfig = Field(default=RunnerConfig(), description="where the shard tasks run (not part of the dataset)")
 
     def backend(self, stage: Literal["captions", "nouns", "grounding"]) -> str:
-        chosen = getattr(self, stage).backend
-        return chosen or PROFILE_BACKENDS[self.profile][stage]
+        chosen = getattr(self, stage).backend or PROFILE_BACKENDS[self.profile][stage]
+        if stage == "grounding" and chosen == "coco" and (self.source.lvis_json or self.source.stuff_json):
+            return "human"  # what runs: coco grounding with LVIS / COCO-Stuff files is the human grounding
+        return chosen
 
     def content_dict(self) -> dict:
         """The settings that decide the dataset's bytes: no output location, no worker count,

@@ -6,7 +6,8 @@ from tokencompose.schemas.config import BuildConfig
 
 
 def test_profile_selects_backends_and_stage_overrides_win(tmp_path):
-    config = demo_config(tmp_path, profile="paper", grounding={"backend": "coco"})
+    config = demo_config(tmp_path, profile="paper", grounding={"backend": "coco"},
+                         source={"lvis_json": [], "stuff_json": []})  # with them coco is human (test below)
     assert (config.backend("captions"), config.backend("nouns"), config.backend("grounding")) == ("clip", "flair", "coco")
 
 
@@ -50,3 +51,37 @@ def test_a_broken_settings_file_names_itself(tmp_path):
     (tmp_path / "c.yaml").write_text("workers: [1,\n")
     with pytest.raises(ValueError, match="c.yaml is not valid yaml"):
         read_settings(tmp_path / "c.yaml")
+
+
+def test_grounding_backend_names_what_runs_and_hashes_without_human_files_are_kept(tmp_path):
+    no_human_files = {"lvis_json": [], "stuff_json": []}
+    # without LVIS / COCO-Stuff files: coco stays coco, and the hashes are those datasets were built with
+    coco = demo_config(tmp_path, source=no_human_files)
+    assert coco.backend("grounding") == "coco" and coco.content_dict()["grounding"]["backend"] == "coco"
+    assert coco.config_hash() == "ed5adad372dd1f04"
+    assert demo_config(tmp_path, source=no_human_files, grounding={"backend": "coco"}).config_hash() == "ed5adad372dd1f04"
+    assert demo_config(tmp_path, source=no_human_files, profile="paper").config_hash() == "cd5743dda8966e59"
+    assert demo_config(tmp_path, source=no_human_files, grounding={"backend": "human"}).config_hash() == "86befb5ea23e1023"
+    # with them, coco grounding is the human grounding (tasks/backends.py): config.json and the hash say so,
+    # the same as choosing human outright (the same dataset)
+    for human_files in ({}, {"lvis_json": []}, {"stuff_json": []}):
+        config = demo_config(tmp_path, source=human_files)
+        assert config.source.lvis_json or config.source.stuff_json
+        assert config.backend("grounding") == "human" and config.content_dict()["grounding"]["backend"] == "human"
+        explicit = demo_config(tmp_path, source=human_files, grounding={"backend": "human"})
+        assert config.config_hash() == explicit.config_hash()
+        assert demo_config(tmp_path, source=human_files, grounding={"backend": "coco"}).backend("grounding") == "human"
+    assert demo_config(tmp_path).config_hash() == "774bd0cb3de83db8"
+    # the other backends are left as chosen
+    assert demo_config(tmp_path, grounding={"backend": "hybrid"}).backend("grounding") == "hybrid"
+    assert demo_config(tmp_path, profile="paper").backend("grounding") == "grounded_sam"
+    assert demo_config(tmp_path, grounding={"backend": "grounded_sam"}).backend("grounding") == "grounded_sam"
+
+
+def test_the_provenance_and_config_json_agree_on_the_grounding_backend(tmp_path):
+    from tokencompose.tasks.backends import load_backends
+
+    config = demo_config(tmp_path)
+    assert load_backends(config).grounding.info().name == config.backend("grounding") == "human"
+    coco = demo_config(tmp_path, source={"lvis_json": [], "stuff_json": []})
+    assert load_backends(coco).grounding.info().name == coco.backend("grounding") == "coco"
