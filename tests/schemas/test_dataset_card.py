@@ -18,7 +18,7 @@ def test_the_output_folder_loads_with_datasets(make_demo_config, tmp_path):
     config = make_demo_config()
     build_directly(config)
     rows = _load(config.output.out_dir, tmp_path)
-    assert len(rows) == 7
+    assert len(rows) == 8
     row = next(r for r in rows if r["__key__"] == "000000000632")
     assert isinstance(row["jpg"], Image.Image) and row["jpg"].size == (600, 400)
     assert [n["text"] for n in row["json"]["nouns"]] == ["cup", "coffee", "saucer", "spoon"]
