@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from tokencompose.cli.options import add_config_flags, explain, given_values, merged, read_settings_file
 from tokencompose.schemas.config import BuildConfig
+from tokencompose.schemas.runner import RunnerError
 
 
 def add_cli(subparsers) -> None:
@@ -67,9 +68,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"build failed: {error} (what finished is reported in {config.output.out_dir}/incomplete.json; "
               "run the same command again to finish)", file=sys.stderr)
         return 1
-    except Exception as error:
-        if type(error).__name__ != "RunnerError":  # tokencompose.flows.runners, imported only with Prefect
-            raise
+    except RunnerError as error:
         print(f"cannot start on {config.runner.describe()}: {error}", file=sys.stderr)
         return 2
     print(f"dataset written to {config.output.out_dir}")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from tokencompose.cli.options import add_config_flags, explain, given_values, merged, read_settings_file
 from tokencompose.schemas.evaluation import EvaluateConfig
+from tokencompose.schemas.runner import RunnerError
 
 
 def add_cli(subparsers) -> None:
@@ -64,6 +65,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             summary = run_evaluate(config)  # on config.runner: threads, Dask or Ray
     except (EvaluationError, ModelFolderError) as error:
         print(str(error), file=sys.stderr)
+        return 2
+    except RunnerError as error:
+        print(f"cannot start on {config.runner.describe()}: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
     return 0

@@ -30,7 +30,7 @@ from prefect.utilities.annotations import quote
 
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.evaluation import EvaluateConfig
-from tokencompose.schemas.runner import RunnerConfig
+from tokencompose.schemas.runner import RunnerConfig, RunnerError
 
 # Backends that load a model (on a GPU when there is one); the offline ones (consensus, spacy, coco) do not.
 MODEL_BACKENDS = frozenset({"clip", "flair", "grounded_sam", "hybrid"})
@@ -39,11 +39,6 @@ EVALUATE_MODEL_TASKS = frozenset({"generate", "detect"})
 PROBE_PREFIX = ".tokencompose-probe-"
 # Shards in flight when the cluster bounds the concurrency (BuildConfig.workers caps at 64).
 MAX_IN_FLIGHT = 64
-
-
-class RunnerError(RuntimeError):
-    """The cluster cannot run this flow: a worker cannot write the output folder, no worker has a
-    GPU for the model tasks, no worker joined in time. Raised before any task runs."""
 
 
 def build_model_tasks(config: BuildConfig) -> frozenset[str]:
@@ -175,7 +170,10 @@ def _dask_runner_class():
         def _check_cluster(self) -> None:
             if _inside_dask_worker():  # a task's own engine re-enters the runner on its worker: checked already
                 return
-            client = self.client
+            try:
+                client = self.client
+            except OSError as error:  # distributed's connection timeouts and refusals
+                raise RunnerError(f"cannot reach the Dask scheduler at {self.address}: {error}") from error
             try:
                 client.wait_for_workers(1, timeout=self.wait_for_workers_s)
             except Exception as error:  # distributed's TimeoutError
@@ -257,7 +255,10 @@ def _ray_runner_class():
         __hash__ = RayTaskRunner.__hash__
 
         def __enter__(self):
-            super().__enter__()
+            try:
+                super().__enter__()
+            except ConnectionError as error:
+                raise RunnerError(f"cannot reach the Ray cluster at {self.address}: {error}") from error
             try:
                 self._check_cluster()
             except BaseException:

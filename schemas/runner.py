@@ -26,6 +26,11 @@ def _port_ok(address: str) -> bool:
     return 0 < port < 65536
 
 
+class RunnerError(RuntimeError):
+    """The cluster cannot run the flow: a worker cannot write the output folder, no worker has the GPUs
+    the model tasks ask for, no worker joined in time. Raised (by flows/runners.py) before any task runs."""
+
+
 class RunnerConfig(BaseModel):
     """The task runner: threads in this process, a new local Dask or Ray cluster, or an existing one."""
 

@@ -305,3 +305,20 @@ def test_ray_model_tasks_ask_for_one_gpu_each(prefect_api, local_ray, tmp_path):
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert [p.get("GPU") for p in placed] == [1.0] * 3
     assert "GPU" not in cpu
+
+
+def test_cli_answers_cannot_start_when_the_scheduler_is_unreachable(prefect_api, tmp_path):
+    import socket
+
+    from prefect.settings import PREFECT_API_URL
+
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    run = subprocess.run([sys.executable, "-m", "tokencompose", "build", "--demo", "--out", str(tmp_path / "o"),
+                          "--dask-address", f"tcp://127.0.0.1:{port}"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"cannot start on dask at tcp://127.0.0.1:{port}: cannot reach the Dask scheduler" in run.stderr
+    assert not (tmp_path / "o" / "shards").exists()
