@@ -30,4 +30,4 @@ def test_demo_build_through_the_installed_command(tmp_path):
     run = subprocess.run([sys.executable, "-m", "tokencompose", "build", "--demo", "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert json.loads((tmp_path / "o" / "sizes.json").read_text()) == {"shard-000000.tar": 7}
+    assert json.loads((tmp_path / "o" / "sizes.json").read_text()) == {"shard-000000.tar": 8}

@@ -34,8 +34,8 @@ def _latest_artifact(key):
 
 def test_flow_builds_the_sample_with_progress_and_summary(prefect_api, tmp_path):
     summary = build_grounded_coco(config=demo_config(tmp_path / "out"))
-    assert summary["samples written"] == 7 and summary["images rejected"] == 2
-    assert summary["rejected: not_in_source"] == 1
+    assert summary["samples written"] == 8 and summary["images rejected"] == 1
+    assert summary["rejected: not_in_source"] == 1 and "rejected: no_masks" not in summary
     assert 0 < summary["share of nouns with a mask"] < 1
     assert _latest_artifact("build-grounded-coco-progress")["data"] == 100.0
     table = _latest_artifact("build-grounded-coco-summary")
