@@ -69,10 +69,12 @@ class TrainConfig(BaseModel):
                              "Without CUDA the values above are used")
     effective_batch: int | None = Field(default=None, ge=1, description="auto_batch: samples per optimizer step per "
                                         "device; null: train_batch_size x gradient_accumulation_steps")
-    auto_min_batch: int = Field(default=8, ge=1, description="auto_batch: the per-device batch that keeps the GPU busy; "
-                                "below it, gradient checkpointing is turned on to fit a larger one")
-    memory_headroom: float = Field(default=0.9, gt=0, le=1, description="auto_batch: fraction of the GPU's memory to plan for")
-    fused_optimizer: bool = Field(default=True, description="fused AdamW when every trained parameter is a float CUDA tensor")
+    auto_min_batch: int = Field(default=8, ge=1, description="auto_batch: the per-device batch that keeps the GPU "
+                                "busy; below it, gradient checkpointing is turned on to fit a larger one")
+    memory_headroom: float = Field(default=0.9, gt=0, le=1,
+                                   description="auto_batch: fraction of the GPU's memory to plan for")
+    fused_optimizer: bool = Field(default=True,
+                                  description="fused AdamW when every trained parameter is a float CUDA tensor")
     channels_last: bool = Field(default=False, description="CUDA: the UNet in channels-last memory format")
     compile_unet: bool = Field(default=False, description="torch.compile the UNet (its first steps compile)")
 
