@@ -63,7 +63,7 @@ def test_the_wheel_installs_only_tokencompose_and_builds_the_demo(tmp_path):
     run = subprocess.run([str(venv / "bin" / "tokencompose"), "build", "--demo", "--out", str(workdir / "demo")],
                          cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((workdir / "demo" / "sizes.json").read_text()) == {"shard-000000.tar": 7}
+    assert json.loads((workdir / "demo" / "sizes.json").read_text()) == {"shard-000000.tar": 8}
 
 
 def test_the_editable_install_maps_the_top_level_folders(tmp_path):
