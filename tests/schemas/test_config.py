@@ -59,9 +59,11 @@ def test_grounding_backend_names_what_runs_and_hashes_without_human_files_are_ke
     coco = demo_config(tmp_path, source=no_human_files)
     assert coco.backend("grounding") == "coco" and coco.content_dict()["grounding"]["backend"] == "coco"
     assert coco.config_hash() == "ed5adad372dd1f04"
-    assert demo_config(tmp_path, source=no_human_files, grounding={"backend": "coco"}).config_hash() == "ed5adad372dd1f04"
+    explicit_coco = demo_config(tmp_path, source=no_human_files, grounding={"backend": "coco"})
+    assert explicit_coco.config_hash() == "ed5adad372dd1f04"
     assert demo_config(tmp_path, source=no_human_files, profile="paper").config_hash() == "cd5743dda8966e59"
-    assert demo_config(tmp_path, source=no_human_files, grounding={"backend": "human"}).config_hash() == "86befb5ea23e1023"
+    explicit_human = demo_config(tmp_path, source=no_human_files, grounding={"backend": "human"})
+    assert explicit_human.config_hash() == "86befb5ea23e1023"
     # with them, coco grounding is the human grounding (tasks/backends.py): config.json and the hash say so,
     # the same as choosing human outright (the same dataset)
     for human_files in ({}, {"lvis_json": []}, {"stuff_json": []}):
