@@ -116,8 +116,8 @@ def test_readme_deployment_commands_work_as_written(tmp_path):
         assert shell.returncode == 0, output[-4000:]
         assert "Completed" in output
         manifest = Manifest.model_validate_json((workspace / "out" / "deployment" / "manifest.json").read_bytes())
-        # prefect.yaml's default parameters name no LVIS / COCO-Stuff files: COCO alone, the rocket photo rejected
-        assert manifest.samples == 7
+        # prefect.yaml's default parameters are the whole demo (COCO, LVIS and COCO-Stuff annotations)
+        assert manifest.samples == 8
 
         names = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=api, capture_output=True,
                                text=True, timeout=120).stdout
