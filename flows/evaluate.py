@@ -24,20 +24,34 @@ FLOW_NAME = "evaluate-multigen"
 
 @task(name="generate", task_run_name="generate-{label}", cache_policy=NO_CACHE)
 def generate_task(plan, label: str, device: str) -> dict:
+    """One model's images; ``device`` is resolved where the task runs (a Dask or Ray worker's GPU)."""
+    from tokencompose.tasks.devices import resolve_device
     from tokencompose.tasks.multigen.run import generate_model
 
     logger = get_run_logger()
     run = next(r for r in plan.runs if r.label == label)
-    return generate_model(plan, run, device, progress=logger.info)
+    return generate_model(plan, run, resolve_device(device), progress=logger.info)
 
 
 @task(name="detect", task_run_name="detect-{label}", cache_policy=NO_CACHE)
 def detect_task(plan, label: str, device: str) -> dict:
+    from tokencompose.tasks.devices import resolve_device
     from tokencompose.tasks.multigen.run import detect_model
 
     logger = get_run_logger()
     run = next(r for r in plan.runs if r.label == label)
-    return detect_model(plan, run, device, progress=logger.info)
+    return detect_model(plan, run, resolve_device(device), progress=logger.info)
+
+
+def run_stage(stage, plan, config: EvaluateConfig) -> dict[str, dict]:
+    """Each model's generation (or detection). On the local runner one after the other (models
+    sharing one GPU would not fit together); on Dask or Ray all submitted at once, so each model
+    takes its own GPU worker."""
+    device = config.models.device
+    if not config.runner.distributed:
+        return {run.label: stage(quote(plan), run.label, device) for run in plan.runs}
+    futures = {run.label: stage.submit(quote(plan), run.label, device) for run in plan.runs}
+    return {label: future.result() for label, future in futures.items()}
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -63,12 +77,9 @@ def evaluate_multigen(config: EvaluateConfig) -> dict[str, Any]:
     (Path(config.out_dir) / CONFIG_FILE).write_text(config.to_json())
     logger.info("MultiGen: %d prompts x %d images, %d model(s), %d shards on %s", len(plan.prompts),
                 config.generation.images_per_prompt, len(plan.runs), len(plan.shards), device)
-    for run in plan.runs:
-        counts = generate_task(quote(plan), run.label, device)
-        logger.info("%s: generation %s", run.label, counts)
-    for run in plan.runs:
-        counts = detect_task(quote(plan), run.label, device)
-        logger.info("%s: detection %s", run.label, counts)
+    for stage, what in ((generate_task, "generation"), (detect_task, "detection")):
+        for label, counts in run_stage(stage, plan, config).items():
+            logger.info("%s: %s %s", label, what, counts)
     report = report_task(quote(plan))
     create_table_artifact(table=report.table_rows(), key="multigen-scores",
                           description=f"MultiGen MG1-MG5 (mean ± std over image rounds), {len(plan.prompts)} prompts")

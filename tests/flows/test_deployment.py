@@ -121,7 +121,9 @@ def test_readme_deployment_commands_work_as_written(tmp_path):
 
         names = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=api, capture_output=True,
                                text=True, timeout=120).stdout
-        assert "build-grounded-coco/local" in names and "train-tokencompose/local" in names
+        for name in ("build-grounded-coco/local", "train-tokencompose/local", "retrain-tokencompose/weekly",
+                     "build-grounded-coco-on-runner/dask"):
+            assert name in names, names
 
         # A failing run: its reason is in the flow run's state message.
         bad = {"config": {"source": {"images_dir": str(tmp_path / "no-such-folder"),
