@@ -131,30 +131,41 @@ def _inside_dask_worker() -> bool:
     return True
 
 
+class _RunnerChecks:
+    """What both engines' runners add to Prefect's: the shared folder to probe, the model tasks and
+    the GPUs to ask for them."""
+
+    def _init_checks(self, shared_dir: str, model_tasks: Iterable[str], gpus_per_task: int | None,
+                     wait_for_workers_s: float) -> None:
+        self.shared_dir = str(shared_dir)
+        self.model_tasks = frozenset(model_tasks)
+        self.gpus_per_task = gpus_per_task
+        self.wait_for_workers_s = wait_for_workers_s
+        self.gpus_asked = 0
+
+    def _check_settings(self) -> dict[str, Any]:
+        return {"shared_dir": self.shared_dir, "model_tasks": self.model_tasks, "gpus_per_task": self.gpus_per_task,
+                "wait_for_workers_s": self.wait_for_workers_s}
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other) and getattr(other, "shared_dir", None) == self.shared_dir
+
+
 def _dask_runner_class():
     from prefect_dask import DaskTaskRunner
 
-    class CheckedDaskTaskRunner(DaskTaskRunner):
+    class CheckedDaskTaskRunner(_RunnerChecks, DaskTaskRunner):
         """prefect-dask's runner, plus the shared-folder check on start and GPU resources for model tasks."""
 
         def __init__(self, *, shared_dir: str, model_tasks: Iterable[str] = (), gpus_per_task: int | None = None,
                      wait_for_workers_s: float = 120.0, **kwargs: Any):
             super().__init__(**kwargs)
-            self.shared_dir = str(shared_dir)
-            self.model_tasks = frozenset(model_tasks)
-            self.gpus_per_task = gpus_per_task
-            self.wait_for_workers_s = wait_for_workers_s
-            self.gpus_asked = 0
+            self._init_checks(shared_dir, model_tasks, gpus_per_task, wait_for_workers_s)
 
         def duplicate(self):
-            return type(self)(shared_dir=self.shared_dir, model_tasks=self.model_tasks,
-                              gpus_per_task=self.gpus_per_task, wait_for_workers_s=self.wait_for_workers_s,
-                              address=self.address, cluster_class=self.cluster_class,
+            return type(self)(**self._check_settings(), address=self.address, cluster_class=self.cluster_class,
                               cluster_kwargs=self.cluster_kwargs, adapt_kwargs=self.adapt_kwargs,
                               client_kwargs=self.client_kwargs, performance_report_path=self.performance_report_path)
-
-        def __eq__(self, other: object) -> bool:
-            return super().__eq__(other) and getattr(other, "shared_dir", None) == self.shared_dir
 
         __hash__ = DaskTaskRunner.__hash__
 
@@ -232,25 +243,16 @@ def dask_task_runner(runner: RunnerConfig, shared_dir: Path, model_tasks: frozen
 def _ray_runner_class():
     from prefect_ray import RayTaskRunner
 
-    class CheckedRayTaskRunner(RayTaskRunner):
+    class CheckedRayTaskRunner(_RunnerChecks, RayTaskRunner):
         """prefect-ray's runner, plus the shared-folder check on start and num_gpus for model tasks."""
 
         def __init__(self, *, shared_dir: str, model_tasks: Iterable[str] = (), gpus_per_task: int | None = None,
                      wait_for_workers_s: float = 120.0, **kwargs: Any):
             super().__init__(**kwargs)
-            self.shared_dir = str(shared_dir)
-            self.model_tasks = frozenset(model_tasks)
-            self.gpus_per_task = gpus_per_task
-            self.wait_for_workers_s = wait_for_workers_s
-            self.gpus_asked = 0
+            self._init_checks(shared_dir, model_tasks, gpus_per_task, wait_for_workers_s)
 
         def duplicate(self):
-            return type(self)(shared_dir=self.shared_dir, model_tasks=self.model_tasks,
-                              gpus_per_task=self.gpus_per_task, wait_for_workers_s=self.wait_for_workers_s,
-                              address=self.address, init_kwargs=self.init_kwargs)
-
-        def __eq__(self, other: object) -> bool:
-            return super().__eq__(other) and getattr(other, "shared_dir", None) == self.shared_dir
+            return type(self)(**self._check_settings(), address=self.address, init_kwargs=self.init_kwargs)
 
         __hash__ = RayTaskRunner.__hash__
 
