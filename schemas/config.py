@@ -19,11 +19,24 @@ PROFILE_BACKENDS: dict[str, dict[str, str]] = {
     "hybrid": {"captions": "clip", "nouns": "flair", "grounding": "hybrid"},
 }
 
+# Nouns that name no object to mask, by class; a plural matches its singular ("pieces", "sides").
 DEFAULT_STOP_LIST = (
+    # where in the picture
     "front", "top", "side", "back", "bottom", "middle", "center", "centre", "edge", "left", "right",
-    "corner", "end", "part", "piece", "background", "foreground", "view", "picture", "photo", "image",
-    "lot", "couple", "group", "bunch", "pair", "variety", "kind", "type", "way", "area", "thing",
-    "things", "day", "time", "something", "distance", "close", "shot", "close up",
+    "corner", "end", "part", "background", "foreground", "distance", "rear",
+    # the picture itself
+    "view", "picture", "photo", "photograph", "image", "snapshot", "portrait", "selfie", "shot", "close",
+    "close up", "closeup", "close-up", "angle", "perspective", "focus", "blur", "motion blur", "silhouette",
+    "scene", "exposure",
+    # how much, how many: the object is the "of" phrase ("a pile of plates", "half of a sandwich")
+    "lot", "couple", "group", "bunch", "pair", "variety", "kind", "type", "sort", "piece", "pile", "stack",
+    "row", "set", "assortment", "array", "selection", "collection", "number", "handful", "amount", "half",
+    "bit", "portion", "slice", "plenty", "dozen", "load", "heap", "mix", "mixture", "bundle", "batch",
+    "cluster", "series", "content", "display",
+    # no object at all
+    "way", "area", "thing", "things", "something", "one", "other", "item", "object", "stuff", "color",
+    "colour", "shape",
+    "size", "style", "day", "time", "night", "daytime", "evening", "morning", "afternoon",
 )
 
 

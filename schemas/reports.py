@@ -66,6 +66,12 @@ class ShardStats(BaseModel):
     noun_texts_with_mask: dict[str, int] = Field(default_factory=dict)
     noun_texts_without_mask: dict[str, int] = Field(default_factory=dict)
 
+    def share_with_mask(self, stop_listed_too: bool = True) -> float | None:
+        """Nouns with a mask over all nouns, or over those not on the stop-list (the ones grounding
+        is asked about); None without nouns."""
+        nouns = self.nouns if stop_listed_too else self.nouns - self.nouns_without_mask_by_reason.get("stop_list", 0)
+        return self.nouns_with_mask / nouns if nouns else None
+
 
 class ShardSummary(BaseModel):
     """What building one shard returns; it is the cached task result."""

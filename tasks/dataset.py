@@ -410,9 +410,11 @@ def finalize(run_plan: Plan, summaries: Sequence[ShardSummary], provenance: Prov
         shards=[ManifestShard(name=s.shard, sha256=s.sha256, bytes=s.bytes, samples=s.samples,
                               index=f"{INDEX_DIR}/{s.shard.replace('.tar', '.json')}") for s in everything],
         provenance=latest, versions=versions)
-    share = f"{stats.nouns_with_mask / stats.nouns:.1%}" if stats.nouns else "n/a"
+    share, grounded = (f"{s:.1%}" if s is not None else "n/a" for s in (stats.share_with_mask(),
+                                                                          stats.share_with_mask(False)))
     card_stats = [f"- images seen: {run_plan.seen}; samples: {stats.samples}; rejected: {len(rejects)}",
-                  f"- nouns: {stats.nouns}; with a mask: {stats.nouns_with_mask} ({share})",
+                  f"- nouns: {stats.nouns}; with a mask: {stats.nouns_with_mask} ({share}; {grounded} of those "
+                  f"not on the stop-list)",
                   f"- dataset version {versions[-1].version} (shard format {FORMAT_VERSION}); shards: {len(everything)}"]
     write_atomic(out / CARD_FILE, dataset_card(run_plan.config.output.image_field,
                                                manifest.provenance, manifest.samples, card_stats))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from tokencompose.schemas.sample import BackendInfo
 from tokencompose.tasks import masks
-from tokencompose.tasks.nouns import lookup_text
+from tokencompose.tasks.nouns import lookup_text, singular_forms
 from tokencompose.tasks.records import ImageRecord
 
 BUNDLED_NOUN_TABLE = Path(__file__).resolve().parent.parent / "data" / "noun_categories.csv"
@@ -53,30 +53,6 @@ class Grounder(Protocol):
                nouns: Sequence[Sequence[str]]) -> list[list[Grounding]]:
         """One :class:`Grounding` per noun, for a batch of RGB images with their records."""
         ...
-
-
-_IRREGULAR_PLURALS = {
-    "men": "man", "women": "woman", "people": "person", "children": "child", "feet": "foot",
-    "teeth": "tooth", "mice": "mouse", "geese": "goose", "knives": "knife", "wives": "wife",
-    "leaves": "leaf", "shelves": "shelf", "loaves": "loaf", "calves": "calf", "wolves": "wolf",
-    "halves": "half", "scarves": "scarf", "oxen": "ox", "sheep": "sheep", "skis": "ski",
-    "buses": "bus", "glasses": "glass", "benches": "bench", "couches": "couch", "sandwiches": "sandwich",
-    "dishes": "dish", "boxes": "box", "foxes": "fox", "cacti": "cactus", "giraffes": "giraffe",
-}
-
-
-def singular_forms(word: str) -> list[str]:
-    """Candidate singulars of an English noun, most likely first (the word itself included)."""
-    forms = [word]
-    if word in _IRREGULAR_PLURALS:
-        forms.append(_IRREGULAR_PLURALS[word])
-    elif word.endswith("ies") and len(word) > 4:
-        forms.append(word[:-3] + "y")
-    elif word.endswith(("ches", "shes", "sses", "xes", "zes")):
-        forms.append(word[:-2])
-    elif word.endswith("s") and not word.endswith("ss"):
-        forms.append(word[:-1])
-    return forms
 
 
 def lookup_keys(phrase: str) -> list[str]:
@@ -147,6 +123,10 @@ class CocoAnnotationGrounder:
         category = self.nouns.category(noun)
         if category is None:
             return Grounding(reason=REASON_NO_CATEGORY)
+        return self.ground_category(record, category)
+
+    def ground_category(self, record: ImageRecord, category: str) -> Grounding:
+        """The union of the image's instances of one of COCO's 80 categories."""
         if not self.has_instances:
             return Grounding(category=category, reason=REASON_NO_ANNOTATIONS)
         category_id = self.category_ids[category]

@@ -50,8 +50,11 @@ from tokencompose.tasks.records import Annotation, ImageRecord
 DATA = Path(__file__).resolve().parent.parent / "data"
 LVIS_CATEGORIES = DATA / "lvis_categories.json"
 PANOPTIC_CATEGORIES = DATA / "coco_panoptic_categories.json"
+COCO_STUFF_CATEGORIES = DATA / "coco_stuff_categories.json"
 HUMAN_NOUNS = DATA / "human_nouns.csv"
 HYPERNYMS = DATA / "hypernyms.csv"
+WORDNET_NOUNS = DATA / "wordnet_nouns.csv"
+WORDNET_UNIONS = DATA / "wordnet_unions.csv"
 
 SOURCE_COCO = "coco_annotations"
 SOURCE_LVIS = "lvis_annotations"
@@ -128,6 +131,11 @@ def panoptic_stuff_names() -> list[str]:
     return [c["name"] for c in json.loads(PANOPTIC_CATEGORIES.read_text(encoding="utf-8")) if not c["isthing"]]
 
 
+def coco_stuff_names() -> list[str]:
+    """COCO-Stuff's 91 stuff category names and "other", as its stuff_*.json files list them."""
+    return [c["name"] for c in json.loads(COCO_STUFF_CATEGORIES.read_text(encoding="utf-8"))]
+
+
 class StuffVocabulary:
     """COCO-Stuff category names by look-up key: a full phrase names one category, a head all of its kind."""
 
@@ -160,40 +168,76 @@ def _parse_target(text: str, where: str) -> Target:
     return Target(source, name.strip())
 
 
+@lru_cache(maxsize=1)
+def _known_categories() -> dict[str, frozenset[str]]:
+    return {"coco": frozenset(load_coco_categories()), "lvis": frozenset(lvis_vocabulary().by_name),
+            "stuff": frozenset(StuffVocabulary(coco_stuff_names() + panoptic_stuff_names()).index)}
+
+
 def _check_target(target: Target, where: str) -> None:
-    known = {"coco": set(load_coco_categories()), "lvis": set(lvis_vocabulary().by_name),
-             "stuff": StuffVocabulary(panoptic_stuff_names()).index.keys()}[target.source]
-    if target.name not in known:
+    if target.name not in _known_categories()[target.source]:
         raise ValueError(f"{where}: {target.source} has no category {target.name!r}")
 
 
-class HumanNounTable:
-    """The curated tables: noun -> LVIS / COCO-Stuff target (human_nouns.csv), hypernym -> members (hypernyms.csv)."""
+def _rows(path: Path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        for line_no, row in enumerate(csv.DictReader(handle), start=2):
+            yield f"{path.name}:{line_no}", row
 
-    def __init__(self, nouns_path: Path = HUMAN_NOUNS, hypernyms_path: Path = HYPERNYMS):
+
+def _read_unions(path: Path, into: dict[str, list[Target]]) -> None:
+    """hypernym -> members rows; a hypernym already in ``into`` keeps its members (earlier tables win)."""
+    read: dict[str, list[Target]] = {}
+    for where, row in _rows(path):
+        hypernym = (row.get("hypernym") or "").strip().lower()
+        if not hypernym:
+            raise ValueError(f"{where}: no hypernym")
+        members = [_parse_target(t, where) for t in (row.get("members") or "").split(";") if t.strip()]
+        for member in members:
+            _check_target(member, where)
+        read.setdefault(hypernym, []).extend(members)
+    for hypernym, members in read.items():
+        into.setdefault(hypernym, members)
+
+
+class HumanNounTable:
+    """The curated tables: noun -> LVIS / COCO-Stuff target (human_nouns.csv), hypernym -> members
+    (hypernyms.csv); then the tables generated from WordNet (data/make_wordnet_tables.py): noun -> the
+    nearest category per source up its IS-A chain (wordnet_nouns.csv), and noun -> the categories below
+    it (wordnet_unions.csv, read as hypernyms). The curated tables win where both name a noun."""
+
+    def __init__(self, nouns_path: Path = HUMAN_NOUNS, hypernyms_path: Path = HYPERNYMS,
+                 include_generated: bool = True, wordnet_nouns: Path = WORDNET_NOUNS,
+                 wordnet_unions: Path = WORDNET_UNIONS):
         self.nouns: dict[str, Target] = {}
-        with open(nouns_path, newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.DictReader(handle), start=2):
-                where = f"{nouns_path.name}:{line_no}"
-                noun = (row.get("noun") or "").strip().lower()
-                target = _parse_target(row.get("target") or "", where)
-                if not noun or target.source == "coco":
-                    raise ValueError(f"{where}: needs a noun and an lvis: or stuff: target (COCO nouns are in "
-                                     f"noun_categories.csv)")
-                _check_target(target, where)
-                self.nouns[noun] = target
+        for where, row in _rows(nouns_path):
+            noun = (row.get("noun") or "").strip().lower()
+            target = _parse_target(row.get("target") or "", where)
+            if not noun or target.source == "coco":
+                raise ValueError(f"{where}: needs a noun and an lvis: or stuff: target (COCO nouns are in "
+                                 f"noun_categories.csv)")
+            _check_target(target, where)
+            self.nouns[noun] = target
         self.hypernyms: dict[str, list[Target]] = {}
-        with open(hypernyms_path, newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.DictReader(handle), start=2):
-                where = f"{hypernyms_path.name}:{line_no}"
-                hypernym = (row.get("hypernym") or "").strip().lower()
-                if not hypernym:
-                    raise ValueError(f"{where}: no hypernym")
-                members = [_parse_target(t, where) for t in (row.get("members") or "").split(";") if t.strip()]
-                for member in members:
-                    _check_target(member, where)
-                self.hypernyms.setdefault(hypernym, []).extend(members)
-        self.sha256 = hashlib.sha256(nouns_path.read_bytes() + hypernyms_path.read_bytes()).hexdigest()[:16]
+        _read_unions(hypernyms_path, self.hypernyms)
+        self.generated: dict[str, dict[str, Target]] = {}
+        tables = [nouns_path, hypernyms_path]
+        if include_generated:
+            for where, row in _rows(wordnet_nouns):
+                targets = [_parse_target(t, where) for t in (row.get("targets") or "").split(";") if t.strip()]
+                for target in targets:
+                    _check_target(target, where)
+                self.generated[(row.get("noun") or "").strip().lower()] = {t.source: t for t in targets}
+            _read_unions(wordnet_unions, self.hypernyms)
+            tables += [wordnet_nouns, wordnet_unions]
+        self.sha256 = hashlib.sha256(b"".join(path.read_bytes() for path in tables)).hexdigest()[:16]
+
+    def target(self, key: str, source: str) -> Target | None:
+        """The curated target of ``key`` when it is ``source``'s, else the generated one."""
+        curated = self.nouns.get(key)
+        if curated is not None and curated.source == source:
+            return curated
+        return self.generated.get(key, {}).get(source)
 
 
 @dataclass(frozen=True)
@@ -203,6 +247,14 @@ class Resolution:
     per_source: dict  # source -> (key rank, category: COCO name | LVIS id | tuple of stuff names)
     hypernym: tuple[int, str] | None  # (key rank, hypernym)
 
+    def sources_in_order(self, order: Sequence[str]) -> list[str]:
+        """The sources that name the noun, most specific key first, then in ``order``: "launch pad" tries
+        COCO-Stuff's platform (the whole phrase) before LVIS's pad (the head word alone); "wall clock"
+        still falls back to COCO's clock when LVIS's wall clock is not annotated."""
+        position = {source: i for i, source in enumerate(order)}
+        named = [s for s in self.per_source if s in position]
+        return sorted(named, key=lambda s: (self.per_source[s][0], position[s]))
+
     def uses_hypernym(self) -> bool:
         if self.hypernym is None:
             return False
@@ -211,31 +263,38 @@ class Resolution:
 
 class NounResolver:
     """Noun -> category per source and hypernym, without any image (the coverage benchmark uses it too).
-    COCO-Stuff names are those of the file when given, else COCO panoptic's stuff names."""
+    COCO-Stuff names are those given (a file's), else COCO-Stuff's own 91."""
 
     def __init__(self, coco_table: NounTable, stuff_names: Iterable[str] | None = None,
                  curated: HumanNounTable | None = None):
         self.coco = coco_table
         self.lvis = lvis_vocabulary()
         self.curated = curated or HumanNounTable()
-        self.stuff = stuff_vocabulary(tuple(stuff_names) if stuff_names is not None else tuple(panoptic_stuff_names()))
+        self.stuff = stuff_vocabulary(tuple(stuff_names) if stuff_names is not None else tuple(coco_stuff_names()))
 
     def resolve(self, noun: str, stuff: StuffVocabulary | None = None) -> Resolution:
         stuff = stuff or self.stuff
         per_source: dict = {}
         hypernym = None
+        curated = self.curated
         for rank, key in enumerate(lookup_keys(noun)):
-            target = self.curated.nouns.get(key)
-            if "coco" not in per_source and key in self.coco.table:
-                per_source["coco"] = (rank, self.coco.table[key])
+            if "coco" not in per_source:
+                target = curated.target(key, "coco")
+                category = self.coco.table.get(key) or (target.name if target else None)
+                if category is not None:
+                    per_source["coco"] = (rank, category)
             if "lvis" not in per_source:
+                target = curated.nouns.get(key)
                 if target is not None and target.source == "lvis":
                     per_source["lvis"] = (rank, self.lvis.by_name[target.name])
                 elif key in self.lvis.index:
                     per_source["lvis"] = (rank, self.lvis.index[key])
+                elif (target := curated.target(key, "lvis")) is not None:
+                    per_source["lvis"] = (rank, self.lvis.by_name[target.name])
             if "stuff" not in per_source:
                 # the file's own name first ("carpet" is a COCO-Stuff category; panoptic merges it into "rug")
-                name = key if key in stuff.index or target is None or target.source != "stuff" else target.name
+                target = curated.target(key, "stuff")
+                name = key if key in stuff.index or target is None else target.name
                 if name in stuff.index:
                     per_source["stuff"] = (rank, stuff.index[name])
             if hypernym is None and key in self.curated.hypernyms:
@@ -318,9 +377,7 @@ class HumanGrounder:
         if resolution.uses_hypernym():
             return self._hypernym(record, resolution.hypernym[1], stuff)
         chosen: Grounding | None = None
-        for source in self.order:
-            if source not in resolution.per_source:
-                continue
+        for source in resolution.sources_in_order(self.order):
             category = resolution.per_source[source][1]
             grounding = {"coco": self._coco, "lvis": self._lvis, "stuff": self._stuff}[source](record, noun, category)
             if grounding.mask is not None:
@@ -330,7 +387,7 @@ class HumanGrounder:
         return chosen or Grounding(reason=REASON_NO_HUMAN_CATEGORY)
 
     def _coco(self, record: ImageRecord, noun: str, category: str) -> Grounding:
-        return self.coco.ground_noun(record, noun)
+        return self.coco.ground_category(record, category)
 
     def _lvis(self, record: ImageRecord, noun: str, category_id: int) -> Grounding:
         name = self.resolver.lvis.names[category_id]

@@ -84,8 +84,36 @@ def _map_back(token: TaggedToken, caption: str, positions: list[int]) -> TaggedT
     return TaggedToken(caption[start:end], start, end, token.tag)
 
 
+_IRREGULAR_PLURALS = {
+    "men": "man", "women": "woman", "people": "person", "children": "child", "feet": "foot",
+    "teeth": "tooth", "mice": "mouse", "geese": "goose", "knives": "knife", "wives": "wife",
+    "leaves": "leaf", "shelves": "shelf", "loaves": "loaf", "calves": "calf", "wolves": "wolf",
+    "halves": "half", "scarves": "scarf", "oxen": "ox", "sheep": "sheep", "skis": "ski",
+    "buses": "bus", "glasses": "glass", "benches": "bench", "couches": "couch", "sandwiches": "sandwich",
+    "dishes": "dish", "boxes": "box", "foxes": "fox", "cacti": "cactus", "giraffes": "giraffe",
+}
+
+
+def singular_forms(word: str) -> list[str]:
+    """Candidate singulars of an English noun, most likely first (the word itself included)."""
+    forms = [word]
+    if word in _IRREGULAR_PLURALS:
+        forms.append(_IRREGULAR_PLURALS[word])
+    elif word.endswith("ies") and len(word) > 4:
+        forms += [word[:-3] + "y", word[:-1]]  # "berries" -> "berry"; "veggies", "cookies" -> "-ie"
+    elif word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        forms.append(word[:-2])
+    elif word.endswith("s") and not word.endswith("ss"):
+        forms.append(word[:-1])
+    return forms
+
+
 def is_stop_listed(phrase: NounPhrase, stop_list: frozenset[str]) -> bool:
-    return " ".join(lookup_text(phrase.text).lower().split()) in stop_list
+    """Whether the phrase, or the phrase with its last word singular ("pieces", "sides"), is on the list."""
+    words = lookup_text(phrase.text).lower().split()
+    if not words:
+        return False
+    return any(" ".join(words[:-1] + [form]) in stop_list for form in singular_forms(words[-1]))
 
 
 class NounExtractor:

@@ -37,6 +37,7 @@ def test_flow_builds_the_sample_with_progress_and_summary(prefect_api, tmp_path)
     assert summary["samples written"] == 8 and summary["images rejected"] == 1
     assert summary["rejected: not_in_source"] == 1 and "rejected: no_masks" not in summary
     assert 0 < summary["share of nouns with a mask"] < 1
+    assert summary["share of non-stop-list nouns with a mask"] == round(14 / 18, 3)  # issue 13: at least 75%
     assert _latest_artifact("build-grounded-coco-progress")["data"] == 100.0
     table = _latest_artifact("build-grounded-coco-summary")
     assert "samples written" in str(table["data"])

@@ -26,3 +26,17 @@ def test_offline_and_hybrid_keep_the_default_stop_list(tmp_path):
     # "the profile's default" and the default written out are one configuration
     spelled = demo_config(tmp_path / "o", nouns={"stop_list": list(DEFAULT_STOP_LIST)})
     assert spelled.config_hash() == demo_config(tmp_path / "o").config_hash()
+
+
+def test_a_plural_matches_its_singular_on_the_stop_list():
+    from tokencompose.tasks.nouns import NounPhrase, is_stop_listed
+
+    stop_list = frozenset(DEFAULT_STOP_LIST)
+
+    def stopped(text):
+        return is_stop_listed(NounPhrase(text, 0, len(text)), stop_list)
+
+    assert stopped("pieces") and stopped("Sides") and stopped("halves") and stopped("close ups")
+    assert stopped("photograph") and stopped("motion blur") and stopped("others")
+    # only the whole phrase counts: a "picture frame" is a thing, "glasses" are not a "glass" on the list
+    assert not stopped("picture frame") and not stopped("glasses") and not stopped("dog")

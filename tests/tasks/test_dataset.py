@@ -82,11 +82,12 @@ def test_demo_stats_and_rejects(make_demo_config):
     out = config.output.out_dir
     stats = json.loads((out / "stats.json").read_text())
     assert stats["images_seen"] == 9 and stats["images_selected"] == 8 and stats["samples"] == 8
-    assert stats["nouns"] == 22 and stats["nouns_with_mask"] == 13
+    assert stats["nouns"] == 22 and stats["nouns_with_mask"] == 14
     assert stats["rejects_by_reason"] == {"not_in_source": 1}
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["file_name"], r["reason"]) for r in rejects] == [("000000999999.jpg", "not_in_source")]
     assert json.loads((out / "sizes.json").read_text()) == {"shard-000000.tar": 8}
+    assert "- nouns: 22; with a mask: 14 (63.6%; 77.8% of those not on the stop-list)" in (out / "README.md").read_text()
 
 
 def test_bad_images_become_rejects_and_the_build_finishes(source_builder, tmp_path):

@@ -25,6 +25,8 @@ def test_nouns_outside_coco_have_no_category():
 def test_lookup_tries_phrase_then_head():
     assert lookup_keys("hot dogs") == ["hot dogs", "hot dog", "dogs", "dog"]
     assert singular_forms("glass") == ["glass"]
+    assert singular_forms("berries") == ["berries", "berry", "berrie"]
+    assert singular_forms("veggies") == ["veggies", "veggy", "veggie"]  # the second: "cookies", "veggies"
 
 
 def test_bad_noun_table_says_file_and_line(tmp_path):

@@ -255,14 +255,55 @@ def test_coverage_bench_counts_each_level(tmp_path):
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps({"annotations": [
         {"image_id": 1, "caption": "A dog on the grass next to a tripod."},
-        {"image_id": 2, "caption": "Some animals in front of a kitchen."}]}))
+        {"image_id": 2, "caption": "Some animals in front of a kitchen."},
+        {"image_id": 3, "caption": "Pieces of a rocket beside a poodle."}]}))
     out = tmp_path / "coverage.json"
     bench = Path(__file__).resolve().parents[2] / "bench" / "bench_noun_coverage.py"
     subprocess.run([sys.executable, str(bench), "--captions", str(captions), "--out", str(out)], check=True,
                    capture_output=True, timeout=300)
     result = json.loads(out.read_text())
-    # dog: COCO; tripod: LVIS; grass: Stuff; animals: hypernym; kitchen: none; "front" is stop-listed
-    assert result["nouns_not_on_stop_list"] == 5 and result["stop_listed"] == 1
+    # dog: COCO; tripod: LVIS; grass: Stuff; animals: hypernym; kitchen (a room) and poodle (a dog): the
+    # WordNet tables; rocket: none; "front" and "pieces" (a plural) are stop-listed
+    assert result["nouns_not_on_stop_list"] == 7 and result["stop_listed"] == 2
     assert {k: v["nouns"] for k, v in result["resolved"].items()} == {
-        "coco": 1, "coco+lvis": 2, "coco+lvis+stuff": 3, "human": 4}
-    assert result["top_unresolved"] == [["kitchen", 1]]
+        "coco": 1, "coco+lvis": 2, "coco+lvis+stuff": 3, "human": 4, "+wordnet": 6}
+    assert result["top_unresolved"] == [["rocket", 1]]
+
+
+def test_wordnet_tables_place_nouns_by_is_a():
+    table = HumanNounTable()
+    resolver = NounResolver(NounTable())
+    poodle = resolver.resolve("poodles").per_source  # a dog: COCO's and LVIS's dog
+    assert poodle == {"coco": (1, "dog"), "lvis": (1, LVIS["dog"]["id"])}
+    assert resolver.resolve("baker").per_source["coco"][1] == "person"
+    assert resolver.resolve("garage").per_source == {"stuff": (0, ("building-other",))}  # COCO-Stuff's catch-all
+    assert resolver.resolve("noodles").per_source["stuff"][1] == ("food-other",)
+    assert resolver.resolve("tulips").per_source["stuff"][1] == ("plant-other",)
+    # body parts and places name no category: their first sense stops the search
+    assert resolver.resolve("hair").per_source == {} and resolver.resolve("park").per_source == {}
+    # the hand-written tables win: "sign" is LVIS's signboard by human_nouns.csv, whatever WordNet says
+    assert resolver.resolve("sign").per_source["lvis"][1] == LVIS["signboard"]["id"]
+    assert "kitchen" in table.hypernyms and "drink" in table.hypernyms
+    assert {f"{m.source}:{m.name}" for m in table.hypernyms["bathroom"]} >= {"stuff:wall", "stuff:floor", "coco:toilet"}
+    assert len(table.generated) > 10_000 and table.sha256 != HumanNounTable(include_generated=False).sha256
+
+
+def test_most_specific_key_first_then_the_head(scene):
+    config, records = scene
+    human = grounder(config)
+    # the whole phrase's category first, then the head word's: "launch pad" is a platform before it is
+    # LVIS's (writing) pad; "wall clock" falls back to COCO's clock when LVIS has no wall clock annotated
+    resolution = human.resolver.resolve("launch pad")
+    assert resolution.sources_in_order(["coco", "lvis", "stuff"]) == ["stuff", "lvis"]  # platform, then LVIS's pad
+    assert human.resolver.resolve("wall clock").sources_in_order(["coco", "lvis", "stuff"])[-1] == "coco"
+    # a room is the union of the image's walls, floors, tables...: here the table, grass is not part of it
+    kitchen = human.ground_noun(records[1], "kitchen")
+    assert kitchen.category == "kitchen" and "stuff_annotations" in kitchen.source
+    assert region(kitchen)[24:30, 32:64].all() and not region(kitchen)[30:40, 32:64].any()
+
+
+def test_generated_tables_are_checked(tmp_path):
+    bad = tmp_path / "wordnet_nouns.csv"
+    bad.write_text("noun,targets,sense,via\nwidget,lvis:dog;stuff:no_such,x.n.01,y.n.01\n")
+    with pytest.raises(ValueError, match="wordnet_nouns.csv:2: stuff has no category 'no_such'"):
+        HumanNounTable(wordnet_nouns=bad)

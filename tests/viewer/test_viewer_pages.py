@@ -90,7 +90,7 @@ def test_sample_page(client):
     assert html.count('class="box" data-noun=') == 3 and "172, 18, 240, 280" in html and "77, 95, 403, 300" in html
     # nouns without a mask with their reason
     without = html[html.index('id="without-mask"'):]
-    assert "<strong>coffee</strong>: <span class=\"reason\">no_human_category</span>" in without
+    assert "<strong>coffee</strong>: <span class=\"reason\">category_not_annotated_in_image</span>" in without
     assert "<strong>saucer</strong>" not in without
     # candidate captions with scores, the chosen one marked; provenance
     candidates = html[html.index('id="candidates"'):html.index("</table>", html.index('id="candidates"'))]
