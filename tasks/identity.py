@@ -27,7 +27,7 @@ DIGEST_CACHE = ".cache/weight-digests.json"
 # Code a shard's bytes depend on: every module imported (at any depth, in any function) from these
 # roots, the package's __init__ (its version is in every sample) and the bundled tables.
 CODE_ROOTS = ("tasks/dataset.py", "tasks/shards.py", "tasks/selection.py", "tasks/backends.py")
-TABLE_PATTERNS = ("data/*.csv",)
+TABLE_PATTERNS = ("data/*.csv", "data/*_categories.json")
 
 # Distributions whose versions matter, per backend (a backend's info() names some of them too).
 BASE_LIBRARIES = ("pillow", "numpy", "pydantic")
