@@ -215,7 +215,7 @@ def already_resolved() -> "callable":
 
     def resolved(noun: str) -> bool:
         """Whether the hand-written tables name the noun itself (not only its head word)."""
-        whole = len(singular_forms(noun.split()[-1]))
+        whole = len(set(singular_forms(noun.split()[-1])))  # lookup_keys' first keys: the whole phrase
         resolution = resolver.resolve(noun)
         ranks = [rank for rank, _ in resolution.per_source.values()]
         if resolution.hypernym is not None:

@@ -56,7 +56,8 @@ class Grounder(Protocol):
 
 
 def lookup_keys(phrase: str) -> list[str]:
-    """Keys to look a phrase up by: the whole phrase, then its head (last) word, each also singular
+    """Keys to look a phrase up by: the whole phrase, then its last two words written as one ("suit
+    case" -> "suitcase", "skate board" -> "skateboard"), then its head (last) word, each also singular
     (invisible characters removed and NFKC-normalised first: see :func:`nouns.lookup_text`)."""
     words = lookup_text(phrase).lower().split()
     if not words:
@@ -64,6 +65,7 @@ def lookup_keys(phrase: str) -> list[str]:
     head_singulars = singular_forms(words[-1])
     keys = [" ".join(words[:-1] + [form]) for form in head_singulars]
     if len(words) > 1:
+        keys += [words[-2] + form for form in head_singulars]
         keys += head_singulars
     return list(dict.fromkeys(keys))
 

@@ -23,7 +23,8 @@ def test_nouns_outside_coco_have_no_category():
 
 
 def test_lookup_tries_phrase_then_head():
-    assert lookup_keys("hot dogs") == ["hot dogs", "hot dog", "dogs", "dog"]
+    assert lookup_keys("hot dogs") == ["hot dogs", "hot dog", "hotdogs", "hotdog", "dogs", "dog"]
+    assert lookup_keys("suit cases")[2:4] == ["suitcases", "suitcase"]  # a compound written open
     assert singular_forms("glass") == ["glass"]
     assert singular_forms("berries") == ["berries", "berry", "berrie"]
     assert singular_forms("veggies") == ["veggies", "veggy", "veggie"]  # the second: "cookies", "veggies"

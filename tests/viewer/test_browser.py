@@ -234,7 +234,7 @@ def test_training_view_tokens_and_attention_masks(live_server, page):
         assert border == "rgb({}, {}, {})".format(*render.rgb(render.colour(noun)))
     rows = page.locator("#noun-tokens tbody tr")
     assert [rows.nth(i).locator("td.positions").inner_text() for i in range(4)] == ["2", "4", "8", "11"]
-    assert "skipped: no mask (no_human_category)" in rows.nth(1).inner_text()
+    assert "skipped: no mask (category_not_annotated_in_image)" in rows.nth(1).inner_text()
     assert "used by the loss" in rows.nth(2).inner_text()  # the saucer, masked from LVIS
 
     loaded(page, "img.res-mask")
