@@ -155,12 +155,14 @@ def _tagged(synset, lemma: str) -> int:
 def chosen_sense(wn, lemma: str):
     """The sense a caption most likely means: the first concrete sense among the first few, a later one
     only if it was ever seen tagged in WordNet's corpus ("blue" the clothing, not "airline" the hose),
-    and the food rather than its plant ("peach", "cherry"). None for a name (an instance: "George
-    Boole", "Sessions") or a proper noun."""
+    and the food rather than its plant ("peach", "cherry"). None when that sense is a name (an
+    instance: "George Boole"; "sun", the star, is not a person by a later sense) or a proper noun."""
     senses = wn.synsets(lemma, "n")[:SENSES_CONSIDERED]
     for position, synset in enumerate(senses):
-        if synset.instance_hypernyms() or synset.lexname() not in CONCRETE:
+        if synset.lexname() not in CONCRETE:
             continue
+        if synset.instance_hypernyms():
+            return None
         if position and not _tagged(synset, lemma):
             continue
         spelled = [l.name() for l in synset.lemmas() if l.name().lower() == lemma.lower()]
