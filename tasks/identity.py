@@ -44,21 +44,21 @@ BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
 MODEL_BACKENDS = frozenset({"clip", "flair", "grounded_sam", "hybrid"})
 
 
-def _module_file(name: str) -> Path | None:
-    """The file of a tokencompose module name (package or module), if it is one of ours."""
+def _module_file(name: str, root: Path) -> Path | None:
+    """The file of a tokencompose module name (package or module) under ``root``, if it is one of ours."""
     if name != "tokencompose" and not name.startswith("tokencompose."):
         return None
     parts = name.split(".")[1:]
     if not parts:
-        return PACKAGE_ROOT / "__init__.py"
+        return root / "__init__.py"
     relative = Path(*parts)
-    for candidate in (PACKAGE_ROOT / relative.with_suffix(".py"), PACKAGE_ROOT / relative / "__init__.py"):
+    for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _imports(path: Path) -> set[Path]:
+def _imports(path: Path, root: Path) -> set[Path]:
     """The tokencompose modules a file imports (module level and inside functions)."""
     import ast
 
@@ -70,45 +70,46 @@ def _imports(path: Path) -> set[Path]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         for name in names:
-            module = _module_file(name)
+            module = _module_file(name, root)
             if module is not None:
                 found.add(module)
     return found
 
 
-def code_files() -> list[Path]:
+def code_files(root: Path = PACKAGE_ROOT) -> list[Path]:
     """The files whose content decides a shard's bytes: the import closure of CODE_ROOTS, the
-    package's __init__ files on the way, and the bundled tables."""
-    todo = [PACKAGE_ROOT / root for root in CODE_ROOTS] + [PACKAGE_ROOT / "__init__.py"]
+    package's __init__ files on the way, and the bundled tables (of the package at ``root``)."""
+    todo = [root / module for module in CODE_ROOTS] + [root / "__init__.py"]
     seen: set[Path] = set()
     while todo:
         path = todo.pop()
         if path in seen or not path.is_file():
             continue
         seen.add(path)
-        todo += _imports(path)
+        todo += _imports(path, root)
         init = path.parent / "__init__.py"
-        if path.parent != PACKAGE_ROOT.parent and init.is_file():
+        if path.parent != root.parent and init.is_file():
             todo.append(init)
-    tables = {p for pattern in TABLE_PATTERNS for p in PACKAGE_ROOT.glob(pattern)}
+    tables = {p for pattern in TABLE_PATTERNS for p in root.glob(pattern)}
     return sorted(seen | tables)
 
 
-_fingerprints: dict[Path, str] = {}
+_fingerprint: list[str] = []
 
 
 def code_fingerprint() -> str:
     """Hash of the code and tables that decide a shard's bytes (see :func:`code_files`), taken once
     per process: the code that runs is what was imported, whatever happens to the files later."""
-    if PACKAGE_ROOT not in _fingerprints:
-        _fingerprints[PACKAGE_ROOT] = _hash_code()
-    return _fingerprints[PACKAGE_ROOT]
+    if not _fingerprint:
+        _fingerprint.append(hash_code(PACKAGE_ROOT))
+    return _fingerprint[0]
 
 
-def _hash_code() -> str:
+def hash_code(root: Path) -> str:
+    """Hash of the code files and tables of the package at ``root``, by path relative to it and content."""
     digest = hashlib.sha256()
-    for path in code_files():
-        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0")
+    for path in code_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
