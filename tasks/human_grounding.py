@@ -186,15 +186,25 @@ def _rows(path: Path):
 
 
 def _read_unions(path: Path, into: dict[str, list[Target]]) -> None:
-    """hypernym -> members rows; a hypernym already in ``into`` keeps its members (earlier tables win)."""
+    """hypernym -> members rows; a member ``hypernym:NAME`` stands for the members of a hypernym the
+    file defines above ("herd" -> hypernym:animal). A hypernym already in ``into`` keeps its members
+    (earlier tables win)."""
     read: dict[str, list[Target]] = {}
     for where, row in _rows(path):
         hypernym = (row.get("hypernym") or "").strip().lower()
         if not hypernym:
             raise ValueError(f"{where}: no hypernym")
-        members = [_parse_target(t, where) for t in (row.get("members") or "").split(";") if t.strip()]
-        for member in members:
+        members: list[Target] = []
+        for text in (t.strip() for t in (row.get("members") or "").split(";") if t.strip()):
+            if text.startswith("hypernym:"):
+                name = text.partition(":")[2].strip().lower()
+                if name not in read:
+                    raise ValueError(f"{where}: {text!r} names no hypernym defined above it")
+                members += read[name]
+                continue
+            member = _parse_target(text, where)
             _check_target(member, where)
+            members.append(member)
         read.setdefault(hypernym, []).extend(members)
     for hypernym, members in read.items():
         into.setdefault(hypernym, members)

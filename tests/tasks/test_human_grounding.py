@@ -218,6 +218,12 @@ def test_curated_tables_are_checked(tmp_path):
     bad.write_text("noun,target\nsky,stuff:other\n")
     with pytest.raises(ValueError, match="stuff has no category 'other'"):
         HumanNounTable(bad)
+    # a hypernym may stand for another one defined above it
+    assert table.hypernyms["herd"] == table.hypernyms["animal"]
+    unions = tmp_path / "hypernyms.csv"
+    unions.write_text("hypernym,members\nflock,hypernym:bird\nbird,coco:bird\n")
+    with pytest.raises(ValueError, match="hypernyms.csv:2: 'hypernym:bird' names no hypernym defined above it"):
+        HumanNounTable(hypernyms_path=unions)
 
 
 def test_bad_lvis_annotation_and_foreign_categories(tmp_path):
