@@ -71,8 +71,7 @@ def measure(captions: list[str], stuff: list[str] | None = None, spacy_model: st
     from tokencompose.tasks.human_grounding import HumanNounTable, NounResolver
     from tokencompose.tasks.nouns import NounExtractor, SpacyTagger, is_stop_listed
 
-    nouns = NounConfig()
-    stop_list = frozenset(stop_list if stop_list is not None else nouns.resolved_stop_list("offline"))
+    stop_list = frozenset(NounConfig(stop_list=stop_list).resolved_stop_list("offline"))  # None: the default
     hand_written = NounResolver(NounTable(), stuff, HumanNounTable(include_generated=False))
     resolver = NounResolver(NounTable(), stuff)
     extractor = NounExtractor(SpacyTagger(spacy_model))
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     captions = read_captions(args.captions)[: args.limit]
     stop_list = None
     if args.stop_list is not None:
-        stop_list = [line.strip().lower() for line in args.stop_list.read_text(encoding="utf-8").splitlines() if line.strip()]
+        stop_list = args.stop_list.read_text(encoding="utf-8").splitlines()
     result = {"input": args.label or args.captions.name,
               "stop_list": str(args.stop_list) if args.stop_list else "the offline profile's default",
               **measure(captions, stuff_names(args.stuff), stop_list=stop_list)}
