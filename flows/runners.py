@@ -135,8 +135,9 @@ class _RunnerChecks:
     """What both engines' runners add to Prefect's: the shared folder to probe, the model tasks and
     the GPUs to ask for them."""
 
-    def _init_checks(self, shared_dir: str, model_tasks: Iterable[str], gpus_per_task: int | None,
-                     wait_for_workers_s: float) -> None:
+    def __init__(self, *, shared_dir: str, model_tasks: Iterable[str] = (), gpus_per_task: int | None = None,
+                 wait_for_workers_s: float = 120.0, **kwargs: Any):
+        super().__init__(**kwargs)  # the engine's runner, next in the method resolution order
         self.shared_dir = str(shared_dir)
         self.model_tasks = frozenset(model_tasks)
         self.gpus_per_task = gpus_per_task
@@ -156,11 +157,6 @@ def _dask_runner_class():
 
     class CheckedDaskTaskRunner(_RunnerChecks, DaskTaskRunner):
         """prefect-dask's runner, plus the shared-folder check on start and GPU resources for model tasks."""
-
-        def __init__(self, *, shared_dir: str, model_tasks: Iterable[str] = (), gpus_per_task: int | None = None,
-                     wait_for_workers_s: float = 120.0, **kwargs: Any):
-            super().__init__(**kwargs)
-            self._init_checks(shared_dir, model_tasks, gpus_per_task, wait_for_workers_s)
 
         def duplicate(self):
             return type(self)(**self._check_settings(), address=self.address, cluster_class=self.cluster_class,
@@ -245,11 +241,6 @@ def _ray_runner_class():
 
     class CheckedRayTaskRunner(_RunnerChecks, RayTaskRunner):
         """prefect-ray's runner, plus the shared-folder check on start and num_gpus for model tasks."""
-
-        def __init__(self, *, shared_dir: str, model_tasks: Iterable[str] = (), gpus_per_task: int | None = None,
-                     wait_for_workers_s: float = 120.0, **kwargs: Any):
-            super().__init__(**kwargs)
-            self._init_checks(shared_dir, model_tasks, gpus_per_task, wait_for_workers_s)
 
         def duplicate(self):
             return type(self)(**self._check_settings(), address=self.address, init_kwargs=self.init_kwargs)
