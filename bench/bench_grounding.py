@@ -45,8 +45,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tokencompose.tasks import grounded_sam as gs  # noqa: E402
-from tokencompose.tasks.token_assignment import assign_boxes, build_prompt, select_boxes  # noqa: E402
+from tokencompose.tasks.grounding import grounded_sam as gs
+from tokencompose.tasks.grounding.token_assignment import assign_boxes, build_prompt, select_boxes  # noqa: E402
 
 NOUNS = [["man", "dog", "cup"], ["cat", "bed"], ["astronaut", "flag", "helmet"], ["coffee", "spoon", "table"]]
 

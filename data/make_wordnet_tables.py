@@ -209,9 +209,9 @@ def is_room(synset) -> bool:
 
 
 def already_resolved() -> "callable":
-    from tokencompose.tasks.grounding import NounTable
-    from tokencompose.tasks.human_grounding import HumanNounTable, NounResolver
-    from tokencompose.tasks.nouns import singular_forms
+    from tokencompose.tasks.grounding.coco import NounTable
+    from tokencompose.tasks.grounding.human import HumanNounTable, NounResolver
+    from tokencompose.tasks.nouns.extraction import singular_forms
 
     resolver = NounResolver(NounTable(), curated=HumanNounTable(include_generated=False))
 

@@ -20,11 +20,11 @@ from prefect.utilities.annotations import quote
 
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import ShardStats, ShardSummary
-from tokencompose.tasks import backends as backend_registry
-from tokencompose.tasks import dataset
-from tokencompose.tasks.identity import build_identity, identity_hash
-from tokencompose.tasks.records import ImageRecord
-from tokencompose.tasks.shards import build_shard
+from tokencompose.tasks.models import backends as backend_registry
+from tokencompose.tasks.shards import dataset
+from tokencompose.tasks.shards.identity import build_identity, identity_hash
+from tokencompose.tasks.source.records import ImageRecord
+from tokencompose.tasks.shards.build import build_shard
 
 FLOW_NAME = "build-grounded-coco"
 CACHE_DIR = ".cache/prefect"
@@ -38,7 +38,7 @@ def shard_key(config: BuildConfig, index: int, records, identity: dict[str, Any]
 
 def shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The shard's identity: the build identity (format, code, resolved device and precisions, library
-    versions, weight digests; tasks/identity.py), the configuration, the output folder, the shard number
+    versions, weight digests; tasks/shards/identity.py), the configuration, the output folder, the shard number
     and the batch (records plus each image file's size and mtime). Computed where the task runs (a
     remote worker resolves its own device and libraries), without loading any model."""
     config: BuildConfig = parameters["config"]

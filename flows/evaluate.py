@@ -25,7 +25,7 @@ FLOW_NAME = "evaluate-multigen"
 @task(name="generate", task_run_name="generate-{label}", cache_policy=NO_CACHE)
 def generate_task(plan, label: str, device: str) -> dict:
     """One model's images; ``device`` is resolved where the task runs (a Dask or Ray worker's GPU)."""
-    from tokencompose.tasks.devices import resolve_device
+    from tokencompose.tasks.models.devices import resolve_device
     from tokencompose.tasks.multigen.run import generate_model
 
     logger = get_run_logger()
@@ -35,7 +35,7 @@ def generate_task(plan, label: str, device: str) -> dict:
 
 @task(name="detect", task_run_name="detect-{label}", cache_policy=NO_CACHE)
 def detect_task(plan, label: str, device: str) -> dict:
-    from tokencompose.tasks.devices import resolve_device
+    from tokencompose.tasks.models.devices import resolve_device
     from tokencompose.tasks.multigen.run import detect_model
 
     logger = get_run_logger()
@@ -67,7 +67,7 @@ def evaluate_multigen(config: EvaluateConfig) -> dict[str, Any]:
     and compare the models on the same prompts and seeds."""
     from pathlib import Path
 
-    from tokencompose.tasks.devices import resolve_device
+    from tokencompose.tasks.models.devices import resolve_device
     from tokencompose.tasks.multigen.run import evaluate_cli_summary, preflight
 
     logger = get_run_logger()

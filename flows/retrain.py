@@ -18,8 +18,8 @@ from tokencompose.flows.evaluate import evaluate_multigen
 from tokencompose.flows.train import train_tokencompose
 from tokencompose.schemas.registry import RegistryEntry
 from tokencompose.schemas.retrain import RetrainConfig
-from tokencompose.tasks import retraining
-from tokencompose.tasks.registry import ModelRegistry, utc_now
+from tokencompose.tasks.registry import promotion as retraining
+from tokencompose.tasks.registry.store import ModelRegistry, utc_now
 
 FLOW_NAME = "retrain-tokencompose"
 

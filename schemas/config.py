@@ -210,7 +210,7 @@ class BuildConfig(_Strict):
         data.pop("workers")
         data.pop("runner")
         # The device decides a model backend's bytes (fp16/bf16 autocast runs only on a GPU); the
-        # paths only say where the weights are (their sha256 is in the build identity, tasks/identity.py).
+        # paths only say where the weights are (their sha256 is in the build identity, tasks/shards/identity.py).
         data["models"] = {"device": self.models.device}
         data["nouns"]["stop_list"] = self.nouns.resolved_stop_list(self.profile)
         human_files = {k: [Path(p).name for p in data["source"].pop(k)] for k in ("lvis_json", "stuff_json")}

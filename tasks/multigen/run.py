@@ -28,7 +28,7 @@ from tokencompose.schemas.evaluation import CONFIG_FILE, EvaluateConfig
 from tokencompose.tasks.multigen import detection as det
 from tokencompose.tasks.multigen import generation as gen
 from tokencompose.tasks.multigen.prompts import Prompt, PromptFileError, all_prompts_for, prompts_fingerprint
-from tokencompose.tasks.weights import (describe_missing, find_weights, hf_cache_dir, models_dir, owlv2_spec,
+from tokencompose.tasks.models.weights import (describe_missing, find_weights, hf_cache_dir, models_dir, owlv2_spec,
                                         stable_diffusion_spec)
 
 log = logging.getLogger("tokencompose.multigen")
@@ -291,7 +291,7 @@ def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *,
                     world: int | None = None, device: str | None = None):
     """The whole MultiGen run; returns the :class:`~tokencompose.tasks.multigen.report.MultiGenReport` (on
     rank 0; None on the other ranks). ``rank``/``world`` default to the launcher's (one process: 0/1)."""
-    from tokencompose.tasks.devices import resolve_device
+    from tokencompose.tasks.models.devices import resolve_device
     from tokencompose.tasks.multigen.report import build_report
 
     say = progress or log.info

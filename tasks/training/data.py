@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tokencompose.schemas.sample import JSON_FIELD, SampleRecord
-from tokencompose.tasks.masks import SegmentationProblem, decode as decode_rle
+from tokencompose.tasks.grounding.masks import SegmentationProblem, decode as decode_rle
 from tokencompose.tasks.training.spatial import parse_relations
 
 MAX_TOKENS = 77

@@ -14,7 +14,7 @@ def prepare_demo(output_dir: Path) -> dict[str, Any]:
     from tokencompose.data import demo_settings
     from tokencompose.schemas.config import BuildConfig
     from tokencompose.schemas.reports import MANIFEST_FILE
-    from tokencompose.tasks.dataset import build_directly
+    from tokencompose.tasks.shards.dataset import build_directly
     from tokencompose.tasks.training.toy import save_random_pipeline
 
     output_dir = Path(output_dir)

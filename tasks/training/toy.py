@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from tokencompose.schemas.sample import BackendInfo, Noun, Provenance, SampleRecord, sample_key
-from tokencompose.tasks.masks import encode
-from tokencompose.tasks.shards import write_shard
+from tokencompose.tasks.grounding.masks import encode
+from tokencompose.tasks.shards.build import write_shard
 
 # name -> (UNet kwargs, VAE block_out_channels, text encoder hidden size, text layers, training resolution)
 PRESETS: dict[str, dict[str, Any]] = {

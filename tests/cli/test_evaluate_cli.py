@@ -51,7 +51,7 @@ def test_a_bad_prompt_file_stops_with_file_and_row(tmp_path, capsys):
 
 
 def test_models_lists_the_evaluation_folders(tmp_path, capsys):
-    from tokencompose.tasks.weights import STABLE_DIFFUSION_MEMBERS
+    from tokencompose.tasks.models.weights import STABLE_DIFFUSION_MEMBERS
 
     assert run(["models", "--models-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.lower().splitlines()

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from tokencompose.tasks.human_grounding import WORDNET_NOUNS, WORDNET_UNIONS
+from tokencompose.tasks.grounding.human import WORDNET_NOUNS, WORDNET_UNIONS
 
 
 def test_regenerating_the_wordnet_tables_gives_the_shipped_ones(tmp_path):

@@ -13,9 +13,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from testkit import demo_config
 from tokencompose.flows.build import build_grounded_coco
 from tokencompose.schemas.reports import IncompleteRun
-from tokencompose.tasks import backends as backend_registry
-from tokencompose.tasks.dataset import BuildFailed, build_directly
-from tokencompose.tasks.grounding import BUNDLED_NOUN_TABLE, CocoAnnotationGrounder
+from tokencompose.tasks.models import backends as backend_registry
+from tokencompose.tasks.shards.dataset import BuildFailed, build_directly
+from tokencompose.tasks.grounding.coco import BUNDLED_NOUN_TABLE, CocoAnnotationGrounder
 
 FAILING_IMAGE = 285  # in the second shard of the sample with shard_size 2
 ERRORS = {"ValueError": ValueError, "OSError": OSError}
@@ -143,7 +143,7 @@ def test_a_failed_incremental_build_keeps_the_previous_version(tmp_path):
     """Shards of a new version fail: the manifest of the version before stays (its shards are intact),
     incomplete.json names the new shards; the same command once the problem is gone finishes."""
     from tokencompose.data import SAMPLE_DIR
-    from tokencompose.tasks.dataset import BuildFailed, dataset_versions
+    from tokencompose.tasks.shards.dataset import BuildFailed, dataset_versions
 
     lines = (SAMPLE_DIR / "vsr_train.jsonl").read_text().splitlines(keepends=True)
     vsr = tmp_path / "vsr_train.jsonl"

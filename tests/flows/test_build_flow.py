@@ -94,7 +94,7 @@ def test_bad_configuration_fails_the_run_before_any_output(prefect_api, tmp_path
 
 
 def test_parallel_shards_give_the_same_bytes_as_the_direct_build(prefect_api, tmp_path):
-    from tokencompose.tasks.dataset import build_directly
+    from tokencompose.tasks.shards.dataset import build_directly
 
     build_grounded_coco(config=demo_config(tmp_path / "parallel", workers=3, output={"shard_size": 2}))
     build_directly(demo_config(tmp_path / "direct", output={"shard_size": 2}))
@@ -105,7 +105,7 @@ def test_a_cached_rerun_loads_no_backend(prefect_api, tmp_path):
     """Provenance travels in the shard summaries: a run whose shards are all cached (or that has no new
     images) writes its reports without loading a single model, and the manifest's provenance is the
     one in the samples."""
-    from tokencompose.tasks import backends
+    from tokencompose.tasks.models import backends
 
     config = demo_config(tmp_path / "out", output={"shard_size": 3})
     out = config.output.out_dir

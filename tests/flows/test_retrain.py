@@ -18,7 +18,7 @@ from tokencompose.data import SAMPLE_DIR
 from tokencompose.flows.retrain import retrain_tokencompose
 from tokencompose.schemas.retrain import RetrainConfig
 from tokencompose.tasks.multigen.toy import save_random_owlv2
-from tokencompose.tasks.registry import ModelRegistry
+from tokencompose.tasks.registry.store import ModelRegistry
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

@@ -65,7 +65,7 @@ def test_grounding_backend_names_what_runs_and_hashes_without_human_files_are_ke
     assert demo_config(tmp_path, source=no_human_files, profile="paper").config_hash() == "cd5743dda8966e59"
     explicit_human = demo_config(tmp_path, source=no_human_files, grounding={"backend": "human"})
     assert explicit_human.config_hash() == "6f2bd96a4a31d7a8"
-    # with them, coco grounding is the human grounding (tasks/backends.py): config.json and the hash say so,
+    # with them, coco grounding is the human grounding (tasks/models/backends.py): config.json and the hash say so,
     # the same as choosing human outright (the same dataset)
     for human_files in ({}, {"lvis_json": []}, {"stuff_json": []}):
         config = demo_config(tmp_path, source=human_files)
@@ -82,7 +82,7 @@ def test_grounding_backend_names_what_runs_and_hashes_without_human_files_are_ke
 
 
 def test_the_provenance_and_config_json_agree_on_the_grounding_backend(tmp_path):
-    from tokencompose.tasks.backends import load_backends
+    from tokencompose.tasks.models.backends import load_backends
 
     config = demo_config(tmp_path)
     assert load_backends(config).grounding.info().name == config.backend("grounding") == "human"

@@ -6,8 +6,8 @@ from PIL import Image
 
 from tokencompose.schemas.dataset_card import dataset_card
 from tokencompose.schemas.sample import SampleRecord, sample_key
-from tokencompose.tasks.dataset import build_directly
-from tokencompose.tasks.shards import write_shard
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.build import write_shard
 
 
 def _load(folder, tmp_path):

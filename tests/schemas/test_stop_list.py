@@ -1,7 +1,7 @@
 """The stop-list follows the profile: the paper profile reproduces the authors' data, who had none."""
 from testkit import demo_config
 from tokencompose.schemas.config import DEFAULT_STOP_LIST
-from tokencompose.tasks.shards import ShardBuilder
+from tokencompose.tasks.shards.build import ShardBuilder
 
 
 def _in_force(config) -> frozenset[str]:
@@ -29,7 +29,7 @@ def test_offline_and_hybrid_keep_the_default_stop_list(tmp_path):
 
 
 def test_a_plural_matches_its_singular_on_the_stop_list():
-    from tokencompose.tasks.nouns import NounPhrase, is_stop_listed
+    from tokencompose.tasks.nouns.extraction import NounPhrase, is_stop_listed
 
     stop_list = frozenset(DEFAULT_STOP_LIST)
 

@@ -68,7 +68,7 @@ def write_tiny_bert(folder: Path) -> Path:
 def write_dino(path: Path, text_encoder: Path) -> Path:
     import torch
 
-    from tokencompose.tasks.grounded_sam import build_dino
+    from tokencompose.tasks.grounding.grounded_sam import build_dino
 
     torch.manual_seed(0)
     model = build_dino(text_encoder)

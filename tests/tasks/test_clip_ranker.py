@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest_paper import CLIP_FILE, CLIP_MODEL, build_models_dir, sample_images
-from tokencompose.tasks.captions import choose
-from tokencompose.tasks.clip_ranker import ClipRanker
+from tokencompose.tasks.captions.ranking import choose
+from tokencompose.tasks.captions.clip_ranker import ClipRanker
 
 CAPTIONS = [["A cat on a bed.", "Two dogs.", "A cup of coffee on a table next to a spoon."],
             ["An astronaut."], ["A rocket on a pad.", "A man.", "A woman.", "A horse.", "A flag."]]

@@ -14,7 +14,7 @@ from testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import Manifest, ShardIndex
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks.dataset import ConfigurationError, build_directly
+from tokencompose.tasks.shards.dataset import ConfigurationError, build_directly
 
 
 def _files(out):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from conftest_paper import build_models_dir
-from tokencompose.tasks.flair_tagger import FlairTagger, align_tokens
-from tokencompose.tasks.nouns import NounExtractor, TaggedToken, merge_noun_phrases
+from tokencompose.tasks.nouns.flair_tagger import FlairTagger, align_tokens
+from tokencompose.tasks.nouns.extraction import NounExtractor, TaggedToken, merge_noun_phrases
 
 CAPTIONS = ["a man riding a horse .", "A teddy bear on the bed.", "  a woman holding a cup of coffee .",
             "a cup and a spoon on a plate", "", "a hot dog on a plate ."]

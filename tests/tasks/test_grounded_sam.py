@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from conftest_paper import build_models_dir, calibrated_threshold, sample_images
-from tokencompose.tasks import devices, weights
-from tokencompose.tasks import masks
-from tokencompose.tasks.grounded_sam import GroundedSam, _shape_groups, _size_batches, boxes_to_pixels, resolve_precision
-from tokencompose.tasks.grounding import REASON_NO_DETECTION
-from tokencompose.tasks.token_assignment import build_prompt
+from tokencompose.tasks.models import devices
+from tokencompose.tasks.models import weights
+from tokencompose.tasks.grounding import masks
+from tokencompose.tasks.grounding.grounded_sam import GroundedSam, _shape_groups, _size_batches, boxes_to_pixels, resolve_precision
+from tokencompose.tasks.grounding.coco import REASON_NO_DETECTION
+from tokencompose.tasks.grounding.token_assignment import build_prompt
 
 # four images of three sizes in one batch (padded to the largest); the first two have one size and
 # prompts of different lengths

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from tokencompose.tasks import masks
-from tokencompose.tasks.grounding import (REASON_BAD_ANNOTATION, REASON_CATEGORY_ABSENT, REASON_NO_ANNOTATIONS,
+from tokencompose.tasks.grounding import masks
+from tokencompose.tasks.grounding.coco import (REASON_BAD_ANNOTATION, REASON_CATEGORY_ABSENT, REASON_NO_ANNOTATIONS,
                                           REASON_NO_CATEGORY,
                                           CocoAnnotationGrounder, NounTable, lookup_keys, singular_forms)
-from tokencompose.tasks.records import Annotation, ImageRecord
+from tokencompose.tasks.source.records import Annotation, ImageRecord
 
 
 @pytest.mark.parametrize("noun,category", [

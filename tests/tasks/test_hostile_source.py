@@ -10,8 +10,8 @@ import webdataset as wds
 from testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks import masks
-from tokencompose.tasks.dataset import build_directly
+from tokencompose.tasks.grounding import masks
+from tokencompose.tasks.shards.dataset import build_directly
 
 BED = 65
 GOOD_10x10 = masks.encode(np.ones((10, 10), bool))["counts"]

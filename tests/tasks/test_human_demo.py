@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tokencompose.tasks.dataset import build_directly
+from tokencompose.tasks.shards.dataset import build_directly
 
 
 def _nouns(out):

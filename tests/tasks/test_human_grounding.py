@@ -8,12 +8,12 @@ from pycocotools import mask as coco_mask
 
 from testkit import SourceBuilder, jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.tasks import masks
-from tokencompose.tasks.backends import GROUNDING_BACKENDS
-from tokencompose.tasks.grounding import CocoAnnotationGrounder, NounTable
-from tokencompose.tasks.human_grounding import (LVIS_CATEGORIES, HumanGrounder, HumanNounTable, LvisVocabulary, NounResolver,
+from tokencompose.tasks.grounding import masks
+from tokencompose.tasks.models.backends import GROUNDING_BACKENDS
+from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, NounTable
+from tokencompose.tasks.grounding.human import (LVIS_CATEGORIES, HumanGrounder, HumanNounTable, LvisVocabulary, NounResolver,
                                                 lvis_vocabulary, normalise_lvis, stuff_keys)
-from tokencompose.tasks.selection import SourceError, read_source
+from tokencompose.tasks.source.selection import SourceError, read_source
 
 W, H = 64, 48
 LVIS = {c["name"]: c for c in json.loads(LVIS_CATEGORIES.read_text())}

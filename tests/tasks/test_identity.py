@@ -1,4 +1,4 @@
-"""The build identity (tasks/identity.py): everything besides the records and the configuration that
+"""The build identity (tasks/shards/identity.py): everything besides the records and the configuration that
 decides a shard's bytes is in the shard task's cache key and in every sample's provenance."""
 import json
 import os
@@ -11,8 +11,8 @@ import pytest
 
 from testkit import demo_config
 from tokencompose.flows.build import shard_cache_key, shard_key
-from tokencompose.tasks import identity as identity_module
-from tokencompose.tasks.identity import build_identity, code_files, code_fingerprint, hash_code, weight_digests
+from tokencompose.tasks.shards import identity as identity_module
+from tokencompose.tasks.shards.identity import build_identity, code_files, code_fingerprint, hash_code, weight_digests
 
 
 def _key(config, identity=None):
@@ -29,7 +29,7 @@ def test_every_module_a_build_runs_is_fingerprinted(tmp_path):
     script = ("import sys, json\n"
               "from pathlib import Path\n"
               "from tokencompose.schemas.config import BuildConfig\n"
-              "from tokencompose.tasks.dataset import build_directly\n"
+              "from tokencompose.tasks.shards.dataset import build_directly\n"
               f"build_directly(BuildConfig.model_validate_json(Path({str(settings)!r}).read_text()))\n"
               "print(json.dumps(sorted(m.__file__ for n, m in list(sys.modules.items())\n"
               "      if n.startswith('tokencompose') and getattr(m, '__file__', None))))")
@@ -136,7 +136,7 @@ def test_a_changed_identity_misses_the_cache_and_is_in_every_sample(prefect_api,
     shards; a changed library version builds them again, and the samples record the new one."""
     from tokencompose.flows.build import build_grounded_coco
     from tokencompose.schemas.sample import SampleRecord
-    from tokencompose.tasks.shard_io import scan_members
+    from tokencompose.tasks.shards.shard_io import scan_members
 
     config = demo_config(tmp_path / "out", output={"shard_size": 3})
     out = config.output.out_dir

@@ -6,7 +6,7 @@ from PIL import Image
 
 from testkit import jpeg_bytes, png_bytes
 from tokencompose.schemas.config import ImageLimits
-from tokencompose.tasks.images import ImageProblem, load_image
+from tokencompose.tasks.source.images import ImageProblem, load_image
 
 LIMITS = ImageLimits()
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from tokencompose.tasks import masks
+from tokencompose.tasks.grounding import masks
 
 
 def _random_masks():

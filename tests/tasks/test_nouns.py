@@ -1,6 +1,6 @@
 import pytest
 
-from tokencompose.tasks.nouns import NounExtractor, SpacyTagger, TaggedToken, merge_noun_phrases
+from tokencompose.tasks.nouns.extraction import NounExtractor, SpacyTagger, TaggedToken, merge_noun_phrases
 
 
 @pytest.fixture(scope="module")

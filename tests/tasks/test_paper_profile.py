@@ -8,9 +8,9 @@ import pytest
 from conftest_paper import build_models_dir, calibrated_threshold, paper_settings, sample_images
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks import dataset
-from tokencompose.tasks.grounded_sam import GroundedSam
-from tokencompose.tasks.token_assignment import build_prompt
+from tokencompose.tasks.shards import dataset
+from tokencompose.tasks.grounding.grounded_sam import GroundedSam
+from tokencompose.tasks.grounding.token_assignment import build_prompt
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 
 from tokencompose.cli import parser_for
 from tokencompose.schemas.registry import MultiGenResult, RegistryEntry
-from tokencompose.tasks import registry as registry_module
-from tokencompose.tasks.registry import ModelRegistry, RegistryError
-from tokencompose.tasks.retraining import decide
+from tokencompose.tasks.registry import store as registry_module
+from tokencompose.tasks.registry.store import ModelRegistry, RegistryError
+from tokencompose.tasks.registry.promotion import decide
 
 
 def pipeline(tmp_path: Path, name: str) -> Path:

@@ -4,7 +4,7 @@ import pytest
 
 from testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.tasks.selection import SourceError, load_source, read_vsr_image_names, select_images
+from tokencompose.tasks.source.selection import SourceError, load_source, read_vsr_image_names, select_images
 
 
 def _config(source, tmp_path, **selection):
@@ -125,7 +125,7 @@ def test_a_keys_file_from_the_viewer_restricts_the_build(make_demo_config, tmp_p
     """The viewer's export (keys.txt or keys.json) is a list a build can take."""
     import json as json_module
 
-    from tokencompose.tasks.selection import select_images
+    from tokencompose.tasks.source.selection import select_images
 
     everything = [r.image_id for r in select_images(make_demo_config("all")).images]
     keys_txt = tmp_path / "keys.txt"

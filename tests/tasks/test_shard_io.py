@@ -9,8 +9,8 @@ import pytest
 from testkit import demo_config
 from tokencompose.schemas.reports import FORMAT_VERSION, ShardIndex
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks import shard_io
-from tokencompose.tasks.dataset import build_directly, shard_is_intact
+from tokencompose.tasks.shards import shard_io
+from tokencompose.tasks.shards.dataset import build_directly, shard_is_intact
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from PIL import Image
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import Reject
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks import masks
-from tokencompose.tasks.dataset import ConfigurationError, build_directly
-from tokencompose.tasks.selection import MAX_ID, read_vsr_image_names, select_images
+from tokencompose.tasks.grounding import masks
+from tokencompose.tasks.shards.dataset import ConfigurationError, build_directly
+from tokencompose.tasks.source.selection import MAX_ID, read_vsr_image_names, select_images
 
 BOUNDED = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest_paper import write_tiny_bert
-from tokencompose.tasks.token_assignment import (assign_boxes, build_prompt, prompt_noun, select_boxes,
+from tokencompose.tasks.grounding.token_assignment import (assign_boxes, build_prompt, prompt_noun, select_boxes,
                                                  token_owners)
 
 

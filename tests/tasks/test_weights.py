@@ -9,11 +9,11 @@ import re
 import pytest
 
 from tokencompose.cli import parser_for
-from tokencompose.tasks import devices
-from tokencompose.tasks import weights as models
+from tokencompose.tasks.models import devices
+from tokencompose.tasks.models import weights as models
 from tokencompose.data import demo_settings
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.tasks import backends
+from tokencompose.tasks.models import backends
 
 
 def config(tmp_path, profile="paper", **sections) -> BuildConfig:
@@ -48,7 +48,7 @@ def test_offline_profile_needs_no_weights(tmp_path):
 
 
 def test_preflight_lists_all_problems_before_any_work(tmp_path):
-    from tokencompose.tasks.dataset import ConfigurationError, plan
+    from tokencompose.tasks.shards.dataset import ConfigurationError, plan
 
     cfg = config(tmp_path, profile="hybrid")
     problems = backends.preflight(cfg)

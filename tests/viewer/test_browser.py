@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks.masks import decode
+from tokencompose.tasks.grounding.masks import decode
 from tokencompose.viewer import render
 
 CHROMIUM = Path(os.environ.get("TOKENCOMPOSE_CHROMIUM", "/usr/bin/chromium"))
@@ -291,7 +291,7 @@ def coco_only_server(tmp_path_factory):
     """The sample built from COCO's instances alone (no LVIS / COCO-Stuff): the rocket photo is then rejected."""
     from tokencompose.data import demo_settings
     from tokencompose.schemas.config import BuildConfig
-    from tokencompose.tasks.dataset import build_directly
+    from tokencompose.tasks.shards.dataset import build_directly
     from tokencompose.viewer.app import create_app
     from viewer_support import LiveServer
 

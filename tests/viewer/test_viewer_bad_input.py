@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks.shards import write_shard
+from tokencompose.tasks.shards.build import write_shard
 from tokencompose.viewer import catalog as catalog_module
 from tokencompose.viewer.app import create_app
 from tokencompose.viewer.catalog import Catalog

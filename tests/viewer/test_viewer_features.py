@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks.masks import decode
+from tokencompose.tasks.grounding.masks import decode
 from tokencompose.tasks.training.data import Preprocessor, noun_token_positions
 from tokencompose.viewer import render
 from tokencompose.viewer.app import create_app
@@ -106,7 +106,7 @@ def test_training_routes_refuse_hostile_paths(demo_app, path):
 
 
 def test_long_caption_nouns_beyond_the_token_window(demo_dir, tmp_path):
-    from tokencompose.tasks.shards import write_shard
+    from tokencompose.tasks.shards.build import write_shard
     from tokencompose.viewer.catalog import Catalog
 
     catalog = Catalog(demo_dir).scan()
@@ -124,7 +124,7 @@ def test_long_caption_nouns_beyond_the_token_window(demo_dir, tmp_path):
 
 
 def test_damaged_mask_is_reported_in_the_training_view(demo_dir, tmp_path):
-    from tokencompose.tasks.shards import write_shard
+    from tokencompose.tasks.shards.build import write_shard
     from tokencompose.viewer.catalog import Catalog
 
     catalog = Catalog(demo_dir).scan()
@@ -174,7 +174,7 @@ def test_box_kind_labels_every_mask_source(source, count, label):
 
 
 def test_every_source_the_human_grounding_writes_has_a_box_label():
-    from tokencompose.tasks import human_grounding
+    from tokencompose.tasks.grounding import human as human_grounding
     from tokencompose.viewer.templating import BOX_KINDS
 
     written = {human_grounding.SOURCE_COCO, human_grounding.SOURCE_LVIS, human_grounding.SOURCE_LVIS_NOT_EXHAUSTIVE,
@@ -289,7 +289,7 @@ def coco_only_dir(tmp_path_factory):
     with nothing COCO can mask, is then rejected, so a reject has a source image to show."""
     from tokencompose.data import demo_settings
     from tokencompose.schemas.config import BuildConfig
-    from tokencompose.tasks.dataset import build_directly
+    from tokencompose.tasks.shards.dataset import build_directly
 
     settings = demo_settings()
     settings["source"] = {**settings["source"], "lvis_json": [], "stuff_json": []}

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks.masks import decode
+from tokencompose.tasks.grounding.masks import decode
 from tokencompose.viewer import render
 
 from viewer_support import DEMO_KEYS

@@ -13,7 +13,7 @@ DEMO_KEYS = ("000000000632", "000000000139", "000000000885", "000000000285", "00
 def build_demo(out: Path, **output) -> Path:
     from tokencompose.data import demo_settings
     from tokencompose.schemas.config import BuildConfig
-    from tokencompose.tasks.dataset import build_directly
+    from tokencompose.tasks.shards.dataset import build_directly
 
     settings = demo_settings()
     settings["output"] = {"out_dir": str(out), **output}

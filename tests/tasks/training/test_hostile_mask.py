@@ -7,7 +7,7 @@ import pytest
 from transformers import CLIPTokenizerFast
 
 from tokencompose.schemas.sample import CocoRLE
-from tokencompose.tasks import masks
+from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.training.data import STAT_KEYS, Preprocessor, expand_shards, make_loader
 from tokencompose.tasks.training.trainer import format_record
 from training_kit import photo_samples, write_shards

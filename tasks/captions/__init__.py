@@ -1,0 +1,1 @@
+"""Caption ranking: which of an image's captions the sample keeps."""

@@ -1,0 +1,1 @@
+"""Noun extraction: the caption's noun phrases with their character spans."""

@@ -1,0 +1,1 @@
+"""The model registry and the retraining decisions made over it."""
