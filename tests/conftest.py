@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from testkit import SourceBuilder, demo_config
-from training_kit import RESOLUTION, TINY_LAYERS, build_tiny_sd, photo_samples, write_shards
+from tests.support.testkit import SourceBuilder, demo_config
+from tests.support.training_kit import RESOLUTION, TINY_LAYERS, build_tiny_sd, photo_samples, write_shards
 
 from tokencompose.schemas.training import TrainConfig
 

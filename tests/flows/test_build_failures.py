@@ -10,7 +10,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.flows.build import build_grounded_coco
 from tokencompose.schemas.reports import IncompleteRun
 from tokencompose.tasks.models import backends as backend_registry

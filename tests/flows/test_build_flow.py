@@ -10,7 +10,7 @@ import pytest
 import httpx
 from prefect.settings import PREFECT_API_URL
 
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.data.replicate import replicate_sample
 from tokencompose.flows.build import build_grounded_coco
 from tokencompose.schemas.config import BuildConfig

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.data.replicate import replicate_sample
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import LOCK_FILE

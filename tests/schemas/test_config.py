@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.schemas.config import BuildConfig
 
 

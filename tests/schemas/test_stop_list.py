@@ -1,5 +1,5 @@
 """The stop-list follows the profile: the paper profile reproduces the authors' data, who had none."""
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.schemas.config import DEFAULT_STOP_LIST
 from tokencompose.tasks.shards.build import ShardBuilder
 

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from viewer_support import LiveServer, build_demo  # noqa: E402
+from tests.support.viewer_support import LiveServer, build_demo  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -293,7 +293,7 @@ def coco_only_server(tmp_path_factory):
     from tokencompose.schemas.config import BuildConfig
     from tokencompose.tasks.shards.dataset import build_directly
     from tokencompose.viewer.app import create_app
-    from viewer_support import LiveServer
+    from tests.support.viewer_support import LiveServer
 
     settings = demo_settings()
     settings["source"] = {**settings["source"], "lvis_json": [], "stuff_json": []}

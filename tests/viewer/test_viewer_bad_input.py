@@ -16,7 +16,7 @@ from tokencompose.viewer import catalog as catalog_module
 from tokencompose.viewer.app import create_app
 from tokencompose.viewer.catalog import Catalog
 
-from viewer_support import DEMO_KEYS
+from tests.support.viewer_support import DEMO_KEYS
 
 SHARD = Path("shards") / "shard-000000.tar"
 INDEX = Path("index") / "shard-000000.json"

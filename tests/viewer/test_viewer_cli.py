@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 
 import httpx
-from viewer_support import free_port
+from tests.support.viewer_support import free_port
 
 from tokencompose.cli import parser_for
 

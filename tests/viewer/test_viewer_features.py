@@ -20,8 +20,8 @@ from tokencompose.viewer import render
 from tokencompose.viewer.app import create_app
 from tokencompose.viewer.training_view import ATTENTION_RESOLUTIONS, TRAIN_RESOLUTION, default_tokenizer
 
-from test_viewer_security import asgi_get
-from viewer_support import DEMO_KEYS
+from tests.viewer.test_viewer_security import asgi_get
+from tests.support.viewer_support import DEMO_KEYS
 
 CUP_KEY = "000000000632"  # "A cup of coffee on a red saucer with a spoon.": cup 0, coffee 1, saucer 2, spoon 3
 ROCKET_KEY = "000000000724"  # "A rocket standing on a launch pad under a blue sky.": only the sky masked (COCO-Stuff)

@@ -12,7 +12,7 @@ from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.grounding.masks import decode
 from tokencompose.viewer import render
 
-from viewer_support import DEMO_KEYS
+from tests.support.viewer_support import DEMO_KEYS
 
 
 def cards(html: str) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from training_kit import TINY_LAYERS
+from tests.support.training_kit import TINY_LAYERS
 from tokencompose.tasks.training.attention import CaptureProcessor, install_processors, layer_resolutions, paper_layers
 from tokencompose.schemas.training import DEFAULT_TRAIN_LAYERS, TrainConfig
 from tokencompose.tasks.training.components import load_components

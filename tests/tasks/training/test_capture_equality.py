@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from training_kit import TINY_LAYERS
+from tests.support.training_kit import TINY_LAYERS
 from tokencompose.tasks.training.attention import CapturedAttention, install_processors, layer_resolutions
 from tokencompose.tasks.training.components import load_components
 from tokencompose.tasks.training.losses import Targets, grounding_losses

@@ -10,7 +10,7 @@ from tokencompose.schemas.sample import CocoRLE
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.training.data import STAT_KEYS, Preprocessor, expand_shards, make_loader
 from tokencompose.tasks.training.trainer import format_record
-from training_kit import photo_samples, write_shards
+from tests.support.training_kit import photo_samples, write_shards
 
 
 def over_long_rle(height: int, width: int) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest_paper import CLIP_FILE, CLIP_MODEL, build_models_dir, sample_images
+from tests.support.paper_models import CLIP_FILE, CLIP_MODEL, build_models_dir, sample_images
 from tokencompose.tasks.captions.ranking import choose
 from tokencompose.tasks.captions.clip_ranker import ClipRanker
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest_paper import build_models_dir
+from tests.support.paper_models import build_models_dir
 from tokencompose.tasks.nouns.flair_tagger import FlairTagger, align_tokens
 from tokencompose.tasks.nouns.extraction import NounExtractor, TaggedToken, merge_noun_phrases
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.flows.build import shard_cache_key, shard_key
 from tokencompose.tasks.shards import identity as identity_module
 from tokencompose.tasks.shards.identity import build_identity, code_files, code_fingerprint, hash_code, weight_digests

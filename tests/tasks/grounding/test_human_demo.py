@@ -20,7 +20,7 @@ def _nouns(out):
 
 @pytest.fixture(scope="module")
 def demo_builds(tmp_path_factory):
-    from testkit import demo_config
+    from tests.support.testkit import demo_config
 
     root = tmp_path_factory.mktemp("human-demo")
     human = demo_config(root / "human")

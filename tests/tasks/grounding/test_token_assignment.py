@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest_paper import write_tiny_bert
+from tests.support.paper_models import write_tiny_bert
 from tokencompose.tasks.grounding.token_assignment import (assign_boxes, build_prompt, prompt_noun, select_boxes,
                                                  token_owners)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from testkit import jpeg_bytes
+from tests.support.testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.grounding import masks

@@ -10,7 +10,7 @@ import webdataset as wds
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from testkit import jpeg_bytes
+from tests.support.testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import Manifest, ShardIndex
 from tokencompose.schemas.sample import SampleRecord

@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.schemas.reports import FORMAT_VERSION, ShardIndex
 from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.shards import shard_io

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from testkit import demo_config
+from tests.support.testkit import demo_config
 from tokencompose.data import SAMPLE_DIR
 from tokencompose.schemas.reports import ShardIndex
 from tokencompose.tasks.shards.dataset import ConfigurationError, build_directly, dataset_versions, version_shards

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from testkit import jpeg_bytes
+from tests.support.testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.source.selection import SourceError, load_source, read_vsr_image_names, select_images
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from testkit import SourceBuilder, jpeg_bytes
+from tests.support.testkit import SourceBuilder, jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.models.backends import GROUNDING_BACKENDS

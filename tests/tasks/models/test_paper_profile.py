@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest_paper import build_models_dir, calibrated_threshold, paper_settings, sample_images
+from tests.support.paper_models import build_models_dir, calibrated_threshold, paper_settings, sample_images
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.shards import dataset

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest_paper import build_models_dir, calibrated_threshold, sample_images
+from tests.support.paper_models import build_models_dir, calibrated_threshold, sample_images
 from tokencompose.tasks.models import devices
 from tokencompose.tasks.models import weights
 from tokencompose.tasks.grounding import masks

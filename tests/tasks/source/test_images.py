@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testkit import jpeg_bytes, png_bytes
+from tests.support.testkit import jpeg_bytes, png_bytes
 from tokencompose.schemas.config import ImageLimits
 from tokencompose.tasks.source.images import ImageProblem, load_image
 
