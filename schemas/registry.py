@@ -4,16 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from tokencompose.schemas.base import StrictRecord
 
 REGISTRY_FORMAT = 1
 Status = Literal["promoted", "candidate", "rejected", "failed", "retired"]
 
 
-class MultiGenResult(BaseModel):
+class MultiGenResult(StrictRecord):
     """The quick MultiGen run an entry was judged on (both models used the same prompts and seeds)."""
 
-    model_config = ConfigDict(extra="forbid")
     metric: str = Field(description="the deciding metric, e.g. mg3")
     value: float = Field(description="the entry's value of the metric, in percent")
     baseline: str = Field(description="what it was compared with: a registry entry id or the base model")
@@ -22,10 +23,9 @@ class MultiGenResult(BaseModel):
     report: str | None = Field(default=None, description="the markdown report of the comparison")
 
 
-class RegistryEntry(BaseModel):
+class RegistryEntry(StrictRecord):
     """One trained model: where it is, what made it, how it measured, and what was decided."""
 
-    model_config = ConfigDict(extra="forbid")
     id: str
     status: Status
     created: str = Field(description="UTC, ISO 8601")
@@ -41,19 +41,17 @@ class RegistryEntry(BaseModel):
     reason: str = Field(default="", description="why it has its status")
 
 
-class RegistryEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RegistryEvent(StrictRecord):
     at: str
     action: Literal["promote", "rollback", "reject", "fail", "register"]
     entry: str
     by: str = Field(default="manual", description="manual, or the flow run that did it")
 
 
-class RegistryIndex(BaseModel):
+class RegistryIndex(StrictRecord):
     """registry.json: the promoted entry and the history of decisions. Written atomically, after the
     entry files it points at, so a crash never leaves a pointer to a half-written entry."""
 
-    model_config = ConfigDict(extra="forbid")
     format: int = REGISTRY_FORMAT
     promoted: str | None = None
     history: list[RegistryEvent] = Field(default_factory=list)

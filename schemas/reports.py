@@ -7,7 +7,9 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from tokencompose.schemas.base import StrictRecord
 
 SHARDS_DIR = "shards"
 INDEX_DIR = "index"
@@ -25,18 +27,16 @@ LOCK_FILE = ".tokencompose.lock"  # one writer per output folder (tasks/shards/d
 FORMAT_VERSION = 2
 
 
-class MemberLocation(BaseModel):
+class MemberLocation(StrictRecord):
     """Where one tar member's bytes lie: ``offset`` is the first data byte in the tar file."""
 
-    model_config = ConfigDict(extra="forbid")
     offset: int
     size: int
 
 
-class ShardIndex(BaseModel):
+class ShardIndex(StrictRecord):
     """Random access into one shard: sample key -> member extension -> location."""
 
-    model_config = ConfigDict(extra="forbid")
     shard: str
     samples: dict[str, dict[str, MemberLocation]]
     rejects: list[Reject] = Field(default_factory=list, description="images of this shard's batch that were "
@@ -44,8 +44,7 @@ class ShardIndex(BaseModel):
     stats: ShardStats | None = Field(default=None, description="the shard's counts (format 2)")
 
 
-class Reject(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Reject(StrictRecord):
     image_id: int | None
     file_name: str | None
     stage: str
@@ -53,10 +52,9 @@ class Reject(BaseModel):
     detail: str = ""
 
 
-class ShardStats(BaseModel):
+class ShardStats(StrictRecord):
     """Counts for one shard; :func:`merge_stats` adds them up for the dataset."""
 
-    model_config = ConfigDict(extra="forbid")
     images_in: int = 0
     samples: int = 0
     nouns: int = 0
@@ -73,10 +71,9 @@ class ShardStats(BaseModel):
         return self.nouns_with_mask / nouns if nouns else None
 
 
-class ShardSummary(BaseModel):
+class ShardSummary(StrictRecord):
     """What building one shard returns; it is the cached task result."""
 
-    model_config = ConfigDict(extra="forbid")
     shard: str
     sha256: str
     bytes: int
@@ -86,8 +83,7 @@ class ShardSummary(BaseModel):
     provenance: dict[str, Any] = Field(description="the Provenance in every sample of the shard")
 
 
-class ManifestShard(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ManifestShard(StrictRecord):
     name: str
     sha256: str
     bytes: int
@@ -95,11 +91,10 @@ class ManifestShard(BaseModel):
     index: str
 
 
-class DatasetVersion(BaseModel):
+class DatasetVersion(StrictRecord):
     """One build that added shards: version 1 is the first build, each later build that found new
     images in the source adds one. ``shards`` is every shard of the version (name -> sha256)."""
 
-    model_config = ConfigDict(extra="forbid")
     version: int
     shards: dict[str, str]
     added: list[str]
@@ -109,8 +104,7 @@ class DatasetVersion(BaseModel):
     provenance: dict[str, Any]
 
 
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Manifest(StrictRecord):
     tokencompose: str
     schema_version: int
     format_version: int = Field(default=1, description="shard byte layout (FORMAT_VERSION); absent: 1")
@@ -122,12 +116,11 @@ class Manifest(BaseModel):
     versions: list[DatasetVersion] = Field(default_factory=list)
 
 
-class IncompleteRun(BaseModel):
+class IncompleteRun(StrictRecord):
     """Written in place of the manifest when a run fails: which shards are done (their rows are in
     rejects.jsonl, stats.json and sizes.json), which failed and why, which were not built. A later
     successful run of the same configuration removes it and writes the manifest."""
 
-    model_config = ConfigDict(extra="forbid")
     status: Literal["failed"] = "failed"
     config_hash: str
     shards_planned: int

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from tokencompose.schemas.base import StrictModel
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.evaluation import EvaluateConfig
 from tokencompose.schemas.training import TrainConfig
@@ -20,10 +21,8 @@ QUICK_EVALUATION: dict[str, Any] = {"benchmark": {"name": "coco", "limit": 50},
                                     "generation": {"images_per_prompt": 2}}
 
 
-class RetrainConfig(BaseModel):
+class RetrainConfig(StrictModel):
     """grow the dataset -> train the candidate -> MultiGen quick mode on candidate and promoted -> decide."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     build: BuildConfig = Field(description="the build-grounded-coco configuration of the growing dataset")
     base_model: Path = Field(description="the Stable Diffusion folder trained from while nothing is promoted")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from tokencompose.schemas.base import StrictModel
 
 RunnerKind = Literal["threads", "dask", "ray"]
 
@@ -31,10 +33,8 @@ class RunnerError(RuntimeError):
     the model tasks ask for, no worker joined in time. Raised (by flows/runners.py) before any task runs."""
 
 
-class RunnerConfig(BaseModel):
+class RunnerConfig(StrictModel):
     """The task runner: threads in this process, a new local Dask or Ray cluster, or an existing one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: RunnerKind = Field(default="threads", description="threads: this process (the default); dask: "
                              "prefect-dask (a new LocalCluster, or dask_address); ray: prefect-ray (a local Ray, "

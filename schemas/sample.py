@@ -9,27 +9,27 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from tokencompose.schemas.base import StrictRecord
 
 SCHEMA_VERSION = 1
 JSON_FIELD = "json"
 
 
-class CocoRLE(BaseModel):
+class CocoRLE(StrictRecord):
     """A compressed COCO run-length encoding, as pycocotools writes it (counts as an ASCII string)."""
 
-    model_config = ConfigDict(extra="forbid")
     size: tuple[int, int] = Field(description="[height, width]")
     counts: str
 
 
-class Noun(BaseModel):
+class Noun(StrictRecord):
     """One noun phrase of the chosen caption with its grounding.
 
     ``mask`` is null exactly when ``reason`` says why; ``box`` is [x, y, width, height] in pixels.
     """
 
-    model_config = ConfigDict(extra="forbid")
     text: str
     span: tuple[int, int] = Field(description="[start, end) character offsets in the caption")
     mask: CocoRLE | None = None
@@ -48,23 +48,20 @@ class Noun(BaseModel):
         return self
 
 
-class CaptionCandidate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CaptionCandidate(StrictRecord):
     id: int | None = None
     text: str
     score: float | None = Field(description="ranker score; null for a candidate excluded before ranking")
     excluded: str | None = Field(default=None, description="why it was not ranked (empty, too long)")
 
 
-class BackendInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BackendInfo(StrictRecord):
     name: str
     version: str
     details: dict[str, Any] = Field(default_factory=dict)
 
 
-class Provenance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Provenance(StrictRecord):
     tokencompose: str
     config_hash: str
     captions: BackendInfo
@@ -75,8 +72,7 @@ class Provenance(BaseModel):
                                   "weight files' sizes and sha256; empty in format 1")
 
 
-class SampleRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SampleRecord(StrictRecord):
     schema_version: Literal[1] = SCHEMA_VERSION
     key: str
     image_id: int

@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from tokencompose.schemas.base import StrictModel
 
 # The paper's trained maps (SD1.x/2.x names): the middle block and every decoder cross-attention.
 DEFAULT_TRAIN_LAYERS: tuple[str, ...] = (
@@ -19,10 +21,8 @@ Aggregation = Literal["reference", "normalized"]
 Precision = Literal["no", "fp16", "bf16"]
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictModel):
     """Every knob of a training run; defaults are the paper's (Table 6) for SD1.4."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     pretrained_model: Path = Field(description="a local diffusers Stable Diffusion folder")
     shards: list[str] = Field(min_length=1, description="shard paths, globs or brace patterns")

@@ -1,0 +1,49 @@
+"""Every contract in schemas/ is one of two kinds: a configuration section or a pipeline record."""
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+import tokencompose.schemas as schemas
+from tokencompose.schemas.base import StrictModel, StrictRecord
+from tokencompose.schemas.config import CaptionConfig
+from tokencompose.schemas.sample import CaptionCandidate
+
+
+def _schema_models() -> list[type[BaseModel]]:
+    models = []
+    for info in pkgutil.iter_modules(schemas.__path__):
+        module = importlib.import_module(f"tokencompose.schemas.{info.name}")
+        models += [value for value in vars(module).values() if inspect.isclass(value)
+                   and issubclass(value, BaseModel) and value.__module__ == module.__name__]
+    return models
+
+
+def test_every_schema_model_derives_from_one_of_the_two_bases():
+    models = _schema_models()
+    assert len(models) > 30
+    loose = [m.__name__ for m in models if not issubclass(m, (StrictModel, StrictRecord))]
+    assert loose == []
+
+
+def test_every_model_named_config_is_a_frozen_configuration_section():
+    configs = [m for m in _schema_models() if m.__name__.endswith("Config")]
+    assert len(configs) > 10
+    assert [m.__name__ for m in configs if not issubclass(m, StrictModel)] == []
+
+
+def test_a_configuration_section_rejects_unknown_keys_and_changes():
+    with pytest.raises(ValidationError, match="clip_modle"):
+        CaptionConfig.model_validate({"clip_modle": "x"})
+    with pytest.raises(ValidationError, match="frozen"):
+        CaptionConfig().batch_size = 3  # type: ignore[misc]
+
+
+def test_a_record_rejects_unknown_keys_but_can_be_filled_in():
+    with pytest.raises(ValidationError, match="scor"):
+        CaptionCandidate.model_validate({"text": "a", "score": 1.0, "scor": 2})
+    candidate = CaptionCandidate(text="a", score=None)
+    candidate.score = 0.5
+    assert candidate.score == 0.5
