@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tokencompose.schemas.base import StrictModel
 from tokencompose.schemas.runner import RunnerConfig
+from tokencompose.schemas.types import AutocastDtype
 
 Profile = Literal["offline", "paper", "hybrid"]
 
@@ -121,7 +122,7 @@ class GroundingConfig(StrictModel):
     sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_h"
     batch_size: int = Field(default=4, ge=1)
     half_precision: bool = True
-    precision: Literal["fp32", "fp16", "bf16"] | None = Field(default=None, description="autocast dtype; null: "
+    precision: AutocastDtype | None = Field(default=None, description="autocast dtype; null: "
                                                              "bf16 on a GPU when half_precision, else fp32")
     short_side: int = Field(default=800, ge=224, description="GroundingDINO input: shorter side resized to this "
                             "(at least 224: smaller images have fewer feature positions than its 900 queries)")

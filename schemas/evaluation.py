@@ -16,11 +16,11 @@ from pydantic import Field, field_validator, model_validator
 from tokencompose.schemas.base import StrictModel
 from tokencompose.schemas.config import ModelsConfig
 from tokencompose.schemas.runner import RunnerConfig
+from tokencompose.schemas.types import InferencePrecision, Resolution
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 OWLV2_L = "google/owlv2-large-patch14-ensemble"
 BUNDLED_SETS = ("coco", "ade20k")
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
 CONFIG_FILE = "evaluate_config.json"
 
 
@@ -62,20 +62,13 @@ class GenerationConfig(StrictModel):
                       json_schema_extra={"cli_shortcut": "seed"})
     steps: int = Field(default=50, ge=1, description="denoising steps")
     guidance_scale: float = Field(default=7.5, ge=0)
-    resolution: int = Field(default=512, ge=8, description="square images, a multiple of 8")
+    resolution: Resolution = Field(default=512, description="square images, a multiple of 8")
     scheduler: Literal["pndm", "model"] = Field(default="pndm", description="pndm: the paper's PNDM (built from the "
                                                 "model's scheduler config); model: the folder's own scheduler")
     batch_size: int = Field(default=16, ge=1, description="images per pipeline call")
-    precision: Precision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
+    precision: InferencePrecision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
     prompts_per_shard: int = Field(default=10, ge=1, description="prompts per WebDataset shard (all their images)")
     compile: bool = Field(default=False, description="torch.compile the UNet (GPU; slow first batch)")
-
-    @field_validator("resolution")
-    @classmethod
-    def _multiple(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"generation.resolution {value} must be a multiple of 8")
-        return value
 
 
 class DetectionConfig(StrictModel):
@@ -85,7 +78,7 @@ class DetectionConfig(StrictModel):
     query_template: str = Field(default="a photo of a {category}", description="text query per category")
     batch_size: int = Field(default=1, ge=1, description="images per detector call (on an H100, OWLv2-L at 960 px in "
                             "bf16 ran 13.0 images/s one by one and 10.9 in batches of 16)")
-    precision: Precision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
+    precision: InferencePrecision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
 
     @field_validator("query_template")
     @classmethod
@@ -178,13 +171,6 @@ class AttentionConfig(StrictModel):
     seed: int = Field(default=0, ge=0)
     steps: int = Field(default=50, ge=1)
     guidance_scale: float = Field(default=7.5, ge=0)
-    resolution: int = Field(default=512, ge=8)
-    precision: Precision = "auto"
+    resolution: Resolution = 512
+    precision: InferencePrecision = "auto"
     models: ModelsConfig = ModelsConfig()
-
-    @field_validator("resolution")
-    @classmethod
-    def _multiple(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"resolution {value} must be a multiple of 8")
-        return value

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tokencompose.schemas.base import StrictModel
+from tokencompose.schemas.types import MixedPrecision, Resolution
 
 # The paper's trained maps (SD1.x/2.x names): the middle block and every decoder cross-attention.
 DEFAULT_TRAIN_LAYERS: tuple[str, ...] = (
@@ -18,7 +19,6 @@ DEFAULT_ATTN_MODULE = "transformer_blocks.0.attn2"
 CONFIG_FILE = "train_config.json"
 
 Aggregation = Literal["reference", "normalized"]
-Precision = Literal["no", "fp16", "bf16"]
 
 
 class TrainConfig(StrictModel):
@@ -29,7 +29,7 @@ class TrainConfig(StrictModel):
     output_dir: Path
 
     # data
-    resolution: int = Field(default=512, ge=8, description="square center crop fed to the VAE")
+    resolution: Resolution = Field(default=512, description="square center crop fed to the VAE")
     image_field: str | None = Field(default=None, description="null: the record's own image_field")
     shuffle_buffer: int = Field(default=256, ge=0, description="samples; 0 keeps the shard order")
     num_workers: int = Field(default=2, ge=0)
@@ -57,7 +57,7 @@ class TrainConfig(StrictModel):
     max_steps: int = Field(default=24000, ge=1, description="optimizer steps")
     train_batch_size: int = Field(default=1, ge=1, description="per device", json_schema_extra={"cli_shortcut": "batch-size"})
     gradient_accumulation_steps: int = Field(default=4, ge=1, json_schema_extra={"cli_shortcut": "grad-accum"})
-    mixed_precision: Precision = "no"
+    mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = True
     seed: int = 0
 
@@ -102,9 +102,7 @@ class TrainConfig(StrictModel):
         return layers
 
     @model_validator(mode="after")
-    def _resolution_multiple(self) -> "TrainConfig":
-        if self.resolution % 8:
-            raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
+    def _warmup_needs_a_schedule(self) -> "TrainConfig":
         if self.lr_scheduler == "constant" and self.lr_warmup_steps:
             raise ValueError("lr_warmup_steps needs lr_scheduler 'constant_with_warmup', 'linear' or 'cosine'")
         return self

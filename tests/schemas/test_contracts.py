@@ -2,6 +2,7 @@
 import importlib
 import inspect
 import pkgutil
+from typing import get_args
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -9,7 +10,10 @@ from pydantic import BaseModel, ValidationError
 import tokencompose.schemas as schemas
 from tokencompose.schemas.base import StrictModel, StrictRecord
 from tokencompose.schemas.config import CaptionConfig
+from tokencompose.schemas.evaluation import AttentionConfig, GenerationConfig
 from tokencompose.schemas.sample import CaptionCandidate
+from tokencompose.schemas.training import TrainConfig
+from tokencompose.schemas.types import MixedPrecision
 
 
 def _schema_models() -> list[type[BaseModel]]:
@@ -47,3 +51,17 @@ def test_a_record_rejects_unknown_keys_but_can_be_filled_in():
     candidate = CaptionCandidate(text="a", score=None)
     candidate.score = 0.5
     assert candidate.score == 0.5
+
+
+@pytest.mark.parametrize("section,field", [(GenerationConfig, "resolution"), (AttentionConfig, "resolution"),
+                                           (TrainConfig, "resolution")])
+def test_every_resolution_is_one_type_that_names_a_bad_side(section, field):
+    assert section.model_fields[field].metadata == TrainConfig.model_fields["resolution"].metadata
+    with pytest.raises(ValidationError, match="resolution 500 must be a multiple of 8"):
+        section.model_validate({"resolution": 500})
+
+
+def test_the_precisions_are_distinct_types_with_their_own_values():
+    assert get_args(GenerationConfig.model_fields["precision"].annotation) == ("auto", "fp32", "fp16", "bf16")
+    assert get_args(TrainConfig.model_fields["mixed_precision"].annotation) == get_args(MixedPrecision)
+    assert "no" in get_args(MixedPrecision) and "auto" not in get_args(MixedPrecision)
