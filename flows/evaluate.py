@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from tokencompose.schemas.evaluation import CONFIG_FILE, EvaluateConfig
+from tokencompose.schemas.evaluation import EVALUATE_CONFIG_FILE, EvaluateConfig
 
 FLOW_NAME = "evaluate-multigen"
 
@@ -74,7 +74,7 @@ def evaluate_multigen(config: EvaluateConfig) -> dict[str, Any]:
     plan = preflight(config)
     device = resolve_device(config.models.device)
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(config.out_dir) / CONFIG_FILE).write_text(config.to_json())
+    (Path(config.out_dir) / EVALUATE_CONFIG_FILE).write_text(config.to_json())
     logger.info("MultiGen: %d prompts x %d images, %d model(s), %d shards on %s", len(plan.prompts),
                 config.generation.images_per_prompt, len(plan.runs), len(plan.shards), device)
     for stage, what in ((generate_task, "generation"), (detect_task, "detection")):

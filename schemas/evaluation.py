@@ -21,7 +21,7 @@ from tokencompose.schemas.types import InferencePrecision, Resolution
 SD14 = "CompVis/stable-diffusion-v1-4"
 OWLV2_L = "google/owlv2-large-patch14-ensemble"
 BUNDLED_SETS = ("coco", "ade20k")
-CONFIG_FILE = "evaluate_config.json"
+EVALUATE_CONFIG_FILE = "evaluate_config.json"  # in the output folder of a MultiGen run
 
 
 class BenchmarkConfig(StrictModel):

@@ -16,7 +16,7 @@ DEFAULT_TRAIN_LAYERS: tuple[str, ...] = (
     *(f"up_blocks.{block}.attentions.{index}" for block in (1, 2, 3) for index in range(3)),
 )
 DEFAULT_ATTN_MODULE = "transformer_blocks.0.attn2"
-CONFIG_FILE = "train_config.json"
+TRAIN_CONFIG_FILE = "train_config.json"  # in the output folder, every checkpoint and the export
 
 Aggregation = Literal["reference", "normalized"]
 

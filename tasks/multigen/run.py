@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tokencompose.schemas.evaluation import CONFIG_FILE, EvaluateConfig
+from tokencompose.schemas.evaluation import EVALUATE_CONFIG_FILE, EvaluateConfig
 from tokencompose.tasks.multigen import detection as det
 from tokencompose.tasks.multigen import generation as gen
 from tokencompose.tasks.multigen.prompts import Prompt, PromptFileError, all_prompts_for, prompts_fingerprint
@@ -302,7 +302,7 @@ def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *,
     plan = preflight(config)
     if rank == 0:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(config.out_dir) / CONFIG_FILE).write_text(config.to_json())
+        (Path(config.out_dir) / EVALUATE_CONFIG_FILE).write_text(config.to_json())
     say(f"MultiGen: {len(plan.prompts)} prompts x {config.generation.images_per_prompt} images, "
         f"{len(plan.runs)} model(s), {len(plan.shards)} shards, rank {rank} of {world}, {device}")
     for run in plan.runs:

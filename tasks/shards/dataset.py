@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tokencompose import __version__
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.schemas.reports import (CARD_FILE, CONFIG_FILE, FORMAT_VERSION, INCOMPLETE_FILE, INDEX_DIR,
+from tokencompose.schemas.reports import (BUILD_CONFIG_FILE, CARD_FILE, FORMAT_VERSION, INCOMPLETE_FILE, INDEX_DIR,
                                           LOCK_FILE, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR, SIZES_FILE, STATS_FILE,
                                           DatasetVersion, IncompleteRun, Manifest, ManifestShard, Reject, ShardIndex,
                                           ShardStats, ShardSummary, canonical_json, merge_stats, write_atomic)
@@ -171,7 +171,7 @@ def batch_fingerprint(config: BuildConfig, records: Sequence[ImageRecord]) -> st
 def check_output(config: BuildConfig, config_hash: str) -> None:
     """Refuse to mix two configurations in one output folder (unless overwrite is asked for)."""
     out = config.output.out_dir
-    previous = out / CONFIG_FILE
+    previous = out / BUILD_CONFIG_FILE
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"output.out_dir {out} exists and is not a folder")
     if previous.is_file():
@@ -346,7 +346,7 @@ def start_output(run_plan: Plan) -> None:
     """Mark the output folder with this configuration before the first shard is written."""
     config = run_plan.config
     out = config.output.out_dir
-    previous = out / CONFIG_FILE
+    previous = out / BUILD_CONFIG_FILE
     if previous.is_file() and json.loads(previous.read_text())["config_hash"] != run_plan.config_hash:
         clear_previous(config)
     # Temporaries of a run that died (this run holds the output lock, so no other run owns them).

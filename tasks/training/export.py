@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from tokencompose.schemas.training import CONFIG_FILE, TrainConfig
+from tokencompose.schemas.training import TRAIN_CONFIG_FILE, TrainConfig
 
 PIPELINE_DIR = "pipeline"
 CURVE_FILE = "loss_curve.png"
@@ -22,7 +22,7 @@ def export_pipeline(config: TrainConfig, unet, out_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(config.pretrained_model, tmp, ignore=shutil.ignore_patterns("unet", ".cache", ".git*"))
     unet.save_pretrained(tmp / "unet", safe_serialization=True)
-    (tmp / CONFIG_FILE).write_text(config.to_json())
+    (tmp / TRAIN_CONFIG_FILE).write_text(config.to_json())
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
     return out_dir

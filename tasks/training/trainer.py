@@ -25,7 +25,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 
 from tokencompose.tasks.training.attention import install_processors, layer_resolutions, paper_layers
-from tokencompose.schemas.training import CONFIG_FILE, TrainConfig
+from tokencompose.schemas.training import TRAIN_CONFIG_FILE, TrainConfig
 from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
 from tokencompose.tasks.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
 from tokencompose.tasks.training.losses import Targets, group_name, grounding_losses
@@ -222,7 +222,7 @@ class Trainer:
                                        cfg.mask_antialias, cfg.image_field)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / CONFIG_FILE).write_text(cfg.to_json())
+            (self.output_dir / TRAIN_CONFIG_FILE).write_text(cfg.to_json())
             (self.output_dir / PLAN_FILE).write_text(self.plan.to_json())
         if cfg.resume:
             self._resume()
@@ -299,7 +299,7 @@ class Trainer:
         checkpoint = latest_checkpoint(self.output_dir)
         if checkpoint is None:
             return
-        saved = TrainConfig.from_file(checkpoint / CONFIG_FILE)
+        saved = TrainConfig.from_file(checkpoint / TRAIN_CONFIG_FILE)
         for name in ("train_batch_size", "gradient_accumulation_steps", "seed", "shards", "shuffle_buffer", "num_workers"):
             if getattr(saved, name) != getattr(self.config, name):
                 log.warning("resuming with %s changed (%r -> %r): the data stream will not continue exactly",
@@ -412,7 +412,7 @@ class Trainer:
         (path / f"rank-{acc.process_index}.json").write_text(self.state.to_json())  # each rank's own counters
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (path / CONFIG_FILE).write_text(self.config.to_json())
+            (path / TRAIN_CONFIG_FILE).write_text(self.config.to_json())
             (path / PLAN_FILE).write_text(self.plan.to_json())
             (path / STATE_FILE).write_text(self.state.to_json())  # last: marks the checkpoint complete
             self._prune_checkpoints()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tokencompose.schemas.reports import CONFIG_FILE, REJECTS_FILE, Reject
+from tokencompose.schemas.reports import BUILD_CONFIG_FILE, REJECTS_FILE, Reject
 from tokencompose.viewer.catalog import IMAGE_TYPES, MAX_IMAGE_BYTES
 
 PLAIN_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
@@ -44,7 +44,7 @@ class RejectList:
 
     def _images_dir(self) -> tuple[Path | None, str | None]:
         try:
-            config = json.loads((self.root / CONFIG_FILE).read_bytes())
+            config = json.loads((self.root / BUILD_CONFIG_FILE).read_bytes())
             folder = config["config"]["source"]["images_dir"]
         except FileNotFoundError:
             return None, "the dataset has no config.json, so the source images are unknown"
