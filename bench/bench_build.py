@@ -8,7 +8,7 @@ already up, as under a deployment: server start-up is not counted), `build_direc
 shards and reports, no Prefect), and the stages one by one for the time per stage. The best of
 --repeats is kept for each. Prints a markdown table and writes bench/results/build.json.
 
---runners also times the flow on each task runner (flows/runners.py): `threads[:W]` (this process,
+--runners also times the flow on each task runner (tokencompose/runners/): `threads[:W]` (this process,
 BuildConfig.workers W), `dask:N` (a distributed.LocalCluster of N worker processes, one thread each)
 and `ray:N` (a local Ray of N CPUs). Each cluster is started, and its workers load the backends,
 before the clock starts; the figure is the scaling between runners, not the absolute speed.
@@ -97,7 +97,7 @@ def time_runner(spec: str, source: dict, work: Path, shard_size: int, repeats: i
     cluster already up and its workers' backends loaded."""
     from contextlib import ExitStack
 
-    from tokencompose.flows.runners import run_build
+    from tokencompose.flows.build import build_on_runner as run_build
 
     kind, _, count = spec.partition(":")
     count_n = int(count or 1)

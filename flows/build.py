@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -18,8 +19,10 @@ from prefect.filesystems import LocalFileSystem
 from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
+from tokencompose.runners import make_task_runner
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import ShardStats, ShardSummary
+from tokencompose.schemas.runner import GPU_TAG
 from tokencompose.tasks.models import backends as backend_registry
 from tokencompose.tasks.shards import dataset
 from tokencompose.tasks.shards.identity import build_identity, identity_hash
@@ -28,6 +31,10 @@ from tokencompose.tasks.shards.build import build_shard
 
 FLOW_NAME = "build-grounded-coco"
 CACHE_DIR = ".cache/prefect"
+# Backends that load a model (on a GPU when there is one); the offline ones (consensus, spacy, coco) do not.
+MODEL_BACKENDS = frozenset({"clip", "flair", "grounded_sam", "hybrid"})
+# Shards in flight when the cluster bounds the concurrency (BuildConfig.workers caps at 64).
+MAX_IN_FLIGHT = 64
 
 
 def shard_key(config: BuildConfig, index: int, records, identity: dict[str, Any]) -> str:
@@ -62,8 +69,8 @@ def retry_only_transient(task, task_run, state) -> bool:
     return isinstance(error, BaseException) and is_transient(error)
 
 
-@task(name="build-shard", task_run_name="shard-{index:06d}", cache_key_fn=shard_cache_key, persist_result=True,
-      result_serializer="json", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_only_transient)
+@task(name="build-shard", task_run_name="shard-{index:06d}", tags={GPU_TAG}, cache_key_fn=shard_cache_key,
+      persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_only_transient)
 def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord]) -> ShardSummary:
     backends = backend_registry.load_backends(config)
     provenance = backends.provenance(config.config_hash(), build_identity(config))
@@ -166,3 +173,45 @@ def _checked_result(config: BuildConfig, plan: dataset.Plan, shard_task, future,
         summary = shard_task.with_options(refresh_cache=True)(
             config=config, index=index, records=quote(plan.jobs()[index]))
     return summary
+
+
+# --- on the configuration's task runner: threads, Dask or Ray -----------------------------------
+
+def loads_models(config: BuildConfig) -> bool:
+    """Whether a stage's backend is a model (so the GPU-tagged shard task asks for a GPU on a cluster)."""
+    return any(config.backend(stage) in MODEL_BACKENDS for stage in ("captions", "nouns", "grounding"))
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else Path(path).expanduser().resolve()
+
+
+def for_workers(config: BuildConfig) -> BuildConfig:
+    """The configuration as workers elsewhere need it: absolute paths (their working folder is not
+    ours), and enough shards in flight for the cluster (it, not BuildConfig.workers, bounds how many
+    run at once). Neither is part of the dataset's identity."""
+    if not config.runner.distributed:
+        return config
+    source = config.source.model_copy(update={k: _absolute(getattr(config.source, k))
+                                              for k in ("images_dir", "captions_json", "instances_json")})
+    output = config.output.model_copy(update={"out_dir": _absolute(config.output.out_dir)})
+    selection = config.selection.model_copy(update={"vsr_files": [_absolute(p) for p in config.selection.vsr_files]})
+    grounding = config.grounding.model_copy(update={"noun_table": _absolute(config.grounding.noun_table)})
+    in_flight = MAX_IN_FLIGHT if not config.runner.processes else min(MAX_IN_FLIGHT, 2 * config.runner.processes)
+    return config.model_copy(update={"source": source, "output": output, "selection": selection,
+                                     "grounding": grounding, "workers": max(config.workers, in_flight)})
+
+
+def build_on_runner(config: BuildConfig) -> dict[str, Any]:
+    """Build on the configuration's runner (what `tokencompose build` and the deployments run)."""
+    config = for_workers(config)
+    task_runner = make_task_runner(config.runner, config.output.out_dir, gpu_tasks=loads_models(config))
+    flow_on_runner = build_grounded_coco if task_runner is None else build_grounded_coco.with_options(
+        task_runner=task_runner)
+    return flow_on_runner(config=config)
+
+
+@flow(name="build-grounded-coco-on-runner", log_prints=True, validate_parameters=True)
+def build_grounded_coco_on_runner(config: BuildConfig) -> dict[str, Any]:
+    """For deployments: build-grounded-coco as a subflow on ``config.runner`` (Dask or Ray)."""
+    return build_on_runner(config)

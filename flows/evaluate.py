@@ -17,12 +17,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from tokencompose.runners import make_task_runner
 from tokencompose.schemas.evaluation import EVALUATE_CONFIG_FILE, EvaluateConfig
+from tokencompose.schemas.runner import GPU_TAG
 
 FLOW_NAME = "evaluate-multigen"
 
 
-@task(name="generate", task_run_name="generate-{label}", cache_policy=NO_CACHE)
+@task(name="generate", task_run_name="generate-{label}", tags={GPU_TAG}, cache_policy=NO_CACHE)
 def generate_task(plan, label: str, device: str) -> dict:
     """One model's images; ``device`` is resolved where the task runs (a Dask or Ray worker's GPU)."""
     from tokencompose.tasks.models.devices import resolve_device
@@ -33,7 +35,7 @@ def generate_task(plan, label: str, device: str) -> dict:
     return generate_model(plan, run, resolve_device(device), progress=logger.info)
 
 
-@task(name="detect", task_run_name="detect-{label}", cache_policy=NO_CACHE)
+@task(name="detect", task_run_name="detect-{label}", tags={GPU_TAG}, cache_policy=NO_CACHE)
 def detect_task(plan, label: str, device: str) -> dict:
     from tokencompose.tasks.models.devices import resolve_device
     from tokencompose.tasks.multigen.run import detect_model
@@ -88,9 +90,19 @@ def evaluate_multigen(config: EvaluateConfig) -> dict[str, Any]:
     return evaluate_cli_summary(report)
 
 
-if __name__ == "__main__":
-    import sys
+def evaluate_on_runner(config: EvaluateConfig) -> dict[str, Any]:
+    """evaluate-multigen on the configuration's runner (what `tokencompose evaluate` runs)."""
+    from pathlib import Path
 
-    from tokencompose.cli import run_subcommand
+    if config.runner.distributed:
+        config = config.model_copy(update={"out_dir": Path(config.out_dir).expanduser().resolve()})
+    task_runner = make_task_runner(config.runner, Path(config.out_dir), gpu_tasks=True)
+    flow_on_runner = evaluate_multigen if task_runner is None else evaluate_multigen.with_options(
+        task_runner=task_runner)
+    return flow_on_runner(config=config)
 
-    sys.exit(run_subcommand("evaluate"))
+
+@flow(name="evaluate-multigen-on-runner", log_prints=False)
+def evaluate_multigen_on_runner(config: EvaluateConfig) -> dict[str, Any]:
+    """For deployments: evaluate-multigen as a subflow on ``config.runner``."""
+    return evaluate_on_runner(config)

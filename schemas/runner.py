@@ -3,7 +3,7 @@
 The runner is part of the run, not of the dataset: ``BuildConfig.content_dict`` leaves it out, so
 the configuration hash, the cache keys and the shards' bytes are the same whichever runner builds them.
 The engines themselves (prefect-dask, prefect-ray) do the scheduling, data movement and worker-loss
-recovery; see flows/runners.py and docs/scale-out.md.
+recovery; see tokencompose/runners/ and docs/scale-out.md.
 """
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from pydantic import Field, field_validator, model_validator
 from tokencompose.schemas.base import StrictModel
 
 RunnerKind = Literal["threads", "dask", "ray"]
+
+# The Prefect task tag of the tasks that load a model: on Dask or Ray each asks for runner.gpus_per_task
+# GPUs (tokencompose/runners/); the threads runner ignores it.
+GPU_TAG = "gpu"
 
 # A Dask scheduler: tcp://host:8786 (also tls://, ucx://, ws://, wss://); host is a name, IPv4 or [IPv6].
 _HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)"
@@ -30,7 +34,7 @@ def _port_ok(address: str) -> bool:
 
 class RunnerError(RuntimeError):
     """The cluster cannot run the flow: a worker cannot write the output folder, no worker has the GPUs
-    the model tasks ask for, no worker joined in time. Raised (by flows/runners.py) before any task runs."""
+    the GPU tasks ask for, no worker joined in time. Raised (by tokencompose/runners/) before any task runs."""
 
 
 class RunnerConfig(StrictModel):

@@ -1,4 +1,5 @@
-"""build-grounded-coco on Dask and Ray (prefect-dask, prefect-ray): the same bytes as the local threads.
+"""build-grounded-coco on Dask and Ray (prefect-dask, prefect-ray, through tokencompose/runners/): the
+same bytes as the local threads; GPU-tagged tasks ask for their GPUs; the shared-folder check.
 
 Real engines only: a ``distributed.LocalCluster`` of 2 worker processes, a local Ray, a real Prefect
 API (the ``prefect_api`` fixture) and real tars. The source is the bundled sample replicated to 240
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from tokencompose.data.replicate import replicate_sample
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.schemas.runner import RunnerConfig
+from tokencompose.schemas.runner import GPU_TAG, RunnerConfig, RunnerError
 
 COPIES, SHARD_SIZE = 30, 15  # 240 images, 210 samples in 16 shards
 
@@ -51,10 +52,10 @@ def source(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def reference(prefect_api, source, tmp_path_factory) -> dict[str, bytes]:
     """The dataset as the local threads runner (the default) builds it."""
-    from tokencompose.flows.runners import run_build
+    from tokencompose.flows.build import build_on_runner
 
     out = tmp_path_factory.mktemp("threads") / "out"
-    run_build(_config(source, out))
+    build_on_runner(_config(source, out))
     files = _dataset_bytes(out)
     assert len([n for n in files if n.endswith(".tar")]) == 16
     return files
@@ -116,10 +117,10 @@ def test_runner_flags_come_from_the_model(tmp_path, capsys):
 # --- Dask -------------------------------------------------------------------------------------
 
 def test_new_local_cluster_of_two_processes_builds_the_same_bytes(prefect_api, source, reference, tmp_path):
-    from tokencompose.flows.runners import run_build
+    from tokencompose.flows.build import build_on_runner
 
     out = tmp_path / "dask"
-    summary = run_build(_config(source, out, kind="dask", processes=2))
+    summary = build_on_runner(_config(source, out, kind="dask", processes=2))
     assert summary["shards"] == 16
     built = _dataset_bytes(out)
     assert _sha(built["manifest.json"]) == _sha(reference["manifest.json"])
@@ -129,7 +130,7 @@ def test_new_local_cluster_of_two_processes_builds_the_same_bytes(prefect_api, s
 def test_a_worker_killed_mid_shard_ends_with_the_same_bytes(prefect_api, source, reference, cluster, tmp_path):
     """SIGKILL one worker process while it runs a shard: Dask runs that shard again on a worker
     still alive (its nanny also starts a new process); the dataset ends complete and identical."""
-    from tokencompose.flows.runners import run_build
+    from tokencompose.flows.build import build_on_runner
 
     local, client = cluster
     pids = client.run(os.getpid)
@@ -154,7 +155,7 @@ def test_a_worker_killed_mid_shard_ends_with_the_same_bytes(prefect_api, source,
     watcher = threading.Thread(target=kill_once_a_shard_exists, daemon=True)
     watcher.start()
     try:
-        summary = run_build(_config(source, out, dask_address=local.scheduler_address))
+        summary = build_on_runner(_config(source, out, dask_address=local.scheduler_address))
     finally:
         stop.set()
         watcher.join(timeout=30)
@@ -167,29 +168,29 @@ def test_a_worker_killed_mid_shard_ends_with_the_same_bytes(prefect_api, source,
     assert _dataset_bytes(out) == reference
 
 
-def test_model_tasks_ask_for_one_gpu_each(prefect_api, cluster, tmp_path):
-    """Tasks named as model tasks run holding the worker's GPU resource (so at most one per GPU);
-    other tasks never ask for it."""
+def test_gpu_tagged_tasks_ask_for_one_gpu_each(prefect_api, cluster, tmp_path):
+    """Tasks tagged GPU_TAG run holding the worker's GPU resource (so at most one per GPU); other
+    tasks never ask for it, whatever their name."""
     import cloudpickle
     from distributed import get_worker
     from prefect import flow, task
 
-    from tokencompose.flows.runners import make_task_runner
+    from tokencompose.runners import make_task_runner
 
     local, client = cluster
     client.wait_for_workers(2, timeout=120)  # the killed worker's nanny restarts it
 
-    @task(name="generate")
+    @task(name="uses-a-model", tags={GPU_TAG})
     def gpu_task(i: int) -> tuple[str, float]:
         worker = get_worker()
         time.sleep(0.3)  # overlap the tasks, so that two on one worker would have to share its GPU
         return worker.address, worker.state.available_resources["GPU"]
 
-    @task(name="report")
+    @task(name="generate")  # a GPU task's name, without the tag: no GPU
     def cpu_task() -> float:
         return get_worker().state.available_resources["GPU"]
 
-    runner = make_task_runner(RunnerConfig(dask_address=local.scheduler_address), tmp_path / "out", {"generate"})
+    runner = make_task_runner(RunnerConfig(dask_address=local.scheduler_address), tmp_path / "out", gpu_tasks=True)
 
     @flow(task_runner=runner)
     def gpu_flow():
@@ -201,17 +202,17 @@ def test_model_tasks_ask_for_one_gpu_each(prefect_api, cluster, tmp_path):
         placed, cpu_free = gpu_flow()
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    assert [free for _, free in placed] == [0.0] * 4, "a model task runs holding its worker's one GPU"
+    assert [free for _, free in placed] == [0.0] * 4, "a GPU task runs holding its worker's one GPU"
     assert len({address for address, _ in placed}) == 2, "both GPUs work"
-    assert cpu_free == 1.0, "a task without a model does not take the GPU"
+    assert cpu_free == 1.0, "a task without the tag does not take the GPU"
 
 
 def test_asking_for_more_gpus_than_a_worker_has_stops_before_work(prefect_api, source, cluster, tmp_path):
-    from tokencompose.flows.runners import RunnerError, dask_task_runner
+    from tokencompose.runners import make_task_runner
 
     local, _ = cluster
-    runner = dask_task_runner(RunnerConfig(dask_address=local.scheduler_address, gpus_per_task=2),
-                              tmp_path / "out", frozenset({"build-shard"}))
+    runner = make_task_runner(RunnerConfig(dask_address=local.scheduler_address, gpus_per_task=2),
+                              tmp_path / "out", gpu_tasks=True)
     with pytest.raises(RunnerError, match="ask for 2 GPU"):
         with runner:
             pass
@@ -230,7 +231,7 @@ def test_a_worker_that_does_not_share_the_output_folder_stops_the_run_before_wor
     not seen by the flow's process, so the run stops with the reason before any shard."""
     from distributed import Client, LocalCluster
 
-    from tokencompose.flows.runners import RunnerError, run_build
+    from tokencompose.flows.build import build_on_runner
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -244,7 +245,7 @@ def test_a_worker_that_does_not_share_the_output_folder_stops_the_run_before_wor
         try:
             client.wait_for_workers(2, timeout=120)
             with pytest.raises(RunnerError, match="must be on a filesystem every worker shares"):
-                run_build(_config(source, shared / "out", dask_address=local.scheduler_address))
+                build_on_runner(_config(source, shared / "out", dask_address=local.scheduler_address))
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=60)
@@ -266,32 +267,32 @@ def local_ray():
 
 
 def test_local_ray_builds_the_same_bytes(prefect_api, source, reference, local_ray, tmp_path):
-    from tokencompose.flows.runners import run_build
+    from tokencompose.flows.build import build_on_runner
 
     out = tmp_path / "ray"
-    summary = run_build(_config(source, out, kind="ray"))
+    summary = build_on_runner(_config(source, out, kind="ray"))
     assert summary["shards"] == 16
     assert _dataset_bytes(out) == reference
 
 
-def test_ray_model_tasks_ask_for_one_gpu_each(prefect_api, local_ray, tmp_path):
-    """On a Ray that declares 2 GPUs, each model task is given exactly one; other tasks none."""
+def test_ray_gpu_tagged_tasks_ask_for_one_gpu_each(prefect_api, local_ray, tmp_path):
+    """On a Ray that declares 2 GPUs, each GPU-tagged task is given exactly one; other tasks none."""
     import cloudpickle
     from prefect import flow, task
 
-    from tokencompose.flows.runners import make_task_runner
+    from tokencompose.runners import make_task_runner
 
     ray = local_ray
 
-    @task(name="detect")
+    @task(name="uses-a-model", tags={GPU_TAG})
     def gpu_task(i: int) -> dict:
         return ray.get_runtime_context().get_assigned_resources()
 
-    @task(name="report")
+    @task(name="detect")  # a GPU task's name, without the tag: no GPU
     def cpu_task() -> dict:
         return ray.get_runtime_context().get_assigned_resources()
 
-    runner = make_task_runner(RunnerConfig(kind="ray"), tmp_path / "out", {"detect"})
+    runner = make_task_runner(RunnerConfig(kind="ray"), tmp_path / "out", gpu_tasks=True)
 
     @flow(task_runner=runner)
     def gpu_flow():

@@ -57,9 +57,9 @@ def run_build(args: argparse.Namespace) -> int:
             stats = build_directly(config)
             print(json.dumps({"samples": stats.samples, "nouns": stats.nouns, "nouns_with_mask": stats.nouns_with_mask}))
         else:
-            from tokencompose.flows.runners import run_build
+            from tokencompose.flows.build import build_on_runner
 
-            summary = run_build(config)  # on config.runner: threads, Dask or Ray
+            summary = build_on_runner(config)  # on config.runner: threads, Dask or Ray
             print(json.dumps(summary, indent=1))
     except ConfigurationError as error:
         print(f"cannot start: {error}", file=sys.stderr)

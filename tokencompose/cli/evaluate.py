@@ -60,9 +60,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 return 0
             summary = evaluate_cli_summary(report)
         else:
-            from tokencompose.flows.runners import run_evaluate
+            from tokencompose.flows.evaluate import evaluate_on_runner
 
-            summary = run_evaluate(config)  # on config.runner: threads, Dask or Ray
+            summary = evaluate_on_runner(config)  # on config.runner: threads, Dask or Ray
     except (EvaluationError, ModelFolderError) as error:
         print(str(error), file=sys.stderr)
         return 2
