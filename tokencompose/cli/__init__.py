@@ -46,10 +46,5 @@ def main(argv: list[str] | None = None) -> int:
     return args.handler(args)
 
 
-def run_subcommand(name: str, argv: list[str] | None = None) -> int:
-    """One subcommand on its own: ``python -m tokencompose.flows.train ARGS`` is ``tokencompose train ARGS``."""
-    return main([name, *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,6 @@ resolved by looking its key up in the catalogue; nothing from a request is ever 
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -73,14 +72,3 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
     for router in (pages.router, api.router, media.router):
         app.include_router(router)
     return app
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tokencompose.viewer.app DIR ...`` is ``tokencompose view DIR ...``."""
-    from tokencompose.cli import run_subcommand
-
-    return run_subcommand("view", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
