@@ -29,11 +29,19 @@ def _by() -> str:
     return f"{FLOW_NAME}/{flow_run.get_name() or run_id}" if run_id else FLOW_NAME
 
 
+def _why(error: Exception) -> str:
+    """An exception as one line of an entry's reason."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:500]}"
+
+
 def _entry(config: RetrainConfig, entry_id: str, start: retraining.StartingPoint, version, status: str,
-           reason: str, steps: int = 0, pipeline: Path | None = None, result=None) -> RegistryEntry:
+           reason: str, steps: int = 0, pipeline: Path | None = None, result=None,
+           uses_version: bool = True) -> RegistryEntry:
+    """``uses_version=False``: the entry names no dataset version, so the next run trains on it again."""
     return RegistryEntry(id=entry_id, status=status, created=utc_now(), pipeline_dir=pipeline,
                          base_model=start.model, parent=start.parent, dataset_dir=config.build.output.out_dir,
-                         dataset_version=version.version, dataset_shards=version.shards,
+                         dataset_version=version.version if uses_version else None, dataset_shards=version.shards,
                          train_config_hash=config.train_hash(), steps=steps, multigen=result, reason=reason)
 
 
@@ -41,7 +49,7 @@ def _entry(config: RetrainConfig, entry_id: str, start: retraining.StartingPoint
 def retrain_tokencompose(config: RetrainConfig) -> dict[str, Any]:
     """Incremental build -> train from the promoted model -> MultiGen quick mode on both -> promote or reject."""
     logger = get_run_logger()
-    registry = ModelRegistry(config.registry_dir)
+    registry = _sound_registry(config, logger)
     build_summary = build_grounded_coco(config=config.build)
     version = retraining.latest_dataset(config.build.output.out_dir)
     used = retraining.already_used(registry, config.build.output.out_dir, version.version)
@@ -55,13 +63,35 @@ def retrain_tokencompose(config: RetrainConfig) -> dict[str, Any]:
     start = retraining.starting_point(registry, config.base_model)
     entry_id = retraining.new_entry_id(salt=str(version.version))
     run_dir = Path(config.runs_dir) / entry_id
+    with retraining.running(registry, run_dir):
+        return _train_judge_decide(config, registry, entry_id, run_dir, start, version, logger)
+
+
+def _sound_registry(config: RetrainConfig, logger) -> ModelRegistry:
+    """The registry, checked and repaired before anything else; runs folders that killed retrains
+    left behind are registered as failed (interrupted)."""
+    registry = ModelRegistry(config.registry_dir)
+    problems = registry.check()
+    for problem in problems:
+        logger.warning("registry: %s", problem)
+    if problems:
+        for line in registry.repair(by=_by()):
+            logger.warning("registry repaired: %s", line)
+    for entry in retraining.register_interrupted(registry, config.runs_dir, config.base_model,
+                                                 config.build.output.out_dir, config.train_hash(), _by()):
+        logger.warning("registered %s as failed (interrupted): %s", entry.id, entry.reason)
+    return registry
+
+
+def _train_judge_decide(config: RetrainConfig, registry: ModelRegistry, entry_id: str, run_dir: Path,
+                        start: retraining.StartingPoint, version, logger) -> dict[str, Any]:
     logger.info("candidate %s: %d steps from %s on dataset version %d", entry_id, config.steps, start.model,
                 version.version)
     try:
         trained = train_tokencompose(config=config.train_config(start.model, version.shards, run_dir / "train"))
     except Exception as error:  # the failure is recorded, the promoted model stays; the run still fails
         registry.register(_entry(config, entry_id, start, version, "failed",
-                                 f"training failed: {type(error).__name__}: {error}"), by=_by())
+                                 f"training failed: {_why(error)}"), by=_by())
         if type(error).__name__ == "TrainingDiverged":
             logger.warning("candidate %s diverged; not evaluated: %s", entry_id, error)
             return {"status": "failed", "entry": entry_id, "reason": str(error)}
@@ -69,7 +99,13 @@ def retrain_tokencompose(config: RetrainConfig) -> dict[str, Any]:
     candidate = Path(trained["pipeline_dir"])
     evaluation = config.evaluate_config([str(start.model), str(candidate)], [start.label, "candidate"],
                                         run_dir / "multigen")
-    summary = evaluate_multigen(config=evaluation)
+    try:
+        summary = evaluate_multigen(config=evaluation)
+    except Exception as error:  # recorded without its dataset version: the next run trains and judges again
+        registry.register(_entry(config, entry_id, start, version, "failed",
+                                 f"evaluation failed: {_why(error)}", trained["steps"],
+                                 uses_version=False), by=_by())
+        raise
     models = {label: {k: {"mean": v} for k, v in mg.items()} for label, mg in summary["models"].items()}
     decision = retraining.decide(models["candidate"], models[start.label], config.metric, config.margin,
                                  start.parent or str(start.model), summary.get("report"))

@@ -1,14 +1,49 @@
 """The model registry's records: one entry per trained model, and the index that says which is promoted."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tokencompose.schemas.base import StrictRecord
 
 REGISTRY_FORMAT = 1
+# An entry id names its file entries/<id>.json: letters, digits, '_', '-' and '.', not starting with
+# '.', at most MAX_ENTRY_ID characters (what retraining writes: 20261201T000000Z-1a2b3c).
+MAX_ENTRY_ID = 100
+ENTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def entry_id_problem(entry_id: object) -> str | None:
+    """Why ``entry_id`` is not a valid registry entry id, or None when it is one."""
+    if not isinstance(entry_id, str):
+        return f"a registry entry id is text, not {type(entry_id).__name__}"
+    shown = repr(entry_id) if len(entry_id) <= 40 else f"{entry_id[:37]!r}... ({len(entry_id)} characters)"
+    if len(entry_id) > MAX_ENTRY_ID:
+        return f"{shown} is not a registry entry id: longer than {MAX_ENTRY_ID} characters"
+    if not ENTRY_ID.fullmatch(entry_id):
+        return (f"{shown} is not a registry entry id: ids are letters, digits, '_', '-' and '.', "
+                "not starting with '.'")
+    return None
+
+
+def _valid_id(value: str | None) -> str | None:
+    """An entry id, or None / '' where the field allows naming no entry."""
+    problem = entry_id_problem(value) if value not in (None, "") else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _required_id(value: str) -> str:
+    problem = entry_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 Status = Literal["promoted", "candidate", "rejected", "failed", "retired"]
 
 
@@ -40,12 +75,18 @@ class RegistryEntry(StrictRecord):
     multigen: MultiGenResult | None = None
     reason: str = Field(default="", description="why it has its status")
 
+    _id = field_validator("id")(_required_id)
+    _parent = field_validator("parent")(_valid_id)
+
 
 class RegistryEvent(StrictRecord):
     at: str
-    action: Literal["promote", "rollback", "reject", "fail", "register"]
-    entry: str
+    action: Literal["promote", "rollback", "reject", "fail", "register", "repair", "gc"]
+    entry: str = Field(description="the entry acted on; for repair, the entry left promoted ('' for none)")
     by: str = Field(default="manual", description="manual, or the flow run that did it")
+    detail: str = Field(default="", description="what a repair decided and dropped, what a rollback skipped")
+
+    _entry = field_validator("entry")(_valid_id)
 
 
 class RegistryIndex(StrictRecord):
@@ -55,3 +96,5 @@ class RegistryIndex(StrictRecord):
     format: int = REGISTRY_FORMAT
     promoted: str | None = None
     history: list[RegistryEvent] = Field(default_factory=list)
+
+    _promoted = field_validator("promoted")(_valid_id)
