@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tokencompose.schemas.base import StrictModel
+from tokencompose.schemas.config import ImageLimits
 from tokencompose.schemas.types import MixedPrecision, Resolution
 
 # The paper's trained maps (SD1.x/2.x names): the middle block and every decoder cross-attention.
@@ -34,6 +35,13 @@ class TrainConfig(StrictModel):
     shuffle_buffer: int = Field(default=256, ge=0, description="samples; 0 keeps the shard order")
     num_workers: int = Field(default=2, ge=0)
     mask_antialias: bool = Field(default=False, description="False reproduces the authors' torchvision 0.14 resize")
+    images: ImageLimits = Field(default=ImageLimits(), description="the build's image limits (decompression "
+                                "bombs): a sample whose image exceeds them is skipped as absurd_dimensions")
+    max_bad_sample_fraction: float = Field(default=0.01, ge=0, le=1, description="unusable samples (any reason, "
+                                           "each counted once) the shards may hold, as a fraction of all samples; "
+                                           "more stops the run, before training when the pre-scan finds them")
+    max_unreadable_shards: int = Field(default=0, ge=0, description="shards that do not read as a tar to their end "
+                                       "(skipped when allowed); more stops the run")
 
     # objective
     train_layers: list[str] | None = Field(default=None, description="UNet attention blocks whose cross-attention "

@@ -6,6 +6,11 @@ decoder. The stream is infinite and deterministic: epoch ``e`` shuffles the shar
 ``(seed, e)``, splits it over ranks and DataLoader workers, and shuffles samples in a buffer seeded
 per worker; so a resumed run can skip exactly the samples it already consumed without decoding them.
 
+Bad data never stops the stream: every sample is checked against the data contract
+(:mod:`tokencompose.tasks.training.samples`); one that breaks it is skipped, and the skip (shard,
+key, reason) rides along with the next example to the trainer, which counts it and decides whether
+the data is past the configured ceiling. A shard whose tar breaks is skipped from that point.
+
 Geometry (the authors' torchvision pipeline, reproduced exactly; both loss aggregations share it):
 
 - size: ``transforms.Resize(R)`` brings the short side to R and the long side to
@@ -23,7 +28,6 @@ Geometry (the authors' torchvision pipeline, reproduced exactly; both loss aggre
 from __future__ import annotations
 
 import glob
-import io
 import random
 import threading
 from collections import Counter
@@ -34,23 +38,23 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tokencompose.schemas.sample import JSON_FIELD, SampleRecord
+from tokencompose.schemas.config import ImageLimits
+from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.grounding.masks import SegmentationProblem, decode as decode_rle
+from tokencompose.tasks.training.samples import (UNEXPECTED_ERROR, UNREADABLE_SHARD, DataError, SampleProblem, Skip,
+                                                 ShardUnreadable, check_sample, read_shard)
 from tokencompose.tasks.training.spatial import parse_relations
 
 MAX_TOKENS = 77
 
 # Per-sample counters, summed over a batch and over the run.
-STAT_KEYS = ("samples", "nouns", "nouns_used", "nouns_no_mask", "nouns_no_token", "nouns_bad_mask", "relations")
-
-
-class DataError(RuntimeError):
-    """A shard sample that cannot be decoded: the shards are damaged or not build-grounded-coco output."""
+# ``samples_skipped`` counts every time the stream skips an unusable sample (again in each epoch).
+STAT_KEYS = ("samples", "nouns", "nouns_used", "nouns_no_mask", "nouns_no_token", "nouns_bad_mask", "relations",
+             "samples_skipped")
 
 
 def expand_shards(patterns: Sequence[str]) -> list[str]:
@@ -139,13 +143,17 @@ class Example:
     relations: list[tuple[int, int, int]]      # (noun a, noun b, direction) between kept nouns
     noun_texts: list[str] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
+    skipped: list[Skip] = field(default_factory=list)   # unusable samples the stream passed over before this one
+    role: int = 0                                        # the reader role (ShardStream) that produced it
+    position: int = 0                                    # raw samples that role consumed up to and including it
+    bad_masks: list[str] = field(default_factory=list)   # "shard:key" of each noun skipped for a bad mask
 
 
 class Preprocessor:
     """One raw WebDataset sample (bytes) -> :class:`Example`; picklable, runs in DataLoader workers."""
 
     def __init__(self, tokenizer, resolution: int, mask_resolutions: Sequence[int], mask_antialias: bool = False,
-                 image_field: str | None = None):
+                 image_field: str | None = None, image_limits: ImageLimits = ImageLimits()):
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError("the training data needs a fast tokenizer (character offsets); load CLIPTokenizerFast")
         self.tokenizer = tokenizer
@@ -153,6 +161,7 @@ class Preprocessor:
         self.mask_resolutions = tuple(sorted(set(mask_resolutions)))
         self.mask_antialias = mask_antialias
         self.image_field = image_field
+        self.image_limits = image_limits
 
     def tokenize(self, caption: str) -> tuple[torch.Tensor, list[tuple[int, int]], list[int]]:
         encoded = self.tokenizer(caption, max_length=min(self.tokenizer.model_max_length, MAX_TOKENS),
@@ -162,15 +171,15 @@ class Preprocessor:
                 encoded["special_tokens_mask"])
 
     def __call__(self, raw: dict) -> Example:
-        key = raw.get("__key__", "?")
+        """Raises :class:`SampleProblem` for a sample the training must skip (its reason says why)."""
+        record, image = check_sample(raw, self.image_field, self.image_limits)
         try:
-            record = SampleRecord.from_json_bytes(raw[JSON_FIELD])
-            image_bytes = raw[self.image_field or record.image_field]
-            image = Image.open(io.BytesIO(image_bytes))
-            image.load()
-        except Exception as error:  # noqa: BLE001 - re-raised with the sample's location
-            raise DataError(f"sample {key!r} of {raw.get('__url__', '?')} cannot be decoded: {error}") from error
-        return self.from_record(record, image)
+            example = self.from_record(record, image)
+        except Exception as error:  # noqa: BLE001 - a valid record that still fails here must not end the run
+            raise SampleProblem(UNEXPECTED_ERROR, f"{type(error).__name__}: {str(error)[:160]}") from error
+        if example.stats["nouns_bad_mask"]:
+            example.bad_masks = [f"{Path(str(raw.get('__url__', '?'))).name}:{record.key}"]
+        return example
 
     def from_record(self, record: SampleRecord, image: Image.Image) -> Example:
         input_ids, offsets, special = self.tokenize(record.caption)
@@ -220,6 +229,10 @@ class Batch:
     relations: torch.Tensor        # B x R x 3 long (noun a, noun b, direction)
     relation_valid: torch.Tensor   # B x R bool
     stats: dict[str, int]
+    skipped: list[Skip] = field(default_factory=list)   # unusable samples passed over since the previous batch
+    role: int = 0                  # the reader role that produced it (all its examples come from one)
+    position: int = 0              # raw samples that role consumed up to its last example
+    bad_masks: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -229,7 +242,8 @@ class Batch:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Batch(self.keys, move(self.pixel_values), move(self.input_ids), move(self.token_index),
                      move(self.slot_noun), move(self.noun_valid), {r: move(m) for r, m in self.masks.items()},
-                     move(self.relations), move(self.relation_valid), dict(self.stats))
+                     move(self.relations), move(self.relation_valid), dict(self.stats), list(self.skipped),
+                     self.role, self.position, list(self.bad_masks))
 
 
 def collate(examples: Sequence[Example]) -> Batch:
@@ -258,9 +272,12 @@ def collate(examples: Sequence[Example]) -> Batch:
             relations[b, i] = torch.tensor(relation)
             relation_valid[b, i] = True
         stats.update(example.stats)
+    skipped = [skip for e in examples for skip in e.skipped]
+    stats["samples_skipped"] += len(skipped)
     return Batch([e.key for e in examples], torch.stack([e.pixel_values for e in examples]),
                  torch.stack([e.input_ids for e in examples]), token_index, slot_noun, noun_valid, masks,
-                 relations, relation_valid, dict(stats))
+                 relations, relation_valid, dict(stats), skipped, examples[-1].role,
+                 max(e.position for e in examples), [where for e in examples for where in e.bad_masks])
 
 
 class ShardStream(IterableDataset):
@@ -269,11 +286,15 @@ class ShardStream(IterableDataset):
     ``skip_batches`` is how many batches this rank already consumed: a DataLoader takes batch ``i``
     from worker ``i % workers``, so each worker takes over the role (shards, shuffle seed) of the
     worker that would have produced its next batch and skips that role's share of raw samples
-    before decoding any.
+    before decoding any: ``positions[role]`` raw samples when given (the trainer records them, so
+    skipped unusable samples are accounted for), else ``batch_size`` per batch the role produced.
+    ``duplicates`` are the (shard, index) samples :func:`~.samples.scan_shards` found repeating an
+    earlier key; they are skipped as ``duplicate_key``.
     """
 
     def __init__(self, urls: Sequence[str], preprocess: Preprocessor, *, seed: int = 0, shuffle_buffer: int = 256,
-                 batch_size: int = 1, rank: int = 0, world_size: int = 1, skip_batches: int = 0):
+                 batch_size: int = 1, rank: int = 0, world_size: int = 1, skip_batches: int = 0,
+                 positions: Sequence[int] | None = None, duplicates: frozenset[tuple[str, int]] = frozenset()):
         if not urls:
             raise ValueError("no shards to read")
         self.urls = list(urls)
@@ -284,12 +305,32 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.skip_batches = skip_batches
+        self.positions = list(positions) if positions is not None else None
+        self.duplicates = duplicates
 
     def _raw(self, urls: list[str], take: tuple[int, int] | None) -> Iterator[dict]:
-        dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=_all, workersplitter=_all, empty_check=False)
-        for index, sample in enumerate(dataset):
-            if take is None or index % take[1] == take[0]:
-                yield sample
+        """Raw samples of ``urls`` in order; a shard whose tar breaks yields one ``__unreadable__``
+        item there (it goes through the shuffle like a sample, so a resumed stream meets it again)."""
+        index = 0
+        for url in urls:
+            try:
+                for sample in read_shard(url):
+                    if take is None or index % take[1] == take[0]:
+                        yield sample
+                    index += 1
+            except ShardUnreadable as error:
+                yield {"__url__": url, "__unreadable__": str(error)}
+
+    def _checked(self, raw: dict) -> Example | Skip:
+        url, key, index = raw["__url__"], raw.get("__key__"), raw.get("__index__", -1)
+        if "__unreadable__" in raw:
+            return Skip(url, -1, None, UNREADABLE_SHARD, raw["__unreadable__"])
+        if (url, index) in self.duplicates:
+            return Skip(url, index, key, "duplicate_key", "an earlier sample has this key")
+        try:
+            return self.preprocess(raw)
+        except SampleProblem as problem:
+            return Skip(url, index, key, problem.reason, problem.detail)
 
     def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:
@@ -309,33 +350,49 @@ class ShardStream(IterableDataset):
         # a new DataLoader starts at worker 0, the stopped one would have gone on with worker skip % workers
         role = (worker + self.skip_batches) % workers
         slot, slots = self.rank * workers + role, self.world_size * workers
-        to_skip = len(range(role, self.skip_batches, workers)) * self.batch_size
-        epoch = 0
+        if self.positions is not None and len(self.positions) == workers:
+            to_skip = self.positions[role]
+        else:
+            to_skip = len(range(role, self.skip_batches, workers)) * self.batch_size
+        position, epoch, skipped = 0, 0, []
         while True:
             urls = list(self.urls)
             random.Random(f"{self.seed}/{epoch}").shuffle(urls)
             # enough shards: each reader gets whole shards; otherwise every reader takes every n-th sample
             mine, take = (urls[slot::slots], None) if len(urls) >= slots else (urls, (slot, slots))
-            produced = 0
+            produced = usable = 0
             for raw in self._shuffled(self._raw(mine, take), random.Random(f"{self.seed}/{epoch}/{slot}")):
                 produced += 1
                 if to_skip:
                     to_skip -= 1
+                    usable += 1  # consumed before the checkpoint: not ours to judge again
                     continue
-                yield self.preprocess(raw)
+                checked = self._checked(raw)
+                if isinstance(checked, Skip):
+                    skipped.append(checked)
+                    continue
+                usable += 1
+                checked.skipped, skipped = skipped, []
+                checked.role, checked.position = role, position + produced
+                yield checked
+            position += produced
             if not produced:
                 raise DataError(f"reader {slot} of {slots} got no samples from {len(urls)} shard(s)")
+            if not usable:
+                reasons = Counter(skip.reason for skip in skipped)
+                raise DataError(f"reader {slot} of {slots}: none of its {produced} samples in {len(mine)} shard(s) "
+                                f"is usable ({', '.join(f'{r} {n}' for r, n in reasons.most_common())}); first: "
+                                f"{skipped[0].where}: {skipped[0].detail}")
             epoch += 1
 
 
-def _all(items):
-    return items
-
-
 def make_loader(urls: Sequence[str], preprocess: Preprocessor, *, batch_size: int, num_workers: int, seed: int,
-                shuffle_buffer: int, rank: int = 0, world_size: int = 1, skip_batches: int = 0) -> DataLoader:
+                shuffle_buffer: int, rank: int = 0, world_size: int = 1, skip_batches: int = 0,
+                positions: Sequence[int] | None = None,
+                duplicates: frozenset[tuple[str, int]] = frozenset()) -> DataLoader:
     stream = ShardStream(urls, preprocess, seed=seed, shuffle_buffer=shuffle_buffer, batch_size=batch_size,
-                         rank=rank, world_size=world_size, skip_batches=skip_batches)
+                         rank=rank, world_size=world_size, skip_batches=skip_batches, positions=positions,
+                         duplicates=duplicates)
     return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
                       prefetch_factor=4 if num_workers else None,

@@ -3,6 +3,13 @@
 Reproducibility: the noise, timestep and VAE sample of every training sample come from a generator
 seeded by ``(seed, rank, index of the sample in the rank's stream)``, so a batch of 2 draws exactly
 what two accumulated batches of 1 draw, and a resumed run draws what an uninterrupted one would.
+
+Bad data: before the models load, every shard is pre-scanned (:func:`~.samples.scan_shards`: tar
+structure, JSON members, image headers, duplicate keys); while training, the samples the stream
+skipped are added to the run's :class:`~.samples.DataQuality`. Either way, data past the
+configured ceiling stops the run with :class:`~.samples.TooMuchBadData`, naming the worst shards.
+The ledger and each reader's raw position are in every checkpoint, so a resumed run continues past
+what it skipped with the counts it had.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 
 from tokencompose.tasks.training.attention import install_processors, layer_resolutions, paper_layers
@@ -29,6 +36,8 @@ from tokencompose.schemas.training import TRAIN_CONFIG_FILE, TrainConfig
 from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
 from tokencompose.tasks.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
 from tokencompose.tasks.training.losses import Targets, group_name, grounding_losses
+from tokencompose.tasks.training.samples import (FIRST_LOGGED, UNREADABLE_SHARD, DataError, DataQuality, DataScan, Skip,
+                                                 TooMuchBadData, scan_shards)
 from tokencompose.tasks.training.components import Components, load_components
 
 log = logging.getLogger("tokencompose.tasks.training")
@@ -46,14 +55,18 @@ class TrainState:
     step: int = 0                  # optimizer steps done
     samples: int = 0               # samples this rank consumed
     stats: Counter = field(default_factory=Counter)
+    positions: list[int] | None = None   # raw samples each reader role consumed (skipped ones included)
+    quality: dict | None = None          # DataQuality.to_dict() at the checkpoint
 
     def to_json(self) -> str:
-        return json.dumps({"step": self.step, "samples": self.samples, "stats": dict(self.stats)}, indent=2)
+        return json.dumps({"step": self.step, "samples": self.samples, "stats": dict(self.stats),
+                           "positions": self.positions, "quality": self.quality}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "TrainState":
         data = json.loads(text)
-        return cls(step=data["step"], samples=data["samples"], stats=Counter(data["stats"]))
+        return cls(step=data["step"], samples=data["samples"], stats=Counter(data["stats"]),
+                   positions=data.get("positions"), quality=data.get("quality"))
 
 
 @dataclass
@@ -65,6 +78,7 @@ class TrainResult:
     last_checkpoint: Path | None
     stats: dict[str, int]
     last_metrics: dict
+    data_quality: dict = field(default_factory=dict)   # DataQuality.summary(): unusable samples by reason
 
 
 class TrainingDiverged(RuntimeError):
@@ -170,12 +184,15 @@ class Trainer:
         self.state = TrainState()
         self._nonfinite_steps = 0
         self._data_wait = 0.0  # seconds spent waiting for the loader since the last log record
+        self._pending: list[Skip] = []  # skips met since the last ceiling check, maybe already known
         self._setup()
 
     # ----------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg, acc = self.config, self.accelerator
         set_seed(cfg.seed)
+        self.urls = expand_shards(cfg.shards)
+        self.scan = self._scan_data()  # before any model loads: too much bad data costs seconds, not minutes
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         self.models: Components = load_components(cfg.pretrained_model)
         m = self.models
@@ -217,15 +234,52 @@ class Trainer:
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
                                   num_training_steps=cfg.max_steps * acc.num_processes)
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(m.unet, optimizer, scheduler)
-        self.urls = expand_shards(cfg.shards)
         self.preprocess = Preprocessor(m.tokenizer, cfg.resolution, sorted(set(self.resolutions.values())),
-                                       cfg.mask_antialias, cfg.image_field)
+                                       cfg.mask_antialias, cfg.image_field, cfg.images)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / TRAIN_CONFIG_FILE).write_text(cfg.to_json())
             (self.output_dir / PLAN_FILE).write_text(self.plan.to_json())
         if cfg.resume:
             self._resume()
+        if self.state.positions is None:
+            self.state.positions = [0] * max(1, cfg.num_workers)
+
+    def _scan_data(self) -> DataScan:
+        """Pre-scan the shards (on the main process; the others get its result), log what is unusable
+        and stop when it is past the ceiling."""
+        cfg, acc = self.config, self.accelerator
+        scan = scan_shards(self.urls, cfg.image_field, cfg.images) if acc.is_main_process else None
+        if acc.num_processes > 1:
+            scan = broadcast_object_list([scan])[0]
+        assert scan is not None
+        self.quality = DataQuality.from_scan(scan)
+        log.info("pre-scan: %d samples in %d shard(s), %d unusable %s, %d shard(s) unreadable (%.2f s)",
+                 scan.samples, len(scan.shards), len(self.quality.bad), self.quality.counts(),
+                 len(self.quality.unreadable), scan.seconds)
+        self._log_first([Skip(shard, -1, None, UNREADABLE_SHARD, detail)
+                         for shard, detail in self.quality.unreadable.items()] + list(self.quality.bad.values()))
+        self._check_ceiling()
+        return scan
+
+    def _log_first(self, skips: list[Skip]) -> None:
+        """The shard, key and detail of the first FIRST_LOGGED unusable samples of each reason."""
+        if not self.accelerator.is_main_process:
+            return
+        logged: Counter = Counter()
+        for skip in skips:
+            if skip.reason == UNREADABLE_SHARD:
+                log.warning("unreadable shard skipped: %s", skip.detail)
+            elif skip.where in self.quality.first.get(skip.reason, ()) and logged[skip.reason] < FIRST_LOGGED:
+                logged[skip.reason] += 1
+                log.warning("unusable sample %s skipped: %s: %s", skip.where, skip.reason, skip.detail)
+
+    def _check_ceiling(self) -> None:
+        problem = self.quality.ceiling_problem(self.config.max_bad_sample_fraction, self.config.max_unreadable_shards)
+        if problem:
+            raise TooMuchBadData(problem)
+        if not self.quality.samples:
+            raise DataError(f"no sample to train on in {len(self.urls)} shard(s): every shard is unreadable")
 
     def _memory_plan(self) -> MemoryPlan:
         """The config's batch, accumulation and checkpointing, or with ``auto_batch`` on CUDA a plan from
@@ -308,10 +362,25 @@ class Trainer:
         own = checkpoint / f"rank-{self.accelerator.process_index}.json"
         self.state = TrainState.from_json((own if own.exists() else checkpoint / STATE_FILE).read_text())
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
+        self._resume_data(saved)
         if self.accelerator.is_main_process:  # drop metrics logged after the checkpoint
             metrics = self.output_dir / METRICS_FILE
             kept = [r for r in read_metrics(metrics) if r["step"] <= self.state.step]
             metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def _resume_data(self, saved: TrainConfig) -> None:
+        """The checkpoint's ledger of unusable data joined with this run's pre-scan, and each reader's
+        raw position (a checkpoint from before positions were kept: the batches each role produced)."""
+        if self.state.quality is not None:
+            resumed = DataQuality.from_dict(self.state.quality)
+            resumed.samples = self.quality.samples
+            resumed.merge(self.quality)
+            self.quality = resumed
+            self._check_ceiling()
+        workers = max(1, self.config.num_workers)
+        if self.state.positions is None or len(self.state.positions) != workers:
+            consumed = self.state.step * self.accumulation
+            self.state.positions = [len(range(role, consumed, workers)) * self.batch_size for role in range(workers)]
 
     # ------------------------------------------------------------------ step
     def _draws(self, shape: tuple[int, ...], count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -369,6 +438,7 @@ class Trainer:
             waited = time.perf_counter()
             batch = next(batches)
             self._data_wait += time.perf_counter() - waited
+            self._absorb(batch)
             sync = micro == accum - 1
             with acc.no_sync(self.unet) if not sync else nullcontext():
                 loss, logs = self.compute_loss(batch)
@@ -377,6 +447,7 @@ class Trainer:
             self.state.stats.update(batch.stats)
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + value / accum
+        self._check_data()
         self._check_finite(sums["loss"])
         if cfg.max_grad_norm is not None:
             acc.clip_grad_norm_(self.unet.parameters(), cfg.max_grad_norm)
@@ -385,6 +456,31 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         return sums
+
+    def _absorb(self, batch: Batch) -> None:
+        """Note where the batch's reader role stands and what the stream skipped on the way."""
+        assert self.state.positions is not None
+        self.state.positions[batch.role] = batch.position
+        self._pending += [s for s in batch.skipped if f"{s.shard}#{s.index}" not in self.quality.bad
+                          and not (s.index < 0 and s.shard in self.quality.unreadable)]
+        if batch.bad_masks and self.accelerator.is_main_process:
+            for where in batch.bad_masks[:FIRST_LOGGED]:
+                named = self.quality.first.setdefault("nouns_bad_mask", [])
+                if len(named) < FIRST_LOGGED and where not in named:
+                    named.append(where)
+                    log.warning("noun with a bad mask skipped in %s", where)
+
+    def _check_data(self) -> None:
+        """Add the skips every rank met to the ledger (the same on every rank) and stop past the ceiling."""
+        acc, pending = self.accelerator, self._pending
+        self._pending = []
+        if acc.num_processes > 1:
+            found = acc.reduce(torch.tensor([len(pending)], device=acc.device), reduction="sum").item()
+            pending = gather_object(pending) if found else []
+        news = [skip for skip in pending if self.quality.add(skip)]
+        if news:
+            self._log_first(news)
+            self._check_ceiling()
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         """Raise TrainingDiverged when any rank's loss is NaN or infinite (under fp16, only after
@@ -400,14 +496,16 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def loader(self):
         cfg, acc = self.config, self.accelerator
-        return make_loader(self.urls, self.preprocess, batch_size=self.batch_size, num_workers=cfg.num_workers,
-                           seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, rank=acc.process_index,
-                           world_size=acc.num_processes,
-                           skip_batches=self.state.step * self.accumulation)
+        return make_loader(self.scan.readable, self.preprocess, batch_size=self.batch_size,
+                           num_workers=cfg.num_workers, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                           rank=acc.process_index, world_size=acc.num_processes,
+                           skip_batches=self.state.step * self.accumulation, positions=self.state.positions,
+                           duplicates=self.scan.duplicates)
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
         path = self.output_dir / CHECKPOINTS_DIR / f"step-{self.state.step:08d}"
+        self.state.quality = self.quality.to_dict()
         acc.save_state(str(path), safe_serialization=True)
         (path / f"rank-{acc.process_index}.json").write_text(self.state.to_json())  # each rank's own counters
         acc.wait_for_everyone()
@@ -433,8 +531,12 @@ class Trainer:
                    for k, v in sorted(logs.items())}
         stats = self.accelerator.reduce(torch.tensor([self.state.stats[k] for k in STAT_KEYS],
                                                      device=self.accelerator.device), reduction="sum").tolist()
+        unusable = {"bad/unusable": len(self.quality.bad), **{f"bad/{r}": n for r, n in self.quality.counts().items()}}
+        if self.quality.unreadable:
+            unusable["bad/unreadable_shards"] = len(self.quality.unreadable)
         return {"step": self.state.step, **reduced, "lr": self.lr_scheduler.get_last_lr()[0],
-                "samples_per_s": samples_per_s, **{f"count/{k}": int(v) for k, v in zip(STAT_KEYS, stats)}}
+                "samples_per_s": samples_per_s, **{f"count/{k}": int(v) for k, v in zip(STAT_KEYS, stats)},
+                **unusable}
 
     def train(self) -> TrainResult:
         batches = iter(self.loader())
@@ -482,17 +584,20 @@ class Trainer:
             curve = plot_loss_curves(read_metrics(self.output_dir / METRICS_FILE), self.output_dir / CURVE_FILE)
         acc.wait_for_everyone()
         return TrainResult(self.output_dir, self.state.step, pipeline_dir, curve, checkpoint,
-                           dict(self.state.stats), last)
+                           dict(self.state.stats), last, self.quality.summary())
 
 
 def format_record(record: dict) -> str:
     parts = [f"step {record['step']}"]
     for key, value in record.items():
-        if key == "step" or key.startswith("count/"):
+        if key == "step" or key.startswith(("count/", "bad/")):
             continue
         parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     skipped = sum(record.get(f"count/{k}", 0) for k in ("nouns_no_mask", "nouns_no_token", "nouns_bad_mask"))
     parts.append(f"nouns used {record.get('count/nouns_used', 0)}, skipped {skipped}")
+    if record.get("bad/unusable"):
+        reasons = ", ".join(f"{k[4:]} {v}" for k, v in record.items() if k.startswith("bad/") and k != "bad/unusable")
+        parts.append(f"unusable samples {record['bad/unusable']} ({reasons})")
     return " ".join(parts)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizerFast
 
+from tokencompose.tasks.training.samples import SampleProblem
 from tokencompose.tasks.training.data import (DataError, Preprocessor, ShardStream, center_crop_box, collate, expand_shards,
                                         make_loader, resize_mask, transform_mask)
 from tokencompose.tasks.training.toy import box_mask, make_record
@@ -210,9 +211,10 @@ def test_sample_level_split_over_ranks(preprocess, shard_dir):
     assert rank0[0] != rank1[0] and rank0[0] == rank0[1]
 
 
-def test_a_damaged_sample_is_reported_with_its_location(preprocess):
-    with pytest.raises(DataError, match="cannot be decoded"):
+def test_a_damaged_sample_raises_its_reason_for_the_stream_to_skip(preprocess):
+    with pytest.raises(SampleProblem) as caught:
         preprocess({"__key__": "x", "__url__": "shard.tar", "json": b"{not json", "jpg": b""})
+    assert caught.value.reason == "json_invalid" and isinstance(caught.value, DataError)
 
 
 def test_a_slow_tokenizer_is_refused(tiny_sd):
