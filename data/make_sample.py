@@ -7,6 +7,7 @@ exact shapes); captions were written for this project. Run: python -m tokencompo
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,8 @@ from PIL import Image
 SAMPLE = Path(__file__).resolve().parent / "sample"
 
 # id, skimage name, [(category_id, box x0 y0 x1 y1 or shape)], five captions
-PHOTOS = [
+Shape = tuple[str, Any]  # (how, argument): grabcut box, ellipse, polygon, shapes
+PHOTOS: list[tuple[int, str, list[tuple[int, Shape]], list[str]]] = [
     (139, "astronaut", [(1, ("grabcut", (18, 8, 372, 511, (262, 330, 512, 512))))], [
         "An astronaut in an orange suit smiles in front of an American flag.",
         "A woman in a space suit poses with her helmet and a model of the space shuttle.",
@@ -81,7 +83,7 @@ PHOTOS = [
 # on the photo; a stuff region is its shape less the image's thing masks). LVIS: id -> (category id,
 # shape), plus each image's checked-absent and not-exhaustive category ids; the horse is left out of
 # the LVIS file (LVIS too leaves some COCO images out). COCO-Stuff: category ids as COCO-Stuff's.
-LVIS = {
+LVIS: dict[int, tuple[list[tuple[int, Shape]], list[int], list[int]]] = {
     139: ([(451, ("polygon", [(0, 0), (92, 0), (86, 150), (30, 262), (0, 282)])),
            (991, ("polygon", [(398, 0), (425, 0), (440, 150), (462, 235), (452, 286), (360, 286), (350, 240), (388, 150)])),
            (556, ("ellipse", (392, 430, 112, 84)))], [378], []),
@@ -146,7 +148,8 @@ def _mask(image: np.ndarray, how: str, arg) -> np.ndarray:
     x0, y0, x1, y1, *exclude = arg
     grab = np.zeros((height, width), np.uint8)
     cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), grab, (x0, y0, x1 - x0, y1 - y0), None, None, 8,
+    # OpenCV's stubs require the model arrays, which grabCut allocates itself when given None.
+    cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), grab, (x0, y0, x1 - x0, y1 - y0), None, None, 8,  # type: ignore[call-overload]
                 cv2.GC_INIT_WITH_RECT)
     mask = np.isin(grab, (cv2.GC_FGD, cv2.GC_PR_FGD))
     for ex0, ey0, ex1, ey1 in exclude:  # a region the box must include but that is another object
@@ -181,9 +184,13 @@ def main() -> None:
     images_dir = SAMPLE / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     categories = [line.split(",") for line in (SAMPLE.parent / "coco_categories.csv").read_text().splitlines()[1:]]
-    images, captions, instances = [], [], []
+    images: list[dict[str, Any]] = []
+    captions: list[dict[str, Any]] = []
+    instances: list[dict[str, Any]] = []
     thing_masks: dict[int, list[np.ndarray]] = {}
-    lvis_images, lvis_anns, stuff_anns = [], [], []
+    lvis_images: list[dict[str, Any]] = []
+    lvis_anns: list[dict[str, Any]] = []
+    stuff_anns: list[dict[str, Any]] = []
     for image_id, name, objects, texts in PHOTOS:
         pixels = _photo(name)
         file_name = f"{image_id:012d}.jpg"

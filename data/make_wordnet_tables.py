@@ -31,6 +31,7 @@ import tempfile
 from collections import deque
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 DATA = Path(__file__).resolve().parent
 NOUNS_OUT = DATA / "wordnet_nouns.csv"
@@ -208,7 +209,7 @@ def is_room(synset) -> bool:
     return synset.name() == ROOM or ROOM in {s.name() for s in synset.closure(lambda s: s.hypernyms())}
 
 
-def already_resolved() -> "callable":
+def already_resolved() -> Callable[[str], bool]:
     from tokencompose.tasks.grounding.coco import NounTable
     from tokencompose.tasks.grounding.human import HumanNounTable, NounResolver
     from tokencompose.tasks.nouns.extraction import singular_forms

@@ -114,11 +114,13 @@ class ClipRanker:
         with self.lock:
             image_features = self.embed_images(images)
             text_features = self.embed_texts(flat) if flat else None
-        scores, cursor = [], 0
+        scores: list[list[float]] = []
+        cursor = 0
         for i, texts in enumerate(captions):
             if not texts:
                 scores.append([])
                 continue
+            assert text_features is not None  # some caption is non-empty, so flat was
             block = text_features[cursor:cursor + len(texts)]
             cursor += len(texts)
             scores.append([round(float(v), 6) for v in (block @ image_features[i]).cpu().tolist()])

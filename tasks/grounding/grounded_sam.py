@@ -37,7 +37,7 @@ import io
 import logging
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
@@ -51,9 +51,9 @@ from tokencompose.tasks.models import devices
 
 from tokencompose.tasks.models import weights
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.schemas.sample import BackendInfo
 from tokencompose.tasks.grounding import masks
-from tokencompose.tasks.grounding.coco import REASON_EMPTY_MASK, REASON_NO_DETECTION, Grounding
+from tokencompose.schemas.sample import BackendInfo, Grounding
+from tokencompose.tasks.grounding.coco import REASON_EMPTY_MASK, REASON_NO_DETECTION
 from tokencompose.tasks.source.records import ImageRecord
 from tokencompose.tasks.grounding.token_assignment import Prompt, assign_boxes, build_prompt, select_boxes, token_owners
 
@@ -177,7 +177,7 @@ def fix_query_positions() -> None:
             pos_tensor = pos_tensor / ratios[None, :, :pos_tensor.shape[-1]]
         return original(pos_tensor)
 
-    gen_sineembed_for_position._tokencompose_fix = True
+    setattr(gen_sineembed_for_position, "_tokencompose_fix", True)  # marks the patch as applied once
     transformer.gen_sineembed_for_position = gen_sineembed_for_position
 
 
@@ -246,7 +246,7 @@ def _size_batches(shapes: Sequence[tuple], batch_size: int) -> list[list[int]]:
     return [sorted(order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
 
 
-PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 
 
 def resolve_precision(device: str, precision: str | None, half_precision: bool = True) -> str:
@@ -268,7 +268,7 @@ def autocast(device: str, precision: str):
 
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, PRECISIONS[precision]))
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, str(PRECISIONS[precision])))
 
 
 @dataclass
@@ -312,7 +312,7 @@ class GroundedSam:
         self.sam_resize = ResizeLongestSide(self.sam.image_encoder.img_size)
         self.prep_workers = max(0, prep_workers)
         self.pin = self.device.startswith("cuda")
-        self.timings: Counter = Counter()  # seconds per stage, summed over calls: prep, detector, segmenter
+        self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per stage, summed over calls: prep, detector, segmenter
         self._torch = torch
 
     @classmethod

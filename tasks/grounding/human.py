@@ -36,15 +36,15 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
 from tokencompose.data import DATA_DIR
-from tokencompose.schemas.sample import BackendInfo
+from tokencompose.schemas.sample import BackendInfo, Grounding
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.grounding.coco import (REASON_BAD_ANNOTATION, REASON_CATEGORY_ABSENT, REASON_EMPTY_MASK,
-                                          REASON_NO_ANNOTATIONS, CocoAnnotationGrounder, Grounding, NounTable,
+                                          REASON_NO_ANNOTATIONS, CocoAnnotationGrounder, NounTable,
                                           load_coco_categories, lookup_keys)
 from tokencompose.tasks.source.records import Annotation, ImageRecord
 
@@ -385,12 +385,14 @@ class HumanGrounder:
     def ground_noun(self, record: ImageRecord, noun: str) -> Grounding:
         stuff = self._stuff_vocabulary(record)
         resolution = self.resolver.resolve(noun, stuff)
-        if resolution.uses_hypernym():
+        if resolution.hypernym is not None and resolution.uses_hypernym():
             return self._hypernym(record, resolution.hypernym[1], stuff)
         chosen: Grounding | None = None
         for source in resolution.sources_in_order(self.order):
             category = resolution.per_source[source][1]
-            grounding = {"coco": self._coco, "lvis": self._lvis, "stuff": self._stuff}[source](record, noun, category)
+            by_source: dict[str, Callable[[ImageRecord, str, Any], Grounding]] = {
+                "coco": self._coco, "lvis": self._lvis, "stuff": self._stuff}
+            grounding = by_source[source](record, noun, category)
             if grounding.mask is not None:
                 return grounding
             if chosen is None or (grounding.reason == REASON_VERIFIED_ABSENT != chosen.reason):
@@ -424,7 +426,8 @@ class HumanGrounder:
         return [a for a in human.stuff if human.stuff_names.get(a.category_id) in wanted]
 
     def _stuff(self, record: ImageRecord, noun: str, names: tuple[str, ...]) -> Grounding:
-        category = names[0] if len(names) == 1 else stuff_keys(names[0])[1]  # one category, or the head's kind
+        keys = stuff_keys(names[0])
+        category = names[0] if len(names) == 1 or keys is None else keys[1]  # one category, or the head's kind
         if record.human is None or record.human.stuff is None:
             return Grounding(category=category, reason=REASON_NO_ANNOTATIONS)
         found = _union(record, self._stuff_instances(record, names))
@@ -448,7 +451,8 @@ class HumanGrounder:
             elif source == "lvis":
                 ids = {self.resolver.lvis.by_name[n] for n in wanted}
                 found = [a for a in (human.lvis or ()) if a.category_id in ids] if human else []
-                not_exhaustive |= any(a.category_id in human.lvis_not_exhaustive for a in found)
+                if human is not None:
+                    not_exhaustive |= any(a.category_id in human.lvis_not_exhaustive for a in found)
             else:
                 found = self._stuff_instances(record, [n for name in wanted for n in stuff.index.get(name, ())])
             if found:

@@ -188,6 +188,7 @@ def segmentation_to_rle(segmentation: object, height: int, width: int) -> dict:
     if isinstance(segmentation, list):
         polygons = [[float(v) for v in polygon] for polygon in segmentation]
         return coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
+    assert isinstance(segmentation, dict)  # validated above: a polygon list or an RLE dict
     counts = segmentation["counts"]
     if isinstance(counts, list):
         return coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Generic, Literal, TypeVar
 
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.sample import Provenance
@@ -20,9 +20,12 @@ def _no_problems(config: BuildConfig) -> list[str]:
     return []
 
 
+BackendT = TypeVar("BackendT")
+
+
 @dataclass(frozen=True)
-class BackendSpec:
-    factory: Callable[[BuildConfig], object]
+class BackendSpec(Generic[BackendT]):
+    factory: Callable[[BuildConfig], BackendT]
     preflight: Callable[[BuildConfig], list[str]] = _no_problems
 
 
@@ -108,15 +111,15 @@ def _hybrid_factory(config: BuildConfig):
 
 _MODEL_PACKAGES = ("torch", "groundingdino", "segment_anything_hq")
 
-CAPTION_BACKENDS: dict[str, BackendSpec] = {
+CAPTION_BACKENDS: dict[str, BackendSpec[CaptionRanker]] = {
     "consensus": BackendSpec(lambda config: ConsensusRanker()),
     "clip": BackendSpec(_clip_factory, _weights_preflight("clip", "torch", "open_clip")),
 }
-NOUN_BACKENDS: dict[str, BackendSpec] = {
+NOUN_BACKENDS: dict[str, BackendSpec[NounExtractor]] = {
     "spacy": BackendSpec(lambda config: NounExtractor(SpacyTagger(config.nouns.spacy_model)), _spacy_preflight),
     "flair": BackendSpec(_flair_factory, _weights_preflight("flair", "torch", "flair")),
 }
-GROUNDING_BACKENDS: dict[str, BackendSpec] = {
+GROUNDING_BACKENDS: dict[str, BackendSpec[Grounder]] = {
     # coco: COCO's instances only, unless the source gives LVIS / COCO-Stuff files: then the human grounding
     "coco": BackendSpec(
         lambda config: (_human_factory(config) if config.source.lvis_json or config.source.stuff_json else
@@ -127,7 +130,9 @@ GROUNDING_BACKENDS: dict[str, BackendSpec] = {
     "hybrid": BackendSpec(_hybrid_factory,
                           _all(_noun_table_preflight, _weights_preflight("hybrid", *_MODEL_PACKAGES))),
 }
-REGISTRIES = {"captions": CAPTION_BACKENDS, "nouns": NOUN_BACKENDS, "grounding": GROUNDING_BACKENDS}
+Stage = Literal["captions", "nouns", "grounding"]
+REGISTRIES: dict[Stage, dict[str, BackendSpec[Any]]] = {
+    "captions": CAPTION_BACKENDS, "nouns": NOUN_BACKENDS, "grounding": GROUNDING_BACKENDS}
 
 
 @dataclass
@@ -165,6 +170,7 @@ def load_backends(config: BuildConfig) -> Backends:
     key = config.model_dump_json(include={"profile", "captions", "nouns", "grounding", "models", "source"})
     with _lock:
         if key not in _loaded:
-            built = {stage: REGISTRIES[stage][config.backend(stage)].factory(config) for stage in REGISTRIES}
-            _loaded[key] = Backends(**built)
+            _loaded[key] = Backends(captions=CAPTION_BACKENDS[config.backend("captions")].factory(config),
+                                    nouns=NOUN_BACKENDS[config.backend("nouns")].factory(config),
+                                    grounding=GROUNDING_BACKENDS[config.backend("grounding")].factory(config))
         return _loaded[key]

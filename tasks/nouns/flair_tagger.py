@@ -84,7 +84,7 @@ class FlairTagger:
             if present:
                 self.tagger.predict(present, mini_batch_size=self.batch_size, label_name=self.tagger.label_type)
         label = self.tagger.label_type
-        results = []
+        results: list[list[TaggedToken]] = []
         for caption, sentence in zip(captions, sentences):
             if sentence is None or len(sentence) == 0:
                 results.append([])
