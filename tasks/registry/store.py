@@ -211,12 +211,12 @@ class ModelRegistry:
             path = self.entry_path(entry_id)
             if entry_id in valid or path.exists():
                 continue  # valid, or damaged and reported by scan
-            role = "the promoted entry" if entry_id == index.promoted else "an entry in the history"
+            role = f"the promoted entry {entry_id}" if entry_id == index.promoted else f"entry {entry_id} (in the history)"
             if entry_id in written:
-                problems.append(Problem("dangling", path, f"{role} {entry_id}'s file is gone; {REPAIR_HINT}"))
+                problems.append(Problem("dangling", path, f"the file of {role} is gone; {REPAIR_HINT}"))
             else:
                 problems.append(Problem("unknown", self.index_path,
-                                        f"names {role} {entry_id} that was never registered; {REPAIR_HINT}"))
+                                        f"names {role}, which was never registered; {REPAIR_HINT}"))
         if index.promoted and self.entry_path(index.promoted).exists():
             problem = self.usable(index.promoted)
             if problem:

@@ -87,8 +87,13 @@ def test_nothing_new_a_kill_during_training_and_the_next_run(prefect_api, one_th
     after_kill = ModelRegistry(tmp_path / "registry")
     assert after_kill.promoted().id == entry.id and len(after_kill.entries()) == 1
 
+    killed_runs = [p.name for p in (tmp_path / "runs").iterdir() if p.name != entry.id]
     nxt = retrain_tokencompose(config=RetrainConfig.model_validate(data))
     assert nxt["status"] in ("promoted", "rejected") and nxt["dataset_version"] == 2
+    assert len(killed_runs) == 1
+    interrupted = ModelRegistry(tmp_path / "registry").entry(killed_runs[0])     # registered by the next run
+    assert interrupted.status == "failed" and interrupted.reason.startswith("interrupted: ")
+    assert interrupted.dataset_version is None and ModelRegistry(tmp_path / "registry").check() == []
     second = ModelRegistry(tmp_path / "registry").entry(nxt["entry"])
     assert second.parent == entry.id and Path(second.base_model) == Path(entry.pipeline_dir)
     assert len(second.dataset_shards) > len(entry.dataset_shards)

@@ -65,8 +65,8 @@ def test_a_promoted_entry_whose_file_is_gone_is_reported_and_promote_and_rollbac
     reg = populated(tmp_path)
     (reg.root / "entries" / "c.json").unlink()
     code, err, _ = cli(reg.root, "check", capsys=capsys)
-    assert code == 2 and err[0] == (f"registry: dangling: {reg.root}/entries/c.json: the promoted entry c's file is "
-                                    "gone; `tokencompose models registry repair` rebuilds the index from the entry "
+    assert code == 2 and err[0] == (f"registry: dangling: {reg.root}/entries/c.json: the file of the promoted entry c "
+                                    "is gone; `tokencompose models registry repair` rebuilds the index from the entry "
                                     "files") and len(err) == 2
     code, err, out = cli(reg.root, "list", capsys=capsys)
     assert code == 0 and "dangling" in err[0] and "PROMOTED" not in out
@@ -83,7 +83,7 @@ def test_an_index_naming_an_unknown_id_is_reported_and_promote_still_works(tmp_p
     index["promoted"] = "zzz"
     (reg.root / "registry.json").write_text(json.dumps(index))
     code, err, _ = cli(reg.root, "check", capsys=capsys)
-    assert code == 2 and err == [f"registry: unknown: {reg.root}/registry.json: names the promoted entry zzz that was "
+    assert code == 2 and err == [f"registry: unknown: {reg.root}/registry.json: names the promoted entry zzz, which was "
                                  "never registered; `tokencompose models registry repair` rebuilds the index from the "
                                  "entry files", f"registry: 1 problem(s) in {reg.root}"]
     assert cli(reg.root, "promote", "b", capsys=capsys)[0] == 0 and reg.promoted().id == "b"

@@ -1,0 +1,228 @@
+"""Fault injection over the whole retraining loop (issue 20, item 5): the scheduled retrain deployment
+on a real `prefect server start` and a process worker runs five times in a row while the test, between
+runs, corrupts a training sample inside a shard (its manifest resealed, so only training can notice),
+truncates a shard, makes a prompt of the evaluation's prompt file far longer than any text window,
+damages a registry entry file, and SIGKILLs one run in the middle of training. The registry ends
+consistent (`registry check` passes), the promoted model's files are byte-identical to what was
+promoted, and the last, clean run trains and decides normally.
+
+Runs are let through one at a time by pausing the work pool: the scheduler keeps creating runs every
+few seconds, the worker takes one only while the pool is resumed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.flows.test_retrain import BIN, REPO, VSR_LINES, _free_port, settings, tiny_owl, write_vsr  # noqa: F401
+from tokencompose.tasks.multigen.prompts import bundled, write_prompts
+from tokencompose.tasks.registry.store import ModelRegistry
+
+pytestmark = pytest.mark.server
+POOL = "tokencompose-gpu"
+RUN_DEADLINE = 900
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def corrupt_a_sample_and_reseal(data_dir: Path, shard: Path) -> str:
+    """Overwrite one sample's JSON in the shard, in place and at the same size, with a JSON array (a
+    sample record that is not an object), then put the shard's new sha256 wherever the old one is
+    recorded: the dataset looks intact, and only training meets the bad sample. Returns its key."""
+    old = hashlib.sha256(shard.read_bytes()).hexdigest()
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
+    with open(shard, "r+b") as handle:
+        handle.seek(member.offset_data)
+        handle.write(b"[1]".ljust(member.size, b" "))
+    new = hashlib.sha256(shard.read_bytes()).hexdigest()
+    for record in [data_dir / "manifest.json", *sorted((data_dir / "index").glob("*.json"))]:
+        text = record.read_text()
+        if old in text:
+            record.write_text(text.replace(old, new))
+    return member.name.split(".")[0]
+
+
+class Deployment:
+    """The scheduled retrain deployment on a real server; runs are let through one at a time."""
+
+    def __init__(self, api: str):
+        self.api = api
+        self.seen: set[str] = set()
+
+    def set_paused(self, paused: bool) -> None:
+        response = httpx.patch(f"{self.api}/work_pools/{POOL}", json={"is_paused": paused}, timeout=30)
+        assert response.status_code < 300, response.text
+
+    def runs(self) -> list[dict]:
+        body = {"flow_runs": {"auto_scheduled": {"eq_": True}}, "limit": 200, "offset": 0}
+        return httpx.post(f"{self.api}/flow_runs/filter", json=body, timeout=30).json()
+
+    def run(self, run_id: str) -> dict:
+        return httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()
+
+    def next_run(self, log: Path) -> str:
+        """Resume the pool until the worker starts a scheduled run not seen before, pause it again."""
+        self.set_paused(False)
+        deadline = time.monotonic() + RUN_DEADLINE
+        while True:
+            assert time.monotonic() < deadline, "no scheduled run started\n" + log.read_text()[-3000:]
+            started = [r for r in self.runs() if r["id"] not in self.seen and r["state_type"] in ("RUNNING", "PENDING")]
+            if started:
+                self.set_paused(True)
+                self.seen.add(started[0]["id"])
+                return started[0]["id"]
+            time.sleep(0.5)
+
+    def wait_final(self, run_id: str, log: Path) -> dict:
+        deadline = time.monotonic() + RUN_DEADLINE
+        while True:
+            run = self.run(run_id)
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            assert time.monotonic() < deadline, f"run {run_id} never ended\n" + log.read_text()[-3000:]
+            time.sleep(0.5)
+
+
+def registry_cli(registry: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "tokencompose"), "models", "registry", "--registry", str(registry), *argv],
+                          capture_output=True, text=True, timeout=300)
+
+
+def newest_entry(registry: Path, known: set[str]):
+    fresh = [e for e in ModelRegistry(registry).entries() if e.id not in known]
+    assert len(fresh) == 1, [e.id for e in fresh]
+    known.add(fresh[0].id)
+    return fresh[0]
+
+
+def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_sd, tiny_owl, tmp_path):
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    for name in ("flows", "data"):
+        (workspace / name).symlink_to(REPO / name)
+    vsr = write_vsr(tmp_path / "vsr_train.jsonl", 2)
+    prompt_file = write_prompts(bundled("coco")[:2], tmp_path / "prompts.json")
+    config = settings(tmp_path, tiny_sd, tiny_owl, vsr)
+    config["evaluation"]["benchmark"] = {"file": str(prompt_file), "limit": 2}
+    config["train"]["max_bad_sample_fraction"] = 0.5      # one bad sample of a handful is below the ceiling
+    registry, data_dir, runs_dir = tmp_path / "registry", tmp_path / "data", tmp_path / "runs"
+    project = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    weekly = next(d for d in project["deployments"] if d["name"] == "weekly")
+    weekly = {**weekly, "schedules": [{"interval": 5, "active": True}], "parameters": {"config": config}}
+    (workspace / "prefect.yaml").write_text(yaml.safe_dump({**project, "deployments": [weekly]}))
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"}
+    log = tmp_path / "processes.log"
+    logs = open(log, "wb")
+    processes = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)]
+    try:
+        def run(*argv):
+            done = subprocess.run([str(BIN / argv[0]), *argv[1:]], env=env, cwd=workspace, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+        run("tokencompose", "wait-for-server", "--timeout", "180")
+        run("prefect", "work-pool", "create", "--type", "process", POOL, "--overwrite")
+        deployment = Deployment(api)
+        deployment.set_paused(True)
+        run("prefect", "--no-prompt", "deploy", "--all")
+        processes.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env=env,
+                                          cwd=workspace, stdout=logs, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        known: set[str] = set()
+
+        # 1. clean: a candidate, rejected (margin 1000); promoted by hand, its files fingerprinted.
+        first = deployment.wait_final(deployment.next_run(log), log)
+        assert first["state_type"] == "COMPLETED"
+        promoted = newest_entry(registry, known)
+        assert registry_cli(registry, "promote", promoted.id).returncode == 0
+        promoted_files = digests(Path(promoted.pipeline_dir))
+
+        # 2. the source grows; a sample of the existing shard is not an object any more (manifest resealed).
+        write_vsr(vsr, 4)
+        corrupt_a_sample_and_reseal(data_dir, data_dir / "shards" / "shard-000000.tar")
+        second = deployment.wait_final(deployment.next_run(log), log)
+        entry = newest_entry(registry, known)
+        assert second["state_type"] == "COMPLETED", entry.reason
+        assert entry.status == "rejected" and entry.dataset_version == 2 and entry.parent == promoted.id
+        counts = [json.loads(line) for line in (runs_dir / entry.id / "train" / "metrics.jsonl").read_text().splitlines()]
+        assert any(r.get("count/samples_skipped") for r in counts), counts[-1]   # skipped and counted
+
+        # 3. grows again; the newest shard is truncated (the build rebuilds it) and a prompt is far longer
+        #    than any text window: the evaluation refuses it before generating, the entry says so.
+        write_vsr(vsr, 6)
+        newest_shard = sorted((data_dir / "shards").glob("shard-*.tar"))[-1]
+        newest_shard.write_bytes(newest_shard.read_bytes()[:700])
+        good_prompts = prompt_file.read_text()
+        rows = json.loads(good_prompts)
+        rows[1]["prompt"] = "a photo of a cat and a dog " * 200
+        prompt_file.write_text(json.dumps(rows))
+        third = deployment.wait_final(deployment.next_run(log), log)
+        entry = newest_entry(registry, known)
+        assert third["state_type"] == "FAILED"
+        assert entry.status == "failed" and entry.reason.startswith("evaluation failed: ") and "prompt" in entry.reason
+        assert entry.dataset_version is None          # not counted: the next run trains on version 3 again
+        assert json.loads((data_dir / "manifest.json").read_text())["versions"][-1]["version"] == 3
+
+        # 4. the prompt file is mended, a registry entry damaged; the run is SIGKILLed while it trains.
+        prompt_file.write_text(good_prompts)
+        damaged = registry / "entries" / f"{entry.id}.json"
+        damaged.write_text('{"id": "' + entry.id + '", "status": "lost"')
+        assert registry_cli(registry, "check").returncode == 2
+        fourth = deployment.next_run(log)
+        deadline = time.monotonic() + RUN_DEADLINE
+        while not list(runs_dir.glob("*/train/train_config.json"))[3:]:
+            assert deployment.run(fourth)["state_type"] in ("PENDING", "RUNNING"), log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the fourth run never started training"
+            time.sleep(0.2)
+        pid = int(str(deployment.run(fourth)["infrastructure_pid"]).rsplit(":", 1)[-1])
+        os.kill(pid, signal.SIGKILL)
+        assert deployment.wait_final(fourth, log)["state_type"] in ("CRASHED", "FAILED")
+        assert ModelRegistry(registry).index().promoted == promoted.id
+        assert registry_cli(registry, "check").returncode == 0     # the fourth run repaired the registry
+        assert list((registry / "damaged").glob(f"{entry.id}.json.*"))
+
+        # 5. clean: the killed run is registered as failed (interrupted), the candidate trains on version 3
+        #    and is judged normally.
+        fifth = deployment.wait_final(deployment.next_run(log), log)
+        assert fifth["state_type"] == "COMPLETED"
+        fresh = {e.id: e for e in ModelRegistry(registry).entries() if e.id not in known}
+        interrupted = [e for e in fresh.values() if e.reason.startswith("interrupted")]
+        judged = [e for e in fresh.values() if e.status in ("promoted", "rejected")]
+        assert len(interrupted) == 1 and len(judged) == 1 and len(fresh) == 2
+        assert judged[0].dataset_version == 3 and judged[0].multigen is not None and judged[0].status == "rejected"
+        listing = registry_cli(registry, "list").stdout
+        assert "failed (interrupted)" in listing and f"{promoted.id}  PROMOTED" in listing
+
+        check = registry_cli(registry, "check")
+        assert check.returncode == 0 and check.stderr == "", check.stderr
+        assert ModelRegistry(registry).promoted().id == promoted.id
+        assert digests(Path(promoted.pipeline_dir)) == promoted_files
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+        logs.close()
