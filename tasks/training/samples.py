@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import tarfile
 import time
@@ -141,8 +142,8 @@ def _int_pair(value: object) -> bool:
         isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-def _contract_reason(data: dict) -> str | None:
-    """span_mismatch or mask_size_mismatch when the record's nouns break them (any noun), else None."""
+def _contract_problem(data: dict) -> SampleProblem | None:
+    """span_mismatch or mask_size_mismatch when a noun of the record breaks them, else None."""
     caption, nouns = data.get("caption"), data.get("nouns")
     if not isinstance(caption, str) or not isinstance(nouns, list):
         return None
@@ -151,12 +152,14 @@ def _contract_reason(data: dict) -> str | None:
         span, text = noun.get("span"), noun.get("text")
         if _int_pair(span) and isinstance(text, str) and not (
                 0 <= span[0] < span[1] <= len(caption) and caption[span[0]:span[1]] == text):
-            return "span_mismatch"
+            return SampleProblem("span_mismatch", f"noun {text!r:.40} at {span} is not that text of the "
+                                                  f"{len(caption)}-character caption")
     size = (data.get("height"), data.get("width"))
     for noun in nouns:
         mask = noun.get("mask")
         if isinstance(mask, dict) and _int_pair(mask.get("size")) and _int_pair(size) and tuple(mask["size"]) != size:
-            return "mask_size_mismatch"
+            return SampleProblem("mask_size_mismatch", f"mask of {noun.get('text')!r:.40} is {mask['size']}, "
+                                                       f"the record says [height, width] {list(size)}")
     return None
 
 
@@ -168,9 +171,9 @@ def parse_record(data: bytes, key: str) -> SampleRecord:
         raise SampleProblem("json_invalid", f"{type(error).__name__}: {str(error)[:160]}") from None
     if not isinstance(parsed, dict):
         raise SampleProblem("json_not_object", f"the JSON is a {type(parsed).__name__}, not an object")
-    reason = _contract_reason(parsed)
-    if reason:
-        raise SampleProblem(reason, "a noun's span or mask disagrees with the record's caption or size")
+    problem = _contract_problem(parsed)
+    if problem:
+        raise problem
     try:
         record = SampleRecord.model_validate_json(data)
     except ValidationError as error:
@@ -381,10 +384,11 @@ class DataQuality:
             names = "; ".join(self.unreadable[s] for s in sorted(self.unreadable)[:WORST_SHARDS])
             parts.append(f"{len(self.unreadable)} shard(s) unreadable as tar, max_unreadable_shards allows "
                          f"{max_unreadable}: {names}")
-        if len(self.bad) > max_fraction * self.samples:
+        allowed = math.floor(max_fraction * self.samples + 1e-9)   # 0.3 * 10 is 2.9999999999999996
+        if len(self.bad) > allowed:
             parts.append(f"{len(self.bad)} of {self.samples} samples unusable "
-                         f"({100 * len(self.bad) / max(self.samples, 1):.2f}%), max_bad_sample_fraction allows "
-                         f"{max_fraction:g}; worst shards: {self.worst_shards()}")
+                         f"({100 * len(self.bad) / max(self.samples, 1):.2f}%), max_bad_sample_fraction "
+                         f"{max_fraction:g} allows {allowed}; worst shards: {self.worst_shards()}")
         return "too much bad training data: " + "; ".join(parts) if parts else None
 
     def summary(self) -> dict[str, Any]:
