@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from tokencompose.cli import parser_for
 from tokencompose.flows.train import FLOW_NAME, train_tokencompose
 
@@ -84,3 +86,55 @@ def test_two_processes_train_with_ddp_on_the_cpu(make_config, tmp_path):
     assert (checkpoint / "rank-0.json").exists() and (checkpoint / "rank-1.json").exists()
     assert load_file(checkpoint / "model.safetensors").keys() == load_file(
         tmp_path / "ddp" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").keys()
+
+
+def one_bad_shard(tmp_path, reason: str = "json_not_object"):
+    """100 good samples and, first, one bad one: under the default 1% ceiling."""
+    from tests.support.hostile_shards import MAKERS, members, small_photo_samples, write_samples
+
+    good = small_photo_samples(101)
+    samples = [MAKERS[reason](*good[0])] + [members(*s) for s in good[1:]]
+    return write_samples(tmp_path / "bad" / "shard-000000.tar", samples), good[0][0].key
+
+
+def markdown_artifact(flow_run_id) -> str:
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}, "type": {"any_": ["markdown"]}},
+            "sort": "CREATED_DESC", "limit": 5, "offset": 0}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    response.raise_for_status()
+    return response.json()[0]["data"]
+
+
+def test_the_flow_trains_past_a_bad_sample_and_reports_it(prefect_api, make_config, tmp_path):
+    """Issue 20: one bad sample ended the flow with a DataError; now it is skipped and reported."""
+    shard, key = one_bad_shard(tmp_path)
+    config = make_config(shards=[str(shard)], shuffle_buffer=0, max_steps=2)
+    state = train_tokencompose(config=config, return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["steps"] == 2 and summary["data_quality"]["by_reason"] == {"json_not_object": 1}
+    assert summary["data_quality"]["first"]["json_not_object"] == [f"shard-000000.tar:{key}"]
+    assert f"| unusable: json_not_object | 1 (first: shard-000000.tar:{key}) |" in markdown_artifact(
+        state.state_details.flow_run_id)
+
+
+def test_too_much_bad_data_stops_the_flow_and_the_cli_in_one_line(prefect_api, make_config, tmp_path, capsys):
+    from tokencompose.tasks.training.samples import TooMuchBadData
+
+    shard, _ = one_bad_shard(tmp_path)
+    config = make_config(shards=[str(shard)], max_bad_sample_fraction=0.0)
+    state = train_tokencompose(config=config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(TooMuchBadData, match="1 of 101 samples unusable"):
+        state.result()
+    assert "**training stopped**: too much bad training data" in markdown_artifact(state.state_details.flow_run_id)
+    config_file = tmp_path / "train.json"
+    config_file.write_text(config.to_json())
+    args = parser().parse_args(["train", "--config", str(config_file), "--no-prefect"])
+    assert args.handler(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("training failed: too much bad training data: 1 of 101 samples unusable") and "\n" not in err
+    assert "shard-000000.tar (1 unusable: json_not_object 1)" in err

@@ -66,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"cannot start: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:
-        if type(error).__name__ != "TrainingDiverged":
+        if type(error).__name__ not in ("TrainingDiverged", "TooMuchBadData", "DataError"):
             raise
         print(f"training failed: {error}", file=sys.stderr)
         return 1
