@@ -24,14 +24,13 @@ class CocoRLE(StrictRecord):
     counts: str
 
 
-class Noun(StrictRecord):
-    """One noun phrase of the chosen caption with its grounding.
+class Grounding(StrictRecord):
+    """What a grounder says about one noun: a mask, or the reason it has none.
 
-    ``mask`` is null exactly when ``reason`` says why; ``box`` is [x, y, width, height] in pixels.
+    ``box`` is [x, y, width, height] in pixels; ``boxes`` and ``box_scores`` are a detector's boxes
+    (best first), ``score`` the best one's; ``source`` names what made the mask.
     """
 
-    text: str
-    span: tuple[int, int] = Field(description="[start, end) character offsets in the caption")
     mask: CocoRLE | None = None
     box: tuple[float, float, float, float] | None = None
     score: float | None = None
@@ -42,10 +41,25 @@ class Noun(StrictRecord):
     reason: str | None = None
 
     @model_validator(mode="after")
-    def _mask_or_reason(self) -> "Noun":
+    def _mask_or_reason(self) -> "Grounding":
         if (self.mask is None) == (self.reason is None):
             raise ValueError("a noun has either a mask or a reason for having none, not both or neither")
+        if self.source is not None and self.mask is None:
+            raise ValueError(f"source {self.source!r} names what made a mask, and there is none")
         return self
+
+
+class Noun(Grounding):
+    """One noun phrase of the chosen caption with its grounding; ``mask`` is null exactly when
+    ``reason`` says why."""
+
+    text: str
+    span: tuple[int, int] = Field(description="[start, end) character offsets in the caption")
+
+    @classmethod
+    def grounded(cls, text: str, span: tuple[int, int], grounding: Grounding) -> "Noun":
+        """The noun at ``span`` with what its grounder said."""
+        return cls(text=text, span=span, **dict(grounding))
 
 
 class CaptionCandidate(StrictRecord):

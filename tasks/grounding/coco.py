@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from PIL import Image
 
 from tokencompose.data import DATA_DIR
-from tokencompose.schemas.sample import BackendInfo
+from tokencompose.schemas.sample import BackendInfo, Grounding
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.nouns.extraction import lookup_text, singular_forms
 from tokencompose.tasks.source.records import ImageRecord
@@ -31,20 +30,6 @@ REASON_NO_ANNOTATIONS = "no_instance_annotations"
 REASON_EMPTY_MASK = "empty_mask"
 REASON_NO_DETECTION = "no_detection"
 REASON_BAD_ANNOTATION = "bad_annotation"  # an instance of the noun's category is malformed in the source
-
-
-@dataclass
-class Grounding:
-    """What a grounder says about one noun: a mask (compressed RLE, string counts) or a reason."""
-
-    mask: dict | None = None
-    box: tuple[float, float, float, float] | None = None
-    score: float | None = None
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
-    box_scores: list[float] = field(default_factory=list)
-    category: str | None = None
-    source: str | None = None
-    reason: str | None = None
 
 
 class Grounder(Protocol):

@@ -15,8 +15,8 @@ from typing import Sequence
 from PIL import Image
 
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.schemas.sample import BackendInfo
-from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, Grounder, Grounding
+from tokencompose.schemas.sample import BackendInfo, Grounding
+from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, Grounder
 from tokencompose.tasks.source.records import ImageRecord
 
 

@@ -16,10 +16,11 @@ from typing import Sequence
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import (INDEX_DIR, SHARDS_DIR, MemberLocation, Reject, ShardIndex, ShardStats,
                                           ShardSummary, canonical_json, temporary_name, write_atomic)
-from tokencompose.schemas.sample import JSON_FIELD, CaptionCandidate, Noun, Provenance, SampleRecord, sample_key
+from tokencompose.schemas.sample import (JSON_FIELD, CaptionCandidate, Grounding, Noun, Provenance, SampleRecord,
+                                         sample_key)
 from tokencompose.tasks.captions import ranking as caption_stage
 from tokencompose.tasks.models.backends import Backends
-from tokencompose.tasks.grounding.coco import REASON_STOP_LIST, Grounding
+from tokencompose.tasks.grounding.coco import REASON_STOP_LIST
 from tokencompose.tasks.source.images import ImageProblem, LoadedImage, image_path, load_image
 from tokencompose.tasks.nouns.extraction import is_stop_listed, lookup_text
 from tokencompose.tasks.source.records import Caption, ImageRecord, NounPhrase
@@ -127,12 +128,7 @@ class ShardBuilder:
 
     @staticmethod
     def _noun(phrase: NounPhrase, grounding: Grounding | None) -> Noun:
-        span = (phrase.start, phrase.end)
-        if grounding is None:
-            return Noun(text=phrase.text, span=span, reason=REASON_STOP_LIST)
-        return Noun(text=phrase.text, span=span, mask=grounding.mask, box=grounding.box, score=grounding.score,
-                    boxes=grounding.boxes, box_scores=grounding.box_scores, category=grounding.category,
-                    source=grounding.source if grounding.mask else None, reason=grounding.reason)
+        return Noun.grounded(phrase.text, (phrase.start, phrase.end), grounding or Grounding(reason=REASON_STOP_LIST))
 
     def _record(self, item: _Pending, scores: list[float], caption: Caption, nouns: list[Noun]) -> SampleRecord:
         candidates = [CaptionCandidate(id=c.id, text=c.text, score=float(s)) for c, s in zip(item.ranked, scores)]

@@ -60,8 +60,9 @@ def test_one_grounding_per_noun_with_consistent_fields(setup, batched):
                     assert x + w <= width + 0.01 and y + h <= height + 0.01
             if g.mask is not None:
                 with_mask += 1
-                assert g.mask["size"] == [height, width]
-                assert g.box == masks.box(g.mask) and masks.area(g.mask) > 0
+                assert g.mask.size == (height, width)
+                rle = g.mask.model_dump()
+                assert g.box == masks.box(rle) and masks.area(rle) > 0
                 assert g.source == "grounded_sam"
             elif not g.boxes:
                 assert g.reason == REASON_NO_DETECTION
@@ -94,7 +95,7 @@ def test_batch_equals_one_by_one(setup, batched):
             np.testing.assert_allclose(a.box_scores, b.box_scores, atol=1e-4)
             assert (a.mask is None) == (b.mask is None)
             if a.mask is not None:
-                assert mask_iou(masks.decode(a.mask), masks.decode(b.mask)) >= 0.99
+                assert mask_iou(masks.decode(a.mask.model_dump()), masks.decode(b.mask.model_dump())) >= 0.99
                 compared += 1
     assert compared > 0
 
@@ -275,7 +276,7 @@ def test_noun_mask_is_the_union_of_its_boxes(setup):
     scores = np.array([0.4, 0.7, 0.9])
     owners = np.array([0, 0, 1])
     g = grounder._noun_grounding(boxes, scores, owners, box_masks, 0)
-    union = masks.decode(g.mask)
+    union = masks.decode(g.mask.model_dump())
     assert union.sum() == 6 + 12 and (union == (box_masks[0] | box_masks[1])).all()
     assert g.box == (1.0, 1.0, 9.0, 7.0)  # bbox of the union mask, x y w h
     assert g.boxes == [(6.0, 5.0, 4.0, 3.0), (1.0, 1.0, 3.0, 2.0)] and g.box_scores == [0.7, 0.4]

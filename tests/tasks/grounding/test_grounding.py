@@ -46,7 +46,7 @@ def test_mask_is_union_of_the_category_instances():
     right = Annotation(17, [[15, 0, 20, 0, 20, 10, 15, 10]], (15, 0, 5, 10))
     dog = Annotation(18, [[6, 0, 14, 0, 14, 10, 6, 10]], (6, 0, 8, 10))
     grounding = CocoAnnotationGrounder().ground_noun(_record([left, right, dog]), "kittens")
-    mask = masks.decode(grounding.mask)
+    mask = masks.decode(grounding.mask.model_dump())
     assert mask.shape == (10, 20)
     assert mask[:, :5].all() and mask[:, 15:].all() and not mask[:, 6:14].any()
     assert grounding.category == "cat" and len(grounding.boxes) == 2
@@ -59,7 +59,7 @@ def test_rle_segmentations_decode_too():
     rle = masks.encode(full)
     crowd = Annotation(17, rle, (3, 2, 6, 3), iscrowd=1)
     grounding = CocoAnnotationGrounder().ground_noun(_record([crowd]), "cat")
-    assert (masks.decode(grounding.mask) == full).all()
+    assert (masks.decode(grounding.mask.model_dump()) == full).all()
 
 
 def test_reasons_for_nouns_without_a_mask():

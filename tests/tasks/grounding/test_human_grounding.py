@@ -98,11 +98,11 @@ def grounder(config, order=("coco", "lvis", "stuff")):
 
 
 def pixels(grounding):
-    return int(masks.area(grounding.mask))
+    return int(masks.area(grounding.mask.model_dump()))
 
 
 def region(grounding):
-    return coco_mask.decode({"size": grounding.mask["size"], "counts": grounding.mask["counts"].encode()})
+    return coco_mask.decode({"size": list(grounding.mask.size), "counts": grounding.mask.counts.encode()})
 
 
 def test_lvis_names_normalised_and_synonyms_resolve():
@@ -265,7 +265,7 @@ def test_coverage_bench_counts_each_level(tmp_path):
         {"image_id": 2, "caption": "Some animals in front of a kitchen."},
         {"image_id": 3, "caption": "Pieces of a rocket beside a poodle."}]}))
     out = tmp_path / "coverage.json"
-    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_noun_coverage.py"
+    bench = Path(__file__).resolve().parents[3] / "bench" / "bench_noun_coverage.py"
     subprocess.run([sys.executable, str(bench), "--captions", str(captions), "--out", str(out)], check=True,
                    capture_output=True, timeout=300)
     result = json.loads(out.read_text())
