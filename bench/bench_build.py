@@ -32,7 +32,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from tokencompose.data.replicate import replicate_sample
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.models import backends as backend_registry
-from tokencompose.tasks.shards.dataset import build_directly, plan
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.planning import plan
 from tokencompose.tasks.shards.build import ShardBuilder, write_shard
 
 RESULTS = Path(__file__).resolve().parent / "results" / "build.json"

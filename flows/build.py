@@ -24,7 +24,11 @@ from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import ShardStats, ShardSummary
 from tokencompose.schemas.runner import GPU_TAG
 from tokencompose.tasks.models import backends as backend_registry
-from tokencompose.tasks.shards import dataset
+from tokencompose.tasks.shards.dataset import ShardResults, build_dataset
+from tokencompose.tasks.shards.finalize import reject_counts
+from tokencompose.tasks.shards.output import shard_is_intact
+from tokencompose.tasks.shards.planning import Plan, batch_fingerprint
+from tokencompose.tasks.shards.versions import dataset_versions
 from tokencompose.tasks.shards.identity import build_identity, identity_hash
 from tokencompose.tasks.source.records import ImageRecord
 from tokencompose.tasks.shards.build import build_shard
@@ -39,7 +43,7 @@ MAX_IN_FLIGHT = 64
 
 def shard_key(config: BuildConfig, index: int, records, identity: dict[str, Any]) -> str:
     parts = [identity_hash(identity), config.config_hash(), str(config.output.out_dir.resolve()), str(index),
-             dataset.batch_fingerprint(config, records)]
+             batch_fingerprint(config, records)]
     return "shard-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -79,7 +83,7 @@ def build_shard_task(config: BuildConfig, index: int, records: list[ImageRecord]
     return summary
 
 
-def summary_table(plan: dataset.Plan, stats: ShardStats, summaries: list[ShardSummary], version: int = 1
+def summary_table(plan: Plan, stats: ShardStats, summaries: list[ShardSummary], version: int = 1
                   ) -> list[dict[str, Any]]:
     existing = {s.shard for s in plan.existing}
     shards = [*plan.existing, *(s for s in summaries if s.shard not in existing)]
@@ -88,7 +92,7 @@ def summary_table(plan: dataset.Plan, stats: ShardStats, summaries: list[ShardSu
             ("new shards", len([s for s in summaries if s.shard not in existing])), ("dataset version", version),
             ("samples written", stats.samples), ("shards", len(shards)),
             ("images rejected", len(rejects))]
-    rows += [(f"rejected: {reason}", count) for reason, count in dataset.reject_counts(rejects).items()]
+    rows += [(f"rejected: {reason}", count) for reason, count in reject_counts(rejects).items()]
     per_caption = stats.nouns / stats.samples if stats.samples else 0.0
     rows += [("nouns per caption", round(per_caption, 3)),
              ("share of nouns with a mask", round(stats.share_with_mask() or 0.0, 3)),
@@ -109,25 +113,10 @@ def cache_storage(config: BuildConfig) -> LocalFileSystem:
 def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
     """Build a grounded COCO dataset as sharded WebDataset tars (see docs/architecture.md)."""
     logger = get_run_logger()
-    with dataset.output_lock(config.output.out_dir):
-        plan = dataset.plan(config)
-        dataset.start_output(plan)
-        # Identity without loading a model: what, besides the records, decides the shards' bytes.
-        identity = build_identity(config)
-        logger.info("config %s, build identity %s: %d new images of %d selected (%d seen), %d new shards after %d",
-                    plan.config_hash, identity_hash(identity), plan.new_images, plan.selected, plan.seen,
-                    len(plan.batches), len(plan.existing))
-        shard_task = build_shard_task.with_options(result_storage=cache_storage(config))
-        progress = create_progress_artifact(0.0, key="build-grounded-coco-progress",
-                                            description=f"shards of {config.output.out_dir}")
-        summaries, failed = _run_shards(config, plan, shard_task, progress)
-        failed = failed or dataset.check_repairs(plan, summaries)
-        if failed:
-            raise dataset.build_failed(plan, summaries, failed) from failed[min(failed)]
-        # The provenance comes from the shard summaries: no backend is loaded here.
-        stats = dataset.finalize(plan, summaries, dataset.identity_provenance(plan.config_hash, identity))
-    versions = dataset.dataset_versions(config.output.out_dir)
-    table = summary_table(plan, stats, summaries, versions[-1].version if versions else 0)
+    built = build_dataset(config, submitted_shards)  # the sequence --no-prefect runs too, shards as tasks
+    plan = built.plan
+    versions = dataset_versions(config.output.out_dir)
+    table = summary_table(plan, built.stats, built.summaries, versions[-1].version if versions else 0)
     create_table_artifact(table, key="build-grounded-coco-summary", description=f"dataset {config.output.out_dir}")
     if not plan.batches and plan.existing:
         logger.info("no new images: the dataset stays at version %d", versions[-1].version)
@@ -135,8 +124,19 @@ def build_grounded_coco(config: BuildConfig) -> dict[str, Any]:
     return {row["measure"]: row["value"] for row in table}
 
 
-def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress
-                ) -> tuple[list[ShardSummary], dict[int, BaseException]]:
+def submitted_shards(plan: Plan, identity: dict[str, Any]) -> ShardResults:
+    """The plan's shards as Prefect tasks (build_dataset's ``run_shards``), with a progress artifact."""
+    config = plan.config
+    get_run_logger().info("config %s, build identity %s: %d new images of %d selected (%d seen), %d new shards "
+                          "after %d", plan.config_hash, identity_hash(identity), plan.new_images, plan.selected,
+                          plan.seen, len(plan.batches), len(plan.existing))
+    shard_task = build_shard_task.with_options(result_storage=cache_storage(config))
+    progress = create_progress_artifact(0.0, key="build-grounded-coco-progress",
+                                        description=f"shards of {config.output.out_dir}")
+    return _run_shards(config, plan, shard_task, progress)
+
+
+def _run_shards(config: BuildConfig, plan: Plan, shard_task, progress) -> ShardResults:
     """Submit shards, at most ``config.workers`` at once; a cached result whose shard is not on disk
     intact is built again. After a shard fails (retries spent) no new shard starts; the running ones
     finish, so their work is kept and reported. Returns the summaries and the failures by shard."""
@@ -165,10 +165,10 @@ def _run_shards(config: BuildConfig, plan: dataset.Plan, shard_task, progress
     return summaries, failed
 
 
-def _checked_result(config: BuildConfig, plan: dataset.Plan, shard_task, future, index: int) -> ShardSummary:
+def _checked_result(config: BuildConfig, plan: Plan, shard_task, future, index: int) -> ShardSummary:
     summary = future.result()
     # A shard just built was hashed as it was written; only a cached result needs checking.
-    if future.state.name == "Cached" and not dataset.shard_is_intact(config, summary):
+    if future.state.name == "Cached" and not shard_is_intact(config, summary):
         get_run_logger().warning("%s: cached result does not match the file on disk; building it again", summary.shard)
         summary = shard_task.with_options(refresh_cache=True)(
             config=config, index=index, records=quote(plan.jobs()[index]))

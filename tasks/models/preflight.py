@@ -1,10 +1,43 @@
 """What can be checked about a build configuration before anything starts: no model is loaded, no
-source is parsed and no Prefect server is started, so a wrong path answers in a second."""
+source is parsed and no Prefect server is started, so a wrong path or an output folder that cannot be
+written answers in a second."""
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 from pathlib import Path
 
 from tokencompose.schemas.config import BuildConfig
+
+
+def output_problems(folder: Path, field: str) -> list[str]:
+    """Whether a command can write its output folder, found by trying (permission bits say nothing
+    for root, and nothing about a read-only mount): a probe file in the folder, or a probe folder in
+    its nearest existing ancestor when the folder is still to be made. One line naming the field."""
+    folder = Path(folder).expanduser()
+    existing = folder
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        is_folder = existing.is_dir()
+    except OSError as error:           # a folder on the way that may not be looked into
+        return [f"{field}: {folder} cannot be checked ({(error.strerror or str(error)).lower()})"]
+    if not is_folder:
+        where = "exists and is not a folder" if existing == folder else f"cannot be made: {existing} is not a folder"
+        return [f"{field}: {folder} {where}"]
+    try:
+        if existing == folder:
+            descriptor, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+            os.close(descriptor)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
+    except OSError as error:
+        reason = "read-only file system" if error.errno == errno.EROFS else (error.strerror or str(error)).lower()
+        what = "is not writable" if existing == folder else f"cannot be made in {existing}"
+        return [f"{field}: {folder} {what} ({reason})"]
+    return []
 
 
 def _path_problems(config: BuildConfig) -> list[str]:
@@ -30,14 +63,16 @@ def build_problems(config: BuildConfig) -> list[str]:
     """Every problem that stops a build before work: missing inputs, an output folder that cannot
     take this dataset, missing packages or weights of the chosen backends. Empty when it can start."""
     from tokencompose.tasks.models import backends
-    from tokencompose.tasks.shards.dataset import ConfigurationError, check_output
+    from tokencompose.tasks.shards.output import ConfigurationError, check_output
 
     problems = _path_problems(config)
+    unwritable = output_problems(config.output.out_dir, "output.out_dir")
     try:
-        check_output(config, config.config_hash())
+        if not unwritable:
+            check_output(config, config.config_hash())
     except ConfigurationError as error:
         problems.append(str(error))
-    return problems + backends.preflight(config)
+    return problems + unwritable + backends.preflight(config)
 
 
 def train_problems(config) -> list[str]:
@@ -51,7 +86,10 @@ def train_problems(config) -> list[str]:
             check(value)
         except FileNotFoundError as error:
             problems.append(str(error))
-    output = Path(config.output_dir)
-    if output.exists() and not output.is_dir():
-        problems.append(f"output_dir: {output} exists and is not a folder")
-    return problems
+    return problems + output_problems(Path(config.output_dir), "output_dir")
+
+
+def evaluate_problems(config) -> list[str]:
+    """What stops an evaluation before anything is imported: its output folder. (The full check, of
+    prompts, models and detector, is the evaluation's own preflight, which loads tokenizers.)"""
+    return output_problems(Path(config.out_dir), "out_dir")

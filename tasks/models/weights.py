@@ -17,7 +17,6 @@ docs/models.md lists every file with its size, checksum (where recorded) and ori
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,14 +383,6 @@ def all_specs(config: BuildConfig | None = None) -> list[WeightSpec]:
     specs += [sam_hq_spec(v) for v in SAM_HQ_VARIANTS]
     specs += [stable_diffusion_spec(), owlv2_spec()]  # MultiGen (tokencompose evaluate / attention)
     return specs
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def size_of(path: Path) -> int:

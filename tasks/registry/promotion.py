@@ -44,7 +44,7 @@ class Decision:
 
 def latest_dataset(out_dir: Path) -> DatasetVersion:
     """The newest version of the dataset a build wrote into ``out_dir`` and its shard files."""
-    from tokencompose.tasks.shards.dataset import dataset_versions, version_shards
+    from tokencompose.tasks.shards.versions import dataset_versions, version_shards
 
     versions = dataset_versions(out_dir)
     if not versions:

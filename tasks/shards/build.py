@@ -18,9 +18,9 @@ from tokencompose.schemas.reports import (INDEX_DIR, SHARDS_DIR, MemberLocation,
                                           ShardSummary, canonical_json, temporary_name, write_atomic)
 from tokencompose.schemas.sample import (JSON_FIELD, CaptionCandidate, Grounding, Noun, Provenance, SampleRecord,
                                          sample_key)
+from tokencompose.schemas.reasons import NounReason, RejectReason
 from tokencompose.tasks.captions import ranking as caption_stage
 from tokencompose.tasks.models.backends import Backends
-from tokencompose.tasks.grounding.coco import REASON_STOP_LIST
 from tokencompose.tasks.source.images import ImageProblem, LoadedImage, image_path, load_image
 from tokencompose.tasks.nouns.extraction import is_stop_listed, lookup_text
 from tokencompose.tasks.source.records import Caption, ImageRecord, NounPhrase
@@ -71,7 +71,7 @@ class ShardBuilder:
             rejects += chunk_rejects
         return samples, rejects
 
-    def _reject(self, record: ImageRecord, stage: str, reason: str, detail: str = "") -> Reject:
+    def _reject(self, record: ImageRecord, stage: str, reason: RejectReason, detail: str = "") -> Reject:
         return Reject(image_id=record.image_id, file_name=record.file_name, stage=stage, reason=reason, detail=detail)
 
     def _load(self, records: Sequence[ImageRecord]) -> tuple[list[_Pending], list[Reject]]:
@@ -79,11 +79,11 @@ class ShardBuilder:
         for record in records:
             ranked, excluded = caption_stage.usable_captions(record.captions, self.config.captions.max_chars)
             if not record.captions:
-                rejects.append(self._reject(record, "captions", "no_captions"))
+                rejects.append(self._reject(record, "captions", RejectReason.NO_CAPTIONS))
                 continue
             if not ranked:
                 reasons = sorted({why for _, why in excluded})
-                rejects.append(self._reject(record, "captions", "no_usable_caption", "; ".join(reasons)))
+                rejects.append(self._reject(record, "captions", RejectReason.NO_USABLE_CAPTION, "; ".join(reasons)))
                 continue
             try:
                 path = image_path(self.config.source.images_dir, record.file_name)
@@ -115,20 +115,20 @@ class ShardBuilder:
         for item, item_scores, caption, image_phrases, grounded_phrases, image_groundings in zip(
                 pending, scores, chosen, phrases, to_ground, groundings):
             if not image_phrases:
-                rejects.append(self._reject(item.record, "nouns", "no_nouns", caption.text))
+                rejects.append(self._reject(item.record, "nouns", RejectReason.NO_NOUNS, caption.text))
                 continue
             by_phrase = dict(zip(grounded_phrases, image_groundings))
             nouns = [self._noun(ph, by_phrase.get(ph)) for ph in image_phrases]
             if self.config.output.require_mask and not any(n.mask for n in nouns):
                 reasons = ", ".join(f"{n.text}: {n.reason}" for n in nouns)
-                rejects.append(self._reject(item.record, "grounding", "no_masks", reasons))
+                rejects.append(self._reject(item.record, "grounding", RejectReason.NO_MASKS, reasons))
                 continue
             samples.append((self._record(item, item_scores, caption, nouns), item.image.data))
         return samples, rejects
 
     @staticmethod
     def _noun(phrase: NounPhrase, grounding: Grounding | None) -> Noun:
-        return Noun.grounded(phrase.text, (phrase.start, phrase.end), grounding or Grounding(reason=REASON_STOP_LIST))
+        return Noun.grounded(phrase.text, (phrase.start, phrase.end), grounding or Grounding(reason=NounReason.STOP_LIST))
 
     def _record(self, item: _Pending, scores: list[float], caption: Caption, nouns: list[Noun]) -> SampleRecord:
         candidates = [CaptionCandidate(id=c.id, text=c.text, score=float(s)) for c, s in zip(item.ranked, scores)]

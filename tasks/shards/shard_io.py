@@ -105,7 +105,8 @@ def write_tar(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> tu
 
 
 def file_sha256(path: Path, chunk: int = CHUNK) -> str:
-    """sha256 of a file read in chunks (never the whole file in memory)."""
+    """sha256 of a file read in chunks (never the whole file in memory): the one file hash (shards, weight
+    files, tables)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):

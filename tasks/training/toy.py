@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tokencompose.schemas.reasons import NounReason
 from tokencompose.schemas.sample import BackendInfo, Noun, Provenance, SampleRecord, sample_key
 from tokencompose.tasks.grounding.masks import encode
 from tokencompose.tasks.shards.build import write_shard
@@ -109,7 +110,7 @@ def make_record(image_id: int, image: np.ndarray, caption: str, nouns: list[tupl
         start = caption.index(text, cursor)
         cursor = start + len(text)
         if mask is None:
-            entries.append(Noun(text=text, span=(start, cursor), reason="no_detection"))
+            entries.append(Noun(text=text, span=(start, cursor), reason=NounReason.NO_DETECTION))
         else:
             entries.append(Noun(text=text, span=(start, cursor), mask=encode(mask), source="toy"))
     record = SampleRecord(key=sample_key(image_id), image_id=image_id, file_name=f"{image_id:012d}.jpg",

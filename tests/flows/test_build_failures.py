@@ -14,7 +14,8 @@ from tests.support.testkit import demo_config
 from tokencompose.flows.build import build_grounded_coco
 from tokencompose.schemas.reports import IncompleteRun
 from tokencompose.tasks.models import backends as backend_registry
-from tokencompose.tasks.shards.dataset import BuildFailed, build_directly
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.finalize import BuildFailed
 from tokencompose.tasks.grounding.coco import BUNDLED_NOUN_TABLE, CocoAnnotationGrounder
 
 FAILING_IMAGE = 285  # in the second shard of the sample with shard_size 2
@@ -143,7 +144,7 @@ def test_a_failed_incremental_build_keeps_the_previous_version(tmp_path):
     """Shards of a new version fail: the manifest of the version before stays (its shards are intact),
     incomplete.json names the new shards; the same command once the problem is gone finishes."""
     from tokencompose.data import SAMPLE_DIR
-    from tokencompose.tasks.shards.dataset import BuildFailed, dataset_versions
+    from tokencompose.tasks.shards.versions import dataset_versions
 
     lines = (SAMPLE_DIR / "vsr_train.jsonl").read_text().splitlines(keepends=True)
     vsr = tmp_path / "vsr_train.jsonl"

@@ -13,13 +13,14 @@ from tests.support.testkit import demo_config
 from tokencompose.data.replicate import replicate_sample
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import LOCK_FILE
-from tokencompose.tasks.shards.dataset import build_directly, read_lock
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.output import read_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys
 from pathlib import Path
-from tokencompose.tasks.shards.dataset import output_lock
+from tokencompose.tasks.shards.output import output_lock
 with output_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.readline()

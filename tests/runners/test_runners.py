@@ -101,7 +101,11 @@ def test_bad_runner_settings_are_refused(fields, message):
 
 def test_runner_flags_come_from_the_model(tmp_path, capsys):
     from tokencompose.cli import main, parser_for
-    from tokencompose.cli.build import build_config_from_args
+    from tokencompose.cli.build import demo_preset
+    from tokencompose.cli.options import config_from_args
+
+    def build_config_from_args(args):
+        return config_from_args(BuildConfig, args, demo_preset(args))
 
     args = parser_for("build").parse_args(["build", "--demo", "--out", str(tmp_path / "o"), "--runner-kind", "dask",
                                            "--processes", "2", "--runner.gpus-per-task", "0"])

@@ -6,9 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from tokencompose.cli.options import add_config_flags, explain, given_values, merged, read_settings_file
+from tokencompose.cli.options import add_config_flags, load_config
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.runner import RunnerError
 
@@ -25,24 +23,19 @@ def add_cli(subparsers) -> None:
     parser.set_defaults(handler=run_build, config_source=source)
 
 
-def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
+def demo_preset(args: argparse.Namespace) -> dict:
+    """With --demo: the bundled sample as the source (a --config file is under it, flags over it)."""
     from tokencompose.data import demo_settings
 
-    demo = demo_settings() if args.demo else {}
-    return BuildConfig.model_validate(merged(read_settings_file(args.config), demo,
-                                             given_values(args.config_source, args)))
+    return demo_settings() if args.demo else {}
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tokencompose.tasks.shards.dataset import BuildFailed, ConfigurationError
+    from tokencompose.tasks.shards.finalize import BuildFailed
+    from tokencompose.tasks.shards.output import ConfigurationError
 
-    try:
-        config = build_config_from_args(args)
-    except ValidationError as error:
-        print(explain(error), file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as error:
-        print(f"cannot read --config: {error}", file=sys.stderr)
+    config = load_config(BuildConfig, args, "configuration", demo_preset(args))
+    if config is None:
         return 2
     from tokencompose.tasks.models.preflight import build_problems
 

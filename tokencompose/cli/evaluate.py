@@ -6,9 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from tokencompose.cli.options import add_config_flags, explain, given_values, merged, read_settings_file
+from tokencompose.cli.options import add_config_flags, load_config
 from tokencompose.schemas.evaluation import EvaluateConfig
 from tokencompose.schemas.runner import RunnerError
 
@@ -28,23 +26,19 @@ def add_cli(subparsers) -> None:
     parser.set_defaults(handler=run_evaluate, config_source=source)
 
 
-def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
-    return EvaluateConfig.model_validate(merged(read_settings_file(args.config),
-                                                given_values(args.config_source, args)))
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
-    try:
-        config = evaluate_config_from_args(args)
-    except ValidationError as error:
-        print(explain(error, "evaluation configuration"), file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as error:
-        print(f"cannot read --config: {error}", file=sys.stderr)
+    config = load_config(EvaluateConfig, args, "evaluation configuration")
+    if config is None:
         return 2
     if args.print_config:
         print(config.to_json())
         return 0
+    from tokencompose.tasks.models.preflight import evaluate_problems
+
+    problems = evaluate_problems(config)
+    if problems:
+        print("cannot start:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return 2
     from tokencompose.tasks.multigen.generation import ModelFolderError
     from tokencompose.tasks.multigen.run import EvaluationError, evaluate_cli_summary
 

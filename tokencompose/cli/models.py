@@ -4,23 +4,24 @@ from __future__ import annotations
 import argparse
 import os
 
+from tokencompose.cli.options import merged, read_settings_file
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.tasks.models.weights import (DEFAULT_MODELS_DIR, ENV_MODELS_DIR, all_specs, describe_missing, find_weights,
-                                        hf_cache_dir, models_dir, sha256_of, size_of, specs_for)
+from tokencompose.tasks.models.weights import (DEFAULT_MODELS_DIR, ENV_MODELS_DIR, all_specs, describe_missing,
+                                               find_weights, hf_cache_dir, models_dir, size_of, specs_for)
+from tokencompose.tasks.shards.shard_io import file_sha256
+
+# What a build configuration must name that listing weights does not use.
+UNUSED_SECTIONS = {"source": {"images_dir": ".", "captions_json": "captions.json"}, "output": {"out_dir": "out"}}
+
 
 def _load_config(path: str | None, profile: str | None, models: str | None) -> BuildConfig | None:
     if path is None and profile is None:
         return None
-    from tokencompose.schemas.settings_file import read_settings
-
-    data: dict = read_settings(path) if path is not None else {}
-    data.setdefault("source", {"images_dir": ".", "captions_json": "captions.json"})
-    data.setdefault("output", {"out_dir": "out"})
-    if profile is not None:
-        data["profile"] = profile
-    if models is not None:
-        data.setdefault("models", {})["models_dir"] = models
-    return BuildConfig.model_validate(data)
+    settings = read_settings_file(path)
+    flags: dict = {**({"profile": profile} if profile is not None else {}),
+                   **({"models": {"models_dir": models}} if models is not None else {})}
+    return BuildConfig.model_validate(merged({k: v for k, v in UNUSED_SECTIONS.items() if k not in settings},
+                                             settings, flags))
 
 
 def _row(spec, found, verify: bool, needed: bool) -> list[str]:
@@ -32,7 +33,7 @@ def _row(spec, found, verify: bool, needed: bool) -> list[str]:
         lines = [f"  {'present':8} {name:48} {size_of(found):,} bytes at {found}"]
         expected = dict(spec.checksums).get(found.name)
         if verify and expected and found.is_file():
-            lines[0] += " sha256 ok" if sha256_of(found) == expected else " SHA256 MISMATCH"
+            lines[0] += " sha256 ok" if file_sha256(found) == expected else " SHA256 MISMATCH"
     return lines
 
 

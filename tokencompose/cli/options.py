@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import CliSettingsSource
 
 SHORTCUT_PREFIX = "shortcut:"
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> CliSettingsSource:
@@ -89,14 +90,20 @@ def explain(error: ValidationError, what: str = "configuration") -> str:
     return f"invalid {what}:\n" + "\n".join(lines)
 
 
-def load_config(model: type[BaseModel], args: argparse.Namespace, what: str, *presets: dict) -> BaseModel | None:
-    """The configuration from the --config file, then ``presets``, then the flags; None after printing
-    one clear message when it cannot be read or is invalid (the caller exits 2)."""
+def config_from_args(model: type[Model], args: argparse.Namespace, *presets: dict) -> Model:
+    """The configuration from the --config file, then ``presets``, then the flags (raises pydantic's
+    ValidationError, or OSError / ValueError for a --config file that cannot be read)."""
+    return model.model_validate(merged(read_settings_file(args.config), *presets,
+                                       given_values(args.config_source, args)))
+
+
+def load_config(model: type[Model], args: argparse.Namespace, what: str, *presets: dict) -> Model | None:
+    """:func:`config_from_args`, or None after printing one clear message when the configuration cannot
+    be read or is invalid (the caller exits 2). Every command reads its configuration here."""
     import sys
 
     try:
-        return model.model_validate(merged(read_settings_file(args.config), *presets,
-                                           given_values(args.config_source, args)))
+        return config_from_args(model, args, *presets)
     except ValidationError as error:
         print(explain(error, what), file=sys.stderr)
     except (OSError, ValueError) as error:
@@ -104,7 +111,8 @@ def load_config(model: type[BaseModel], args: argparse.Namespace, what: str, *pr
     return None
 
 
-def read_settings_file(path: Path | None) -> dict:
+def read_settings_file(path: str | Path | None) -> dict:
+    """A --config file's settings (JSON, YAML or TOML), {} without one."""
     from tokencompose.schemas.settings_file import read_settings
 
     return read_settings(path) if path else {}

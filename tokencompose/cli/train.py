@@ -26,16 +26,29 @@ def add_cli(subparsers) -> None:
     parser.set_defaults(handler=run_train, config_source=source)
 
 
+def demo_folder(args: argparse.Namespace) -> Path:
+    from tokencompose.tasks.training.demo import DEFAULT_DEMO_DIR
+
+    return Path(given_values(args.config_source, args).get("output_dir") or DEFAULT_DEMO_DIR)
+
+
 def demo_preset(args: argparse.Namespace) -> dict:
     """With --demo: the tiny model and the sample's shards, made in --output-dir (default runs/demo)."""
     if not args.demo:
         return {}
-    from tokencompose.tasks.training.demo import DEFAULT_DEMO_DIR, prepare_demo
+    from tokencompose.tasks.training.demo import prepare_demo
 
-    return prepare_demo(Path(given_values(args.config_source, args).get("output_dir") or DEFAULT_DEMO_DIR))
+    return prepare_demo(demo_folder(args))
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.demo:  # the demo writes its model and shards there before the configuration exists
+        from tokencompose.tasks.models.preflight import output_problems
+
+        problems = output_problems(demo_folder(args), "output_dir")
+        if problems:
+            print("cannot start:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+            return 2
     config = load_config(TrainConfig, args, "training configuration", demo_preset(args))
     if config is None:
         return 2

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tokencompose.viewer.render import quick_area
+from tokencompose.viewer.render import quick_area, size_problem
 
 from tokencompose.schemas.reports import (INDEX_DIR, MANIFEST_FILE, REJECTS_FILE, SHARDS_DIR, STATS_FILE, Manifest,
-                                          Reject, ShardIndex)
+                                          ShardIndex)
 from tokencompose.schemas.sample import JSON_FIELD, SampleRecord
+from tokencompose.tasks.shards.rejects import read_rejects
 from tokencompose.tasks.shards.shard_io import scan_members
 
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.tar$")
@@ -126,6 +127,7 @@ class Catalog:
         self.root, self.shards_dir, self.index_dir = resolve_layout(Path(root))
         self.manifest: Manifest | None = None
         self.problems: list[str] = []  # dataset-level problems (manifest, duplicate keys)
+        self.duplicates: dict[str, list[str]] = {}  # key -> the shards where it appears again (not shown)
         self.shards: list[ShardInfo] = []
         self.entries: list[Entry] = []
         self.by_key: dict[str, Entry] = {}
@@ -222,6 +224,7 @@ class Catalog:
                     continue
                 if key in self.by_key:
                     self.problems.append(f"key {key} appears again in {info.name}; the first one is shown")
+                    self.duplicates.setdefault(key, []).append(info.name)
                     continue
                 entry = self._entry(number, key, members, handle, size)
                 entry.position = len(self.entries)
@@ -268,6 +271,9 @@ class Catalog:
         except SampleError as error:
             entry.error = str(error)
             return entry
+        entry.error = record_problem(record)
+        if entry.error:
+            return entry
         entry.caption = record.caption
         entry.nouns = NOUN_SEPARATOR.join(n.text.lower().replace(NOUN_SEPARATOR, " ") for n in record.nouns)
         entry.masked = sum(1 << i for i, n in enumerate(record.nouns) if n.mask is not None)
@@ -292,11 +298,16 @@ class Catalog:
         return self.by_key.get(key) if isinstance(key, str) else None
 
     def record(self, entry: Entry) -> SampleRecord:
-        """The full record (read again from the shard: the catalogue keeps only the light fields)."""
+        """The full record (read again from the shard: the catalogue keeps only the light fields), checked
+        as the scan checked it (the file may have changed since)."""
         if entry.error:
             raise SampleError(entry.error)
         data = self._read(entry, entry.json_offset, entry.json_size, MAX_JSON_BYTES)
-        return parse_record(data, entry.key)
+        record = parse_record(data, entry.key)
+        problem = record_problem(record)
+        if problem:
+            raise SampleError(problem)
+        return record
 
     def image_bytes(self, entry: Entry) -> tuple[bytes, str]:
         """The original image bytes and their media type."""
@@ -374,28 +385,9 @@ class Catalog:
 
     def rejects(self, keep: int = 200) -> dict:
         """Counts of rejects.jsonl by reason and stage, read line by line; the first ``keep`` kept."""
-        path = self.root / REJECTS_FILE
-        result: dict = {"total": 0, "by_reason": {}, "by_stage": {}, "first": [], "bad_lines": 0, "missing": False}
-        try:
-            handle = open(path, "rb")
-        except OSError:
-            result["missing"] = True
-            return result
-        with handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    reject = Reject.model_validate_json(line)
-                except (ValidationError, ValueError):
-                    result["bad_lines"] += 1
-                    continue
-                result["total"] += 1
-                result["by_reason"][reject.reason] = result["by_reason"].get(reject.reason, 0) + 1
-                result["by_stage"][reject.stage] = result["by_stage"].get(reject.stage, 0) + 1
-                if len(result["first"]) < keep:
-                    result["first"].append(reject)
-        return result
+        read = read_rejects(self.root / REJECTS_FILE, keep)
+        return {"total": read.total, "by_reason": read.by_reason, "by_stage": read.by_stage, "first": read.rows,
+                "bad_lines": read.bad_lines, "missing": read.missing}
 
 
 def _some_noun_matches(entry: Entry, query: Query, low: float | None, high: float | None) -> bool:
@@ -497,6 +489,20 @@ def parse_record(data: bytes, key: str) -> SampleRecord:
     if record.key != key:
         raise SampleError(f"the JSON says key {record.key!r}, the index says {key!r}")
     return record
+
+
+def record_problem(record: SampleRecord) -> str | None:
+    """What makes a schema-valid record unusable for drawing (a size no image has, a noun span outside
+    the caption), or None."""
+    size = size_problem(record.width, record.height, "the record's size")
+    if size:
+        return size
+    for noun in record.nouns:
+        start, end = noun.span
+        if not 0 <= start <= end <= len(record.caption):
+            return (f"noun {noun.text[:80]!r} has the span [{start}, {end}), outside the caption "
+                    f"({len(record.caption)} characters)")
+    return None
 
 
 def _short(error: Exception, limit: int = 300) -> str:

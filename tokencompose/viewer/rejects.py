@@ -11,26 +11,14 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from tokencompose.schemas.reports import BUILD_CONFIG_FILE, REJECTS_FILE, Reject
+from tokencompose.tasks.shards.rejects import RejectRows, read_rejects
 from tokencompose.viewer.catalog import IMAGE_TYPES, MAX_IMAGE_BYTES
 
 PLAIN_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
 MAX_REJECTS = 1_000_000  # rows kept in memory (each ~200 bytes); the counts cover every row
-
-
-@dataclass
-class RejectRows:
-    rows: list[Reject] = field(default_factory=list)
-    total: int = 0
-    bad_lines: int = 0
-    missing: bool = False
-    by_reason: dict[str, int] = field(default_factory=dict)
-    by_stage: dict[str, int] = field(default_factory=dict)
 
 
 class RejectList:
@@ -64,27 +52,7 @@ class RejectList:
             return self._rows
 
     def _read(self) -> RejectRows:
-        result = RejectRows()
-        try:
-            handle = open(self.root / REJECTS_FILE, "rb")
-        except OSError:
-            result.missing = True
-            return result
-        with handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    reject = Reject.model_validate_json(line)
-                except (ValidationError, ValueError):
-                    result.bad_lines += 1
-                    continue
-                result.total += 1
-                result.by_reason[reject.reason] = result.by_reason.get(reject.reason, 0) + 1
-                result.by_stage[reject.stage] = result.by_stage.get(reject.stage, 0) + 1
-                if len(result.rows) < MAX_REJECTS:
-                    result.rows.append(reject)
-        return result
+        return read_rejects(self.root / REJECTS_FILE, MAX_REJECTS)
 
     def get(self, row: int) -> Reject | None:
         rows = self.read().rows

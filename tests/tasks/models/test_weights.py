@@ -48,7 +48,8 @@ def test_offline_profile_needs_no_weights(tmp_path):
 
 
 def test_preflight_lists_all_problems_before_any_work(tmp_path):
-    from tokencompose.tasks.shards.dataset import ConfigurationError, plan
+    from tokencompose.tasks.shards.output import ConfigurationError
+    from tokencompose.tasks.shards.planning import plan
 
     cfg = config(tmp_path, profile="hybrid")
     problems = backends.preflight(cfg)

@@ -14,7 +14,8 @@ from tests.support.testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import Manifest, ShardIndex
 from tokencompose.schemas.sample import SampleRecord
-from tokencompose.tasks.shards.dataset import ConfigurationError, build_directly
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.output import ConfigurationError
 
 
 def _files(out):

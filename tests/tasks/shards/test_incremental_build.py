@@ -9,7 +9,9 @@ import pytest
 from tests.support.testkit import demo_config
 from tokencompose.data import SAMPLE_DIR
 from tokencompose.schemas.reports import ShardIndex
-from tokencompose.tasks.shards.dataset import ConfigurationError, build_directly, dataset_versions, version_shards
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.output import ConfigurationError
+from tokencompose.tasks.shards.versions import dataset_versions, version_shards
 
 VSR_LINES = (SAMPLE_DIR / "vsr_train.jsonl").read_text().splitlines(keepends=True)
 PART_1 = 4  # 632, 139, 885, 285; the rest (776, 724, 785, 872 and one image not in the source) is part 2

@@ -10,7 +10,8 @@ from tests.support.testkit import demo_config
 from tokencompose.schemas.reports import FORMAT_VERSION, ShardIndex
 from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.shards import shard_io
-from tokencompose.tasks.shards.dataset import build_directly, shard_is_intact
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.output import shard_is_intact
 
 
 @pytest.fixture(scope="module")

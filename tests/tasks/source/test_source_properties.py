@@ -18,7 +18,8 @@ from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import Reject
 from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.grounding import masks
-from tokencompose.tasks.shards.dataset import ConfigurationError, build_directly
+from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.output import ConfigurationError
 from tokencompose.tasks.source.selection import MAX_ID, read_vsr_image_names, select_images
 
 BOUNDED = settings(max_examples=40, deadline=None, derandomize=True, database=None,
