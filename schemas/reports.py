@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tokencompose.schemas.base import StrictRecord
+from tokencompose.schemas.reasons import NounReason, RejectReason
 
 SHARDS_DIR = "shards"
 INDEX_DIR = "index"
@@ -48,7 +49,7 @@ class Reject(StrictRecord):
     image_id: int | None
     file_name: str | None
     stage: str
-    reason: str
+    reason: RejectReason
     detail: str = ""
 
 
@@ -67,7 +68,7 @@ class ShardStats(StrictRecord):
     def share_with_mask(self, stop_listed_too: bool = True) -> float | None:
         """Nouns with a mask over all nouns, or over those not on the stop-list (the ones grounding
         is asked about); None without nouns."""
-        nouns = self.nouns if stop_listed_too else self.nouns - self.nouns_without_mask_by_reason.get("stop_list", 0)
+        nouns = self.nouns if stop_listed_too else self.nouns - self.nouns_without_mask_by_reason.get(NounReason.STOP_LIST, 0)
         return self.nouns_with_mask / nouns if nouns else None
 
 

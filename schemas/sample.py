@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tokencompose.schemas.base import StrictRecord
+from tokencompose.schemas.reasons import NounReason
 
 SCHEMA_VERSION = 1
 JSON_FIELD = "json"
@@ -38,7 +39,7 @@ class Grounding(StrictRecord):
     box_scores: list[float] = Field(default_factory=list)
     category: str | None = None
     source: str | None = Field(default=None, description="backend that made the mask")
-    reason: str | None = None
+    reason: NounReason | None = None
 
     @model_validator(mode="after")
     def _mask_or_reason(self) -> "Grounding":

@@ -15,6 +15,7 @@ from PIL import Image
 
 from tokencompose.data import DATA_DIR
 from tokencompose.schemas.sample import BackendInfo, Grounding
+from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.nouns.extraction import lookup_text, singular_forms
 from tokencompose.tasks.source.records import ImageRecord
@@ -23,13 +24,6 @@ BUNDLED_NOUN_TABLE = DATA_DIR / "noun_categories.csv"
 COCO_CATEGORIES = DATA_DIR / "coco_categories.csv"
 
 # Reasons a noun has no mask; the viewer and the stats group by them.
-REASON_STOP_LIST = "stop_list"
-REASON_NO_CATEGORY = "no_coco_category"
-REASON_CATEGORY_ABSENT = "category_not_annotated_in_image"
-REASON_NO_ANNOTATIONS = "no_instance_annotations"
-REASON_EMPTY_MASK = "empty_mask"
-REASON_NO_DETECTION = "no_detection"
-REASON_BAD_ANNOTATION = "bad_annotation"  # an instance of the noun's category is malformed in the source
 
 
 class Grounder(Protocol):
@@ -110,25 +104,25 @@ class CocoAnnotationGrounder:
     def ground_noun(self, record: ImageRecord, noun: str) -> Grounding:
         category = self.nouns.category(noun)
         if category is None:
-            return Grounding(reason=REASON_NO_CATEGORY)
+            return Grounding(reason=NounReason.NO_COCO_CATEGORY)
         return self.ground_category(record, category)
 
     def ground_category(self, record: ImageRecord, category: str) -> Grounding:
         """The union of the image's instances of one of COCO's 80 categories."""
         if not self.has_instances:
-            return Grounding(category=category, reason=REASON_NO_ANNOTATIONS)
+            return Grounding(category=category, reason=NounReason.NO_INSTANCE_ANNOTATIONS)
         category_id = self.category_ids[category]
         instances = [a for a in record.annotations if a.category_id == category_id]
         if not instances:
-            return Grounding(category=category, reason=REASON_CATEGORY_ABSENT)
+            return Grounding(category=category, reason=NounReason.CATEGORY_NOT_ANNOTATED)
         if any(a.problem for a in instances):
-            return Grounding(category=category, reason=REASON_BAD_ANNOTATION)
+            return Grounding(category=category, reason=NounReason.BAD_ANNOTATION)
         try:
             rles = [masks.segmentation_to_rle(a.segmentation, record.height, record.width) for a in instances]
         except masks.SegmentationProblem:
-            return Grounding(category=category, reason=REASON_BAD_ANNOTATION)
+            return Grounding(category=category, reason=NounReason.BAD_ANNOTATION)
         mask = masks.union(rles)
         if masks.area(mask) == 0:
-            return Grounding(category=category, reason=REASON_EMPTY_MASK)
+            return Grounding(category=category, reason=NounReason.EMPTY_MASK)
         return Grounding(mask=mask, box=masks.box(mask), category=category, source=self.source,
                          boxes=[tuple(float(v) for v in a.bbox) for a in instances])

@@ -20,7 +20,7 @@ Per batch of images:
    (``multimask_output=False``); image embeddings are computed for a batch of images at once.
 3. A noun's mask is the union of its boxes' masks; its ``box`` the bounding box of that union,
    its ``score`` its best box score; ``boxes``/``box_scores`` keep every box (x, y, w, h pixels).
-   A noun without a box gets :data:`REASON_NO_DETECTION`.
+   A noun without a box gets :data:`NounReason.NO_DETECTION`.
 
 Image decoding and resizing (both models' inputs) run on a thread pool of CPU workers, ahead of
 the batch the device is busy with; on a GPU the tensors are pinned and copied asynchronously.
@@ -53,7 +53,7 @@ from tokencompose.tasks.models import weights
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.grounding import masks
 from tokencompose.schemas.sample import BackendInfo, Grounding
-from tokencompose.tasks.grounding.coco import REASON_EMPTY_MASK, REASON_NO_DETECTION
+from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.source.records import ImageRecord
 from tokencompose.tasks.grounding.token_assignment import Prompt, assign_boxes, build_prompt, select_boxes, token_owners
 
@@ -559,7 +559,7 @@ class GroundedSam:
         for prompt, found, keep, image_masks in zip(prompts, detections, assigned, box_masks):
             per_prompt_noun = [self._noun_grounding(found.boxes[keep], found.scores[keep], found.nouns[keep],
                                                     image_masks, n) for n in range(len(prompt.nouns))]
-            out.append([per_prompt_noun[n] if n >= 0 else Grounding(reason=REASON_NO_DETECTION)
+            out.append([per_prompt_noun[n] if n >= 0 else Grounding(reason=NounReason.NO_DETECTION)
                         for n in prompt.noun_index])
         return out
 
@@ -567,13 +567,13 @@ class GroundedSam:
                         box_masks: np.ndarray | None, noun: int) -> Grounding:
         mine = np.nonzero(owners == noun)[0]
         if len(mine) == 0 or box_masks is None:
-            return Grounding(reason=REASON_NO_DETECTION)
+            return Grounding(reason=NounReason.NO_DETECTION)
         mine = mine[np.argsort(-scores[mine], kind="stable")]  # best box first
         xywh = [tuple(round(float(v), 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])) for b in boxes[mine]]
         box_scores = [round(float(s), 6) for s in scores[mine]]
         union = np.logical_or.reduce(box_masks[mine], axis=0)
         if not union.any():
-            return Grounding(boxes=xywh, box_scores=box_scores, score=max(box_scores), reason=REASON_EMPTY_MASK)
+            return Grounding(boxes=xywh, box_scores=box_scores, score=max(box_scores), reason=NounReason.EMPTY_MASK)
         rle = masks.encode(union)
         return Grounding(mask=rle, box=masks.box(rle), score=max(box_scores), boxes=xywh, box_scores=box_scores,
                          source=self.source)

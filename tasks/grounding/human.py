@@ -42,10 +42,9 @@ from PIL import Image
 
 from tokencompose.data import DATA_DIR
 from tokencompose.schemas.sample import BackendInfo, Grounding
+from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
-from tokencompose.tasks.grounding.coco import (REASON_BAD_ANNOTATION, REASON_CATEGORY_ABSENT, REASON_EMPTY_MASK,
-                                          REASON_NO_ANNOTATIONS, CocoAnnotationGrounder, NounTable,
-                                          load_coco_categories, lookup_keys)
+from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, NounTable, load_coco_categories, lookup_keys
 from tokencompose.tasks.source.records import Annotation, ImageRecord
 
 DATA = DATA_DIR
@@ -63,13 +62,10 @@ SOURCE_LVIS_NOT_EXHAUSTIVE = "lvis_annotations_not_exhaustive"
 SOURCE_STUFF = "stuff_annotations"
 SOURCE_LABELS = {"coco": SOURCE_COCO, "lvis": SOURCE_LVIS, "stuff": SOURCE_STUFF}
 
-REASON_NO_HUMAN_CATEGORY = "no_human_category"  # no source's vocabulary (nor a hypernym) names the noun
-REASON_VERIFIED_ABSENT = "category_verified_absent"  # LVIS: checked absent in the image
-REASON_NOT_VERIFIED = "category_not_verified_in_image"  # LVIS: neither annotated nor checked absent
-REASON_NOT_IN_LVIS = "image_not_in_lvis"  # no LVIS file lists the image
 
 # Reasons that settle a noun: the hybrid grounding does not ask the detector about it.
-SETTLED_REASONS = frozenset({REASON_CATEGORY_ABSENT, REASON_VERIFIED_ABSENT, REASON_BAD_ANNOTATION, REASON_EMPTY_MASK})
+SETTLED_REASONS = frozenset({NounReason.CATEGORY_NOT_ANNOTATED, NounReason.CATEGORY_VERIFIED_ABSENT,
+                             NounReason.BAD_ANNOTATION, NounReason.EMPTY_MASK})
 
 _FREQUENCY_RANK = {"f": 0, "c": 1, "r": 2}
 _STUFF_DROP = {"other", "stuff", "merged"}
@@ -328,16 +324,16 @@ class _Found:
 
 def _union(record: ImageRecord, instances: Sequence[Annotation]) -> _Found:
     if not instances:
-        return _Found(None, REASON_CATEGORY_ABSENT, [])
+        return _Found(None, NounReason.CATEGORY_NOT_ANNOTATED, [])
     if any(a.problem for a in instances):
-        return _Found(None, REASON_BAD_ANNOTATION, [])
+        return _Found(None, NounReason.BAD_ANNOTATION, [])
     try:
         rles = [masks.segmentation_to_rle(a.segmentation, record.height, record.width) for a in instances]
     except masks.SegmentationProblem:
-        return _Found(None, REASON_BAD_ANNOTATION, [])
+        return _Found(None, NounReason.BAD_ANNOTATION, [])
     mask = masks.union(rles)
     if masks.area(mask) == 0:
-        return _Found(None, REASON_EMPTY_MASK, [])
+        return _Found(None, NounReason.EMPTY_MASK, [])
     return _Found(mask, None, [tuple(float(v) for v in a.bbox) for a in instances])
 
 
@@ -395,9 +391,9 @@ class HumanGrounder:
             grounding = by_source[source](record, noun, category)
             if grounding.mask is not None:
                 return grounding
-            if chosen is None or (grounding.reason == REASON_VERIFIED_ABSENT != chosen.reason):
+            if chosen is None or (grounding.reason == NounReason.CATEGORY_VERIFIED_ABSENT != chosen.reason):
                 chosen = grounding
-        return chosen or Grounding(reason=REASON_NO_HUMAN_CATEGORY)
+        return chosen or Grounding(reason=NounReason.NO_HUMAN_CATEGORY)
 
     def _coco(self, record: ImageRecord, noun: str, category: str) -> Grounding:
         return self.coco.ground_category(record, category)
@@ -406,12 +402,13 @@ class HumanGrounder:
         name = self.resolver.lvis.names[category_id]
         human = record.human
         if human is None or human.lvis is None:
-            return Grounding(category=name, reason=REASON_NOT_IN_LVIS if human else REASON_NO_ANNOTATIONS)
+            reason = NounReason.IMAGE_NOT_IN_LVIS if human else NounReason.NO_INSTANCE_ANNOTATIONS
+            return Grounding(category=name, reason=reason)
         if category_id in human.lvis_negative:
-            return Grounding(category=name, reason=REASON_VERIFIED_ABSENT)
+            return Grounding(category=name, reason=NounReason.CATEGORY_VERIFIED_ABSENT)
         found = _union(record, [a for a in human.lvis if a.category_id == category_id])
-        if found.reason == REASON_CATEGORY_ABSENT:
-            return Grounding(category=name, reason=REASON_NOT_VERIFIED)
+        if found.reason == NounReason.CATEGORY_NOT_ANNOTATED:
+            return Grounding(category=name, reason=NounReason.CATEGORY_NOT_VERIFIED)
         if found.mask is None:
             return Grounding(category=name, reason=found.reason)
         source = SOURCE_LVIS_NOT_EXHAUSTIVE if category_id in human.lvis_not_exhaustive else SOURCE_LVIS
@@ -429,7 +426,7 @@ class HumanGrounder:
         keys = stuff_keys(names[0])
         category = names[0] if len(names) == 1 or keys is None else keys[1]  # one category, or the head's kind
         if record.human is None or record.human.stuff is None:
-            return Grounding(category=category, reason=REASON_NO_ANNOTATIONS)
+            return Grounding(category=category, reason=NounReason.NO_INSTANCE_ANNOTATIONS)
         found = _union(record, self._stuff_instances(record, names))
         if found.mask is None:
             return Grounding(category=category, reason=found.reason)

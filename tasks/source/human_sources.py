@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokencompose.schemas.config import SourceConfig
 from tokencompose.schemas.reports import Reject
-from tokencompose.tasks.grounding.coco import REASON_BAD_ANNOTATION
+from tokencompose.schemas.reasons import RejectReason
 from tokencompose.tasks.source.records import Annotation, HumanAnnotations
 from tokencompose.tasks.source.selection import (SOURCE_STAGE, Source, SourceError, _ImageEntry, _is_id, _json_type,
                                           _load_json, _read_instances, _require, _where, is_text)
@@ -68,7 +68,7 @@ def _read_lvis(paths: list[Path], images: dict[int, _ImageEntry], source: Source
                 key = "neg_category_ids" if negative is None else "not_exhaustive_category_ids"
                 source.problems.append(Reject(
                     image_id=image.image_id, file_name=image.file_name, stage=SOURCE_STAGE,
-                    reason=REASON_BAD_ANNOTATION,
+                    reason=RejectReason.BAD_ANNOTATION,
                     detail=f"{_where(path, 'images', index, entry)}: {key!r} must be a list of category ids"))
                 negative, partial = negative or frozenset(), partial or frozenset()
             if image.image_id in listed:

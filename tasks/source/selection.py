@@ -16,13 +16,11 @@ from pathlib import Path
 from tokencompose.schemas.config import BuildConfig, SourceConfig
 from tokencompose.schemas.reports import Reject
 from tokencompose.schemas.sample import sample_key
+from tokencompose.schemas.reasons import RejectReason
 from tokencompose.tasks.grounding import masks
-from tokencompose.tasks.grounding.coco import REASON_BAD_ANNOTATION
 from tokencompose.tasks.source.records import Annotation, Caption, ImageRecord
 
 SOURCE_STAGE = "source"
-REASON_BAD_IMAGE_ENTRY = "bad_image_entry"
-REASON_BAD_CAPTION_ENTRY = "bad_caption_entry"
 MAX_ID = 2**63 - 1  # ids are int64 in the dataset card
 
 
@@ -121,7 +119,7 @@ def _read_images(path: Path, entries: list, source: Source) -> dict[int, _ImageE
         problem = _image_entry_problem(entry)
         if problem:
             name = entry.get("file_name") if isinstance(entry, dict) and is_text(entry.get("file_name")) else None
-            reject = Reject(image_id=None, file_name=name, stage=SOURCE_STAGE, reason=REASON_BAD_IMAGE_ENTRY,
+            reject = Reject(image_id=None, file_name=name, stage=SOURCE_STAGE, reason=RejectReason.BAD_IMAGE_ENTRY,
                             detail=f"{_where(path, 'images', index, entry)}: {problem}")
             source.problems.append(reject)
             if name:
@@ -157,7 +155,7 @@ def _read_captions(path: Path, entries: list, images: dict[int, _ImageEntry], so
             known = images.get(image_id) if _is_id(image_id) else None
             source.problems.append(Reject(image_id=known.image_id if known else None,
                                           file_name=known.file_name if known else None, stage=SOURCE_STAGE,
-                                          reason=REASON_BAD_CAPTION_ENTRY,
+                                          reason=RejectReason.BAD_CAPTION_ENTRY,
                                           detail=f"{_where(path, 'annotations', index, entry)}: {problem}"))
             continue
         if image_id in images:
@@ -211,7 +209,7 @@ def _read_instances(path: Path, entries: list, images: dict[int, _ImageEntry], s
                 problem = (f"is {_json_type(entry)}, not an object" if not isinstance(entry, dict)
                            else f"'image_id' must be an integer, found {image_id!r:.40}")
                 source.problems.append(Reject(image_id=None, file_name=None, stage=SOURCE_STAGE,
-                                              reason=REASON_BAD_ANNOTATION,
+                                              reason=RejectReason.BAD_ANNOTATION,
                                               detail=f"{_where(path, 'annotations', index, entry)}: {problem}"))
             continue  # an annotation of an image the captions do not list is never used
         annotation, problem = _annotation(entry, image)
@@ -219,7 +217,7 @@ def _read_instances(path: Path, entries: list, images: dict[int, _ImageEntry], s
             annotations[image.image_id].append(annotation)
         if problem:
             source.problems.append(Reject(image_id=image.image_id, file_name=image.file_name, stage=SOURCE_STAGE,
-                                          reason=REASON_BAD_ANNOTATION,
+                                          reason=RejectReason.BAD_ANNOTATION,
                                           detail=f"{_where(path, 'annotations', index, entry)}: {problem}"))
     return annotations
 
@@ -284,7 +282,7 @@ def read_vsr_image_names(path: Path) -> tuple[list[str], list[Reject]]:
                     raise TypeError(f"'image' is not a file name: {name!r:.80}")
             except (ValueError, KeyError, TypeError, RecursionError) as error:
                 message = "no 'image' key" if isinstance(error, KeyError) else str(error)[:200]
-                rejects.append(Reject(image_id=None, file_name=None, stage="selection", reason="malformed_vsr_line",
+                rejects.append(Reject(image_id=None, file_name=None, stage="selection", reason=RejectReason.MALFORMED_VSR_LINE,
                                       detail=f"{path.name}:{line_no}: {message}"))
                 continue
             names.append(name)
@@ -324,12 +322,12 @@ def select_images(config: BuildConfig) -> Selection:
             if name in records:
                 chosen.append(records[name])
             elif name not in source.broken_images:
-                rejects.append(Reject(image_id=None, file_name=name, stage="selection", reason="not_in_source",
+                rejects.append(Reject(image_id=None, file_name=name, stage="selection", reason=RejectReason.NOT_IN_SOURCE,
                                       detail=f"not in {config.source.captions_json.name}"))
         seen = len(names)
     else:
         chosen = sorted(records.values(), key=lambda r: r.image_id)
-        seen = len(chosen) + sum(1 for p in source.problems if p.reason == REASON_BAD_IMAGE_ENTRY)
+        seen = len(chosen) + sum(1 for p in source.problems if p.reason == RejectReason.BAD_IMAGE_ENTRY)
     if config.selection.keys_file is not None:
         wanted = read_keys_file(config.selection.keys_file)
         chosen = [r for r in chosen if sample_key(r.image_id) in wanted or r.file_name in wanted]
@@ -346,6 +344,6 @@ def _concerns(problem: Reject, chosen_ids: set[int], vsr_names: set[str] | None)
     image entry the selection names, or an entry that names no image at all."""
     if problem.image_id is not None:
         return problem.image_id in chosen_ids
-    if problem.reason == REASON_BAD_IMAGE_ENTRY and problem.file_name and vsr_names is not None:
+    if problem.reason == RejectReason.BAD_IMAGE_ENTRY and problem.file_name and vsr_names is not None:
         return problem.file_name in vsr_names
     return True

@@ -1,11 +1,13 @@
 """Jinja2 templates (autoescaped) and the viewer's own static files."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from tokencompose.schemas.reasons import NounReason, RejectReason, reason_help
 from tokencompose.viewer import render
 from tokencompose.viewer.catalog import Catalog
 
@@ -42,6 +44,8 @@ def environment() -> Environment:
     env.filters["box"] = lambda box: ", ".join(f"{v:g}" if abs(v) >= 1 else f"{v:.2f}" for v in box)
     env.globals["colour"] = render.colour
     env.globals["box_kind"] = box_kind
+    env.globals["noun_reason_help"] = partial(reason_help, kind=NounReason)
+    env.globals["reject_reason_help"] = partial(reason_help, kind=RejectReason)
     return env
 
 

@@ -1,17 +1,17 @@
 """Grounded-SAM through the real groundingdino-py and segment-anything-hq code, random weights."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
 
 from tests.support.paper_models import build_models_dir, calibrated_threshold, sample_images
+from tokencompose.schemas.reasons import NounReason
+from tokencompose.schemas.sample import Grounding
 from tokencompose.tasks.models import devices
 from tokencompose.tasks.models import weights
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.grounding.grounded_sam import GroundedSam, _shape_groups, _size_batches, boxes_to_pixels, resolve_precision
-from tokencompose.tasks.grounding.coco import REASON_NO_DETECTION
 from tokencompose.tasks.grounding.token_assignment import build_prompt
 
 # four images of three sizes in one batch (padded to the largest); the first two have one size and
@@ -65,7 +65,7 @@ def test_one_grounding_per_noun_with_consistent_fields(setup, batched):
                 assert g.box == masks.box(rle) and masks.area(rle) > 0
                 assert g.source == "grounded_sam"
             elif not g.boxes:
-                assert g.reason == REASON_NO_DETECTION
+                assert g.reason == NounReason.NO_DETECTION
     assert sum(len(g.boxes) for r in result for g in r) > 0, "calibration should keep some boxes"
     # "dog" and "Dog" are one prompt noun: the same grounding
     assert result[1][1] == result[1][2]
@@ -281,7 +281,7 @@ def test_noun_mask_is_the_union_of_its_boxes(setup):
     assert g.box == (1.0, 1.0, 9.0, 7.0)  # bbox of the union mask, x y w h
     assert g.boxes == [(6.0, 5.0, 4.0, 3.0), (1.0, 1.0, 3.0, 2.0)] and g.box_scores == [0.7, 0.4]
     assert g.score == 0.7
-    assert grounder._noun_grounding(boxes, scores, owners, box_masks, 2).reason == REASON_NO_DETECTION
+    assert grounder._noun_grounding(boxes, scores, owners, box_masks, 2).reason == NounReason.NO_DETECTION
 
 
 def test_boxes_to_pixels_clips_to_the_image():
@@ -293,7 +293,7 @@ def test_nothing_detected_and_no_nouns(setup):
     models_dir, images, _ = setup
     strict = make(models_dir, box_threshold=1.0, text_threshold=1.0)
     result = strict.ground(images[:2], [None, None], [["man"], []])
-    assert result == [[dataclasses.replace(result[0][0], reason=REASON_NO_DETECTION)], []]
+    assert result == [[Grounding(reason=NounReason.NO_DETECTION)], []]
     assert result[0][0].mask is None and result[0][0].boxes == []
 
 

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 
+from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
-from tokencompose.tasks.grounding.coco import (REASON_BAD_ANNOTATION, REASON_CATEGORY_ABSENT, REASON_NO_ANNOTATIONS,
-                                          REASON_NO_CATEGORY,
-                                          CocoAnnotationGrounder, NounTable, lookup_keys, singular_forms)
+from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, NounTable, lookup_keys, singular_forms
 from tokencompose.tasks.source.records import Annotation, ImageRecord
 
 
@@ -64,20 +63,20 @@ def test_rle_segmentations_decode_too():
 
 def test_reasons_for_nouns_without_a_mask():
     grounder = CocoAnnotationGrounder()
-    assert grounder.ground_noun(_record([]), "rocket").reason == REASON_NO_CATEGORY
-    assert grounder.ground_noun(_record([]), "dog").reason == REASON_CATEGORY_ABSENT
+    assert grounder.ground_noun(_record([]), "rocket").reason == NounReason.NO_COCO_CATEGORY
+    assert grounder.ground_noun(_record([]), "dog").reason == NounReason.CATEGORY_NOT_ANNOTATED
     no_instances = CocoAnnotationGrounder(has_instances=False)
-    assert no_instances.ground_noun(_record([]), "dog").reason == REASON_NO_ANNOTATIONS
+    assert no_instances.ground_noun(_record([]), "dog").reason == NounReason.NO_INSTANCE_ANNOTATIONS
 
 
 def test_a_malformed_instance_of_the_category_gives_bad_annotation_not_a_partial_mask():
     good = Annotation(17, [[0, 0, 5, 0, 5, 10, 0, 10]], (0, 0, 5, 10))
     broken = Annotation(17, None, (0, 0, 0, 0), id=7, problem="polygon 0 has 4 numbers")
     grounder = CocoAnnotationGrounder()
-    assert grounder.ground_noun(_record([good, broken]), "cat").reason == REASON_BAD_ANNOTATION
+    assert grounder.ground_noun(_record([good, broken]), "cat").reason == NounReason.BAD_ANNOTATION
     hostile = Annotation(17, {"size": [10, 20], "counts": "zz"}, (0, 0, 0, 0))  # never validated by a loader
-    assert grounder.ground_noun(_record([good, hostile]), "cat").reason == REASON_BAD_ANNOTATION
-    assert grounder.ground_noun(_record([good, broken]), "dog").reason == REASON_CATEGORY_ABSENT
+    assert grounder.ground_noun(_record([good, hostile]), "cat").reason == NounReason.BAD_ANNOTATION
+    assert grounder.ground_noun(_record([good, broken]), "dog").reason == NounReason.CATEGORY_NOT_ANNOTATED
 
 
 @pytest.mark.parametrize("noun,category", [
