@@ -167,7 +167,7 @@ def attention_for_prompt(config) -> Path:
     """`tokencompose attention`: resolve the model, find the nouns, generate, write the grid."""
     from tokencompose.tasks.models.devices import resolve_device
     from tokencompose.tasks.multigen.generation import initial_latents, load_pipeline, resolve_dtype
-    from tokencompose.tasks.multigen.run import resolve_pipeline
+    from tokencompose.tasks.multigen.plan import resolve_pipeline
 
     path = resolve_pipeline(config.model, config)
     spans = spans_of(config.prompt, config.nouns) if config.nouns else spacy_nouns(config.prompt)

@@ -6,17 +6,21 @@ query (argmax over the queries) with score sigmoid(logit); a category's score is
 boxes that chose it, and the category is detected when that score is above the threshold (strictly,
 as the processor's ``threshold``). Each image's row lists its detected categories and keeps every
 category's best score and box (also below the threshold). Results go to one
-JSON Lines file per image shard, written under a temporary name and renamed (resumable like the
-images). Images whose generation gave NaNs are not detected; they are recorded as such.
+JSON Lines file per image shard, written under a temporary name and renamed, its record beside it
+naming the image shard's sha256 (resumable like the images; redone when broken or when its images
+were generated again). Images whose generation gave NaNs are not detected; they are recorded as such.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tokencompose.tasks.multigen import integrity
 from tokencompose.tasks.multigen.generation import read_shard, resolve_dtype
+from tokencompose.tasks.shards.shard_io import file_sha256
 
 ARCHITECTURE = "Owlv2ForObjectDetection"
 
@@ -119,7 +123,9 @@ def detected_categories(categories: Sequence[str], scores: dict[str, dict] | Non
     return [c for c in categories if (scores.get(c) or {}).get("score") is not None and scores[c]["score"] > threshold]
 
 
-def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int, threshold: float = 0.1) -> dict:
+def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int, threshold: float = 0.1,
+                 made_from: str | None = None) -> dict:
+    """Detect every image of ``shard`` and write its detections file (``made_from``: the shard's sha256)."""
     from PIL import Image
 
     rows = []
@@ -144,22 +150,43 @@ def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int, th
         if len(pending) == batch_size:
             flush()
     flush()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(out)
+    made_from = made_from or shard_sha256(shard)
+    write_detections(out, rows, made_from)
     return {"images": len(rows), "nan": sum(r["nan"] for r in rows)}
 
 
+def write_detections(out: Path, rows: Sequence[dict], made_from: str) -> None:
+    """JSON Lines under a temporary name, its record beside it (with the image shard's sha256), renamed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    tmp.write_bytes(data)
+    integrity.write_record(out, hashlib.sha256(data).hexdigest(), len(data), made_from)
+    tmp.replace(out)
+
+
+def shard_sha256(shard: Path) -> str:
+    """The image shard's sha256: from its record (checked when generation looked at it), else hashed."""
+    record = integrity.read_record(shard)
+    return record["sha256"] if record else file_sha256(shard)
+
+
 def run_detection(detector: Detector, shards: Sequence[Path], out_dir: Path, batch_size: int,
-                  progress: Callable[[str, dict], None] | None = None, threshold: float = 0.1) -> dict:
+                  progress: Callable[[str, dict], None] | None = None, threshold: float = 0.1,
+                  redone: Callable[[Path, str], None] | None = None) -> dict:
+    """Detections of every shard without intact ones made from its current images (broken or stale:
+    ``redone(path, why)`` once they are made again)."""
     totals = {"shards_done": 0, "shards_skipped": 0, "images": 0}
     for shard in shards:
         out = Path(out_dir) / detections_name(shard.name)
-        if out.exists():
+        made_from = shard_sha256(shard)
+        done, reason = integrity.status(out, made_from)
+        if done:
             totals["shards_skipped"] += 1
             continue
-        counts = detect_shard(detector, shard, out, batch_size, threshold)
+        counts = detect_shard(detector, shard, out, batch_size, threshold, made_from)
+        if reason is not None and redone:
+            redone(out, reason)
         totals["shards_done"] += 1
         totals["images"] += counts["images"]
         if progress:
@@ -167,5 +194,20 @@ def run_detection(detector: Detector, shards: Sequence[Path], out_dir: Path, bat
     return totals
 
 
+class DetectionsError(ValueError):
+    """A detections file that cannot be read; the message names the file and line."""
+
+
 def read_detections(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DetectionsError(f"{path}: line {number}: not JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise DetectionsError(f"{path}: line {number}: not an object")
+        rows.append(row)
+    return rows

@@ -1,11 +1,13 @@
-"""MultiGen image generation: a local Stable Diffusion folder -> WebDataset shards of seeded images.
+"""MultiGen image generation: a local Stable Diffusion folder -> shards of seeded images (plain ustar tars
+in WebDataset layout, written by the build's shard writer).
 
 Every image's initial noise comes from a CPU generator seeded by a hash of (seed, prompt id, image
 index), so any image can be regenerated alone, and the batch an image lands in changes nothing but
 float rounding. A shard holds the images of a fixed range of prompts; it is written under a
-temporary name and renamed when complete, so a shard on disk is finished and a run started again
-skips it. Several processes (``accelerate launch``/``torchrun``, one per GPU) each take every
-world-th shard: the shards, and so the images, are those of a single process.
+temporary name and renamed when complete, with its sha256 and size recorded beside it; a run
+started again skips a shard only when it still matches its record (see :mod:`.integrity`). Several
+processes (``accelerate launch``/``torchrun``, one per GPU) each take every world-th shard: the
+shards, and so the images, are those of a single process.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tokencompose.tasks.multigen import integrity
 from tokencompose.tasks.multigen.prompts import Prompt
+from tokencompose.tasks.shards.shard_io import write_tar
 
 IMAGES_DIR = "images"
 PIPELINE_MEMBERS = {
@@ -186,19 +190,16 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_tar_atomic(path: Path, samples: Sequence[dict]) -> Path:
-    """A WebDataset tar (fixed member metadata, so equal samples give equal bytes), renamed when complete."""
-    import webdataset as wds
-
+def write_tar_atomic(path: Path, samples: Sequence[tuple[str, dict[str, bytes]]]) -> tuple[str, int]:
+    """A plain ustar shard (the build's byte layout, see :mod:`~tokencompose.tasks.shards.shard_io`) of
+    ``(key, {extension: bytes})`` samples, written under a temporary name and renamed when complete;
+    its (sha256, size), computed while writing, are recorded beside it (see :mod:`.integrity`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        writer = wds.TarWriter(handle, user="", group="", mode=0o644, mtime=0.0, encoder=False)
-        for sample in samples:
-            writer.write(sample)
-        writer.close()
+    digest, size, _ = write_tar(tmp, samples)
+    integrity.write_record(path, digest, size)
     tmp.replace(path)
-    return path
+    return digest, size
 
 
 def generate_shard(pipe, plan: ShardPlan, path: Path, *, images_per_prompt: int, seed: int, steps: int,
@@ -212,32 +213,61 @@ def generate_shard(pipe, plan: ShardPlan, path: Path, *, images_per_prompt: int,
         meta = {"prompt_id": item.prompt.id, "image_index": item.index, "prompt": item.prompt.text,
                 "categories": list(item.prompt.categories), "seed": seed,
                 "image_seed": image_seed(seed, item.prompt.id, item.index), "model": model, "nan": item.nan}
-        samples.append({"__key__": image_key(item.prompt.id, item.index), "png": png_bytes(item.image),
-                        "json": json.dumps(meta, sort_keys=True).encode()})
+        samples.append((image_key(item.prompt.id, item.index),
+                        {"png": png_bytes(item.image), "json": json.dumps(meta, sort_keys=True).encode()}))
     write_tar_atomic(path, samples)
     return {"images": len(generated), "nan": sum(g.nan for g in generated)}
 
 
+class ShardReadError(ValueError):
+    """An image shard that cannot be read; the message names the file."""
+
+
 def read_shard(path: Path) -> list[tuple[dict, bytes]]:
-    """(metadata, PNG bytes) of every image of a shard, in order."""
+    """(metadata, PNG bytes) of every image of a shard, in order; a damaged shard raises
+    :class:`ShardReadError` naming it."""
     grouped: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar.getmembers():
-            key, _, field = member.name.partition(".")
-            grouped.setdefault(key, {})[field] = tar.extractfile(member).read()
-    return [(json.loads(fields["json"]), fields["png"]) for fields in grouped.values()]
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                handle = tar.extractfile(member)
+                if handle is None:
+                    raise ShardReadError(f"{path}: member {member.name} is not a file")
+                key, _, field = member.name.partition(".")
+                grouped.setdefault(key, {})[field] = handle.read()
+        return [(_image_meta(path, key, fields), fields["png"]) for key, fields in grouped.items()]
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ShardReadError(f"{path}: not a readable tar ({error or type(error).__name__})") from None
+
+
+def _image_meta(path: Path, key: str, fields: dict[str, bytes]) -> dict:
+    missing = [f for f in ("json", "png") if f not in fields]
+    if missing:
+        raise ShardReadError(f"{path}: sample {key} has no {' or '.join(missing)} member")
+    try:
+        meta = json.loads(fields["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ShardReadError(f"{path}: {key}.json is not JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise ShardReadError(f"{path}: {key}.json is not an object")
+    return meta
 
 
 def run_generation(pipe, plans: Sequence[ShardPlan], out: Path, *, images_per_prompt: int, seed: int, steps: int,
                    guidance_scale: float, resolution: int, batch_size: int, model: dict,
-                   progress: Callable[[str, dict], None] | None = None) -> dict:
-    """Every shard of ``plans`` not yet on disk; returns counts of this call."""
+                   progress: Callable[[str, dict], None] | None = None,
+                   redone: Callable[[Path, str], None] | None = None) -> dict:
+    """Every shard of ``plans`` not yet intact on disk (absent, or broken: then ``redone(path, why)``);
+    returns counts of this call."""
     totals = {"shards_done": 0, "shards_skipped": 0, "images": 0, "nan": 0}
     for plan in plans:
         path = Path(out) / f"{plan.name}.tar"
-        if path.exists():
+        done, reason = integrity.status(path)
+        if done:
             totals["shards_skipped"] += 1
             continue
+        if reason is not None and redone:
+            redone(path, reason)
         counts = generate_shard(pipe, plan, path, images_per_prompt=images_per_prompt, seed=seed, steps=steps,
                                 guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
                                 model=model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,7 @@ class Prompt:
     id: int
     text: str
     categories: tuple[str, ...]
+    where: str = field(default="", compare=False)     # "<file>: row N", for messages
 
     def spans(self) -> list[tuple[int, int]]:
         """Character span of each category in the text, found left to right."""
@@ -57,6 +58,15 @@ def prompt_text(categories: Sequence[str], correct_articles: bool = False) -> st
     return "a photo of " + ", ".join(parts[:-1]) + ", and " + parts[-1] + "."
 
 
+def _unencodable(text: str) -> bool:
+    """A string UTF-8 cannot write (a lone surrogate, as JSON's "\\ud800" escape gives)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _row_prompt(path: Path, number: int, row: object) -> Prompt:
     where = f"{path}: row {number}"
     if not isinstance(row, dict):
@@ -71,6 +81,9 @@ def _row_prompt(path: Path, number: int, row: object) -> Prompt:
         if not (isinstance(value, list) and value and isinstance(value[0], str) and value[0].strip()):
             raise PromptFileError(f"{where}: obj_{k}_attributes must be a list starting with the category name, "
                                   f"got {value!r}")
+        if _unencodable(value[0]):
+            raise PromptFileError(f"{where}: obj_{k}_attributes holds a string that cannot be encoded as UTF-8 "
+                                  f"({value[0]!r})")
         categories.append(value[0].strip())
         k += 1
     if len(categories) != OBJECTS:
@@ -85,10 +98,12 @@ def _row_prompt(path: Path, number: int, row: object) -> Prompt:
     text = row["text"]
     if not isinstance(text, str):
         raise PromptFileError(f"{where}: text must be a string")
+    if _unencodable(text):
+        raise PromptFileError(f"{where}: text cannot be encoded as UTF-8 ({text!r})")
     if text not in (prompt_text(categories, False), prompt_text(categories, True)):
         raise PromptFileError(f"{where}: text {text!r} is not the MultiGen template for {categories} "
                               f"(expected {prompt_text(categories)!r})")
-    return Prompt(id=row["unique_id"], text=text, categories=tuple(categories))
+    return Prompt(id=row["unique_id"], text=text, categories=tuple(categories), where=where)
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
@@ -127,6 +142,9 @@ def read_categories(path: str | Path) -> list[str]:
             raise PromptFileError(f"{path}: expected a JSON list of category names")
     else:
         names = [line.split("#", 1)[0] for line in text.splitlines()]
+    bad = [n for n in names if _unencodable(n)]
+    if bad:
+        raise PromptFileError(f"{path}: category {bad[0]!r} cannot be encoded as UTF-8")
     names = [n.strip() for n in names if n.strip()]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -135,7 +153,7 @@ def read_categories(path: str | Path) -> list[str]:
 
 
 def sample_prompts(categories: Sequence[str], count: int, seed: int = 0, correct_articles: bool = False,
-                   objects: int = OBJECTS) -> list[Prompt]:
+                   objects: int = OBJECTS, source: str = "sampled") -> list[Prompt]:
     """``count`` prompts of ``objects`` distinct categories each, drawn uniformly with a seeded RNG.
 
     The same (categories, count, seed) always gives the same prompts, in any Python process."""
@@ -146,7 +164,8 @@ def sample_prompts(categories: Sequence[str], count: int, seed: int = 0, correct
     prompts = []
     for index in range(count):
         chosen = rng.sample(names, objects)
-        prompts.append(Prompt(id=index, text=prompt_text(chosen, correct_articles), categories=tuple(chosen)))
+        prompts.append(Prompt(id=index, text=prompt_text(chosen, correct_articles), categories=tuple(chosen),
+                              where=f"{source}: sampled prompt {index}"))
     return prompts
 
 
@@ -163,7 +182,7 @@ def all_prompts_for(benchmark) -> list[Prompt]:
         return load_prompts(benchmark.file)
     if benchmark.categories_file is not None:
         return sample_prompts(read_categories(benchmark.categories_file), benchmark.sample_count,
-                              benchmark.sample_seed, benchmark.correct_articles)
+                              benchmark.sample_seed, benchmark.correct_articles, source=str(benchmark.categories_file))
     return bundled(benchmark.name)
 
 
@@ -176,3 +195,38 @@ def prompts_for(benchmark) -> list[Prompt]:
 def prompts_fingerprint(prompts: Sequence[Prompt]) -> str:
     blob = json.dumps([[p.id, p.text, list(p.categories)] for p in prompts], separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def token_count(tokenizer, text: str) -> int:
+    """Tokens of ``text`` with the tokenizer's special tokens (CLIP's start and end), untruncated."""
+    return len(tokenizer(text, truncation=False)["input_ids"])
+
+
+def window_problems(prompts: Sequence[Prompt], text_tokenizer, text_window: int, query_tokenizer, query_window: int,
+                    query_template: str, most: int = 10) -> list[str]:
+    """Prompts the models cannot take whole, one line each (at most ``most``, then a count): a text
+    longer than the text encoder's window (CLIP: 77 tokens with start and end), a category that is
+    no token at all, or whose detector query (``query_template``) is longer than the detector's text
+    window (OWLv2: 16). A category is named once, at its first prompt."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for prompt in prompts:
+        length = token_count(text_tokenizer, prompt.text)
+        if length > text_window:
+            problems.append(f"{prompt.where}: the text is {length} tokens, the text encoder's window is "
+                            f"{text_window}")
+        for category in prompt.categories:
+            if category in seen:
+                continue
+            seen.add(category)
+            if token_count(text_tokenizer, category) <= token_count(text_tokenizer, ""):
+                problems.append(f"{prompt.where}: category {category!r} is no token for the text encoder (empty)")
+                continue
+            query = query_template.format(category=category)
+            length = token_count(query_tokenizer, query)
+            if length > query_window:
+                problems.append(f"{prompt.where}: category {category!r} makes the detector query {query!r} "
+                                f"{length} tokens, the detector's text window is {query_window}")
+    if len(problems) > most:
+        problems = problems[:most] + [f"... and {len(problems) - most} more prompt problems of the same kinds"]
+    return problems

@@ -7,12 +7,15 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from tokencompose.tasks.multigen import generation as gen
+from tokencompose.tasks.multigen import integrity
+from tokencompose.tasks.multigen.attention_maps import GRID_FILE as ATTENTION_GRID
 from tokencompose.tasks.multigen.metrics import LEVELS, paired_bootstrap, score_rows
+from tokencompose.tasks.multigen.plan import ModelRun, Plan, attention_dir, model_rows
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
@@ -47,6 +50,7 @@ class MultiGenReport(BaseModel):
     benchmark: dict[str, Any]
     models: list[ModelReport]
     comparisons: list[Comparison]
+    redone: list[str] = []              # "<label>/<file> redone: <why>", one per file found broken and made again
     markdown_path: Path
     json_path: Path
     markdown: str
@@ -67,7 +71,7 @@ def _fmt(value: float, digits: int = 2, sign: bool = False) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
-def sample_grid(plan, run, path: Path, prompts: int, images: int) -> Path | None:
+def sample_grid(plan: Plan, run: ModelRun, path: Path, prompts: int, images: int) -> Path | None:
     """The first images of the first prompts, one row per prompt, from the model's shards."""
     chosen = plan.prompts[:prompts]
     if not chosen:
@@ -104,10 +108,7 @@ def sample_grid(plan, run, path: Path, prompts: int, images: int) -> Path | None
     return path
 
 
-def build_report(plan) -> MultiGenReport:
-    from tokencompose.tasks.multigen.attention_maps import GRID_FILE as ATTENTION_GRID
-    from tokencompose.tasks.multigen.run import attention_dir, model_rows
-
+def build_report(plan: Plan) -> MultiGenReport:
     config = plan.config
     out = Path(config.out_dir)
     threshold = config.detection.threshold
@@ -138,16 +139,19 @@ def build_report(plan) -> MultiGenReport:
                  "query_template": config.detection.query_template,
                  "bootstrap": {"samples": config.report.bootstrap_samples, "seed": config.report.bootstrap_seed,
                                "confidence": config.report.confidence}}
-    markdown = render_markdown(benchmark, models, comparisons, config.report.hardest)
+    redone = [f"{run.label}/{line}" for run in plan.runs for line in integrity.redone_lines(run.folder)]
+    markdown = render_markdown(benchmark, models, comparisons, config.report.hardest, redone)
     md_path, json_path = out / REPORT_MD, out / REPORT_JSON
-    report = MultiGenReport(benchmark=benchmark, models=models, comparisons=comparisons, markdown_path=md_path,
+    report = MultiGenReport(benchmark=benchmark, models=models, comparisons=comparisons, redone=redone,
+                            markdown_path=md_path,
                             json_path=json_path, markdown=markdown)
     md_path.write_text(markdown)
     json_path.write_text(json.dumps(report.model_dump(mode="json", exclude={"markdown"}), indent=1, sort_keys=True))
     return report
 
 
-def render_markdown(benchmark: dict, models: list[ModelReport], comparisons: list[Comparison], hardest: int) -> str:
+def render_markdown(benchmark: dict, models: list[ModelReport], comparisons: list[Comparison], hardest: int,
+                    redone: Sequence[str] = ()) -> str:
     levels = [f"MG{k}" for k in LEVELS]
     lines = [f"# MultiGen: {benchmark['source']}", "",
              f"{benchmark['prompts']} prompts x {benchmark['images_per_prompt']} images, seed {benchmark['seed']}, "
@@ -195,5 +199,8 @@ def render_markdown(benchmark: dict, models: list[ModelReport], comparisons: lis
         for m in models:
             for path in m.attention:
                 lines += [f"### {m.label}", "", f"![{m.label} attention]({path})", ""]
+    if redone:
+        lines += ["## Files redone", "", "Found broken (truncated, overwritten or without their record) and made again:",
+                  ""] + [f"- {line}" for line in redone] + [""]
     lines += ["Per-category and per-pair rates of every model are in report.json."]
     return "\n".join(lines) + "\n"

@@ -9,8 +9,9 @@
 Output folder: ``evaluate_config.json``, ``report.md``, ``report.json``; per model (its label)
 ``run.json`` (what decides its images), ``images/prompts-AAAAAA-BBBBBB.tar`` (WebDataset: ``png`` +
 ``json`` per image), ``detections-<detector fingerprint>/prompts-*.jsonl``, ``grid.png`` and
-``attention/prompt-NNNNNN/``. Everything is resumable: a finished shard (or detections file) is
-never redone, and a run whose settings differ from the folder's is refused before any work.
+``attention/prompt-NNNNNN/``. Everything is resumable: a shard (or detections file) that still
+matches the sha256 and size recorded beside it when written is never redone; a broken one is redone
+and listed in the report, and a run whose settings differ from the folder's is refused before any work.
 
 Under ``accelerate launch``/``torchrun`` (one process per GPU) every rank generates and detects its
 own shards (every world-th) and rank 0 writes the report after the others finish.
@@ -20,132 +21,20 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tokencompose.schemas.evaluation import EVALUATE_CONFIG_FILE, EvaluateConfig
 from tokencompose.tasks.multigen import detection as det
 from tokencompose.tasks.multigen import generation as gen
-from tokencompose.tasks.multigen.prompts import Prompt, PromptFileError, all_prompts_for, prompts_fingerprint
-from tokencompose.tasks.models.weights import (describe_missing, find_weights, hf_cache_dir, models_dir, owlv2_spec,
-                                        stable_diffusion_spec)
+from tokencompose.tasks.multigen import integrity
+from tokencompose.tasks.multigen.attention_maps import GRID_FILE, capture_maps, save_grid
+from tokencompose.tasks.multigen.plan import (RUN_FILE, EvaluationError, ModelRun, Plan, attention_dir, model_rows,
+                                              preflight, resolve_pipeline, run_record)
+from tokencompose.tasks.multigen.report import build_report
 
 log = logging.getLogger("tokencompose.multigen")
-RUN_FILE = "run.json"
 Progress = Callable[[str], None]
-
-
-class EvaluationError(RuntimeError):
-    """The run cannot start; the message lists every problem found before any work."""
-
-
-def _locate(spec, config) -> tuple[Path | None, str | None]:
-    """An existing folder given as a path is returned as is (its own check then says what is wrong
-    with it); a name is looked up in the models folder and hub cache."""
-    if spec.explicit is not None and spec.explicit.is_dir():
-        return spec.explicit, None
-    searched: list[str] = []
-    root = models_dir(config)
-    found = find_weights(spec, root, hf_cache_dir(config), searched)
-    if found is None:
-        return None, describe_missing(spec, searched, root)
-    return found, None
-
-
-def resolve_pipeline(name: str, config) -> Path:
-    """A Stable Diffusion folder: a path, or a name under the models folder / hub cache."""
-    found, problem = _locate(stable_diffusion_spec(name), config)
-    if found is None:
-        raise EvaluationError(problem)
-    problems = gen.check_pipeline_folder(found)
-    if problems:
-        raise EvaluationError("; ".join(problems))
-    return found
-
-
-@dataclass
-class ModelRun:
-    label: str
-    path: Path
-    model_id: str
-    folder: Path
-
-    @property
-    def images_dir(self) -> Path:
-        return self.folder / gen.IMAGES_DIR
-
-    def detections_dir(self, config: EvaluateConfig) -> Path:
-        return self.folder / f"detections-{config.detection_fingerprint()}"
-
-    def info(self) -> dict:
-        return {"label": self.label, "path": str(self.path), "id": self.model_id}
-
-
-@dataclass
-class Plan:
-    config: EvaluateConfig
-    prompts: list[Prompt]
-    all_prompts_fingerprint: str
-    runs: list[ModelRun]
-    detector: Path
-    shards: list[gen.ShardPlan]
-
-
-def preflight(config: EvaluateConfig) -> Plan:
-    """Check everything before work: prompts, model folders, detector, an existing output folder.
-    Raises :class:`EvaluationError` listing all problems."""
-    problems: list[str] = []
-    prompts: list[Prompt] = []
-    fingerprint = ""
-    try:
-        every = all_prompts_for(config.benchmark)
-        fingerprint = prompts_fingerprint(every)
-        prompts = every[:config.benchmark.limit] if config.benchmark.limit else every
-    except (PromptFileError, ValueError, OSError) as error:
-        problems.append(f"prompts: {error}")
-    runs: list[ModelRun] = []
-    for name, label in zip(config.pipelines, config.model_labels()):
-        found, problem = _locate(stable_diffusion_spec(name), config)
-        if found is None:
-            problems.append(f"model {label}: {problem}")
-            continue
-        folder_problems = gen.check_pipeline_folder(found)
-        if folder_problems:
-            problems += [f"model {label}: {p}" for p in folder_problems]
-            continue
-        runs.append(ModelRun(label, found, gen.model_id(found), Path(config.out_dir) / label))
-    detector, problem = _locate(owlv2_spec(config.detection.detector), config)
-    if detector is None:
-        problems.append(f"detector: {problem}")
-    else:
-        problems += [f"detector: {p}" for p in det.check_owlv2_folder(detector)]
-    if not problems:
-        for run in runs:
-            problems += _existing_run_problems(config, run, fingerprint)
-    if problems:
-        raise EvaluationError("cannot start the MultiGen evaluation:\n" + "\n".join(f"  - {p}" for p in problems))
-    shards = gen.plan_shards(prompts, config.generation.prompts_per_shard)
-    return Plan(config, prompts, fingerprint, runs, detector, shards)
-
-
-def _run_record(config: EvaluateConfig, run: ModelRun, fingerprint: str) -> dict:
-    return {"model": run.info(), "prompts": fingerprint, "generation": config.generation_fingerprint()}
-
-
-def _existing_run_problems(config: EvaluateConfig, run: ModelRun, fingerprint: str) -> list[str]:
-    path = run.folder / RUN_FILE
-    if not path.exists():
-        return []
-    before = json.loads(path.read_text())
-    now = _run_record(config, run, fingerprint)
-    changed = [key for key in ("prompts", "generation") if before.get(key) != now[key]]
-    if before.get("model", {}).get("id") != run.model_id:
-        changed.append("model weights")
-    if not changed:
-        return []
-    return [f"{run.folder} holds images made with other {', '.join(changed)}; use another out_dir, or delete the "
-            f"folder to start this model again"]
 
 
 def distributed() -> tuple[int, int, str | None]:
@@ -189,10 +78,10 @@ def generate_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world:
     g = config.generation
     if rank == 0:
         run.folder.mkdir(parents=True, exist_ok=True)
-        (run.folder / RUN_FILE).write_text(json.dumps(_run_record(config, run, plan.all_prompts_fingerprint),
+        (run.folder / RUN_FILE).write_text(json.dumps(run_record(config, run, plan.all_prompts_fingerprint),
                                                       indent=1, sort_keys=True))
     mine = gen.for_rank(plan.shards, rank, world)
-    missing = [s for s in mine if not (run.images_dir / f"{s.name}.tar").exists()]
+    missing = [s for s in mine if not integrity.status(run.images_dir / f"{s.name}.tar")[0]]
     todo_attention = attention and rank == 0 and _attention_missing(plan, run)
     totals = {"shards_done": 0, "shards_skipped": len(mine) - len(missing), "images": 0, "nan": 0}
     if not missing and not todo_attention:
@@ -205,7 +94,8 @@ def generate_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world:
 
     totals = gen.run_generation(pipe, missing, run.images_dir, images_per_prompt=g.images_per_prompt, seed=g.seed,
                                 steps=g.steps, guidance_scale=g.guidance_scale, resolution=g.resolution,
-                                batch_size=g.batch_size, model=run.info(), progress=report)
+                                batch_size=g.batch_size, model=run.info(), progress=report,
+                                redone=_noting_redone(run, progress))
     totals["shards_skipped"] += len(mine) - len(missing)
     if todo_attention:
         attention_for_model(plan, run, pipe)
@@ -214,13 +104,15 @@ def generate_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world:
     return totals
 
 
-def attention_dir(run: ModelRun, prompt: Prompt) -> Path:
-    return run.folder / "attention" / f"prompt-{prompt.id:06d}"
+def _noting_redone(run: ModelRun, progress: Progress | None) -> Callable[[Path, str], None]:
+    """Records a redone file in the model folder's redone.jsonl (the report lists them) and says so."""
+    def note(path: Path, reason: str) -> None:
+        line = integrity.note_redone(run.folder, path, reason)
+        (progress or log.warning)(f"{run.label}: {line}")
+    return note
 
 
 def _attention_missing(plan: Plan, run: ModelRun) -> bool:
-    from tokencompose.tasks.multigen.attention_maps import GRID_FILE
-
     chosen = plan.prompts[:plan.config.report.attention_prompts]
     return any(not (attention_dir(run, p) / GRID_FILE).exists() for p in chosen)
 
@@ -228,8 +120,6 @@ def _attention_missing(plan: Plan, run: ModelRun) -> bool:
 def attention_for_model(plan: Plan, run: ModelRun, pipe) -> list[Path]:
     """Cross-attention grids of the first prompts (their categories are the nouns), from the noise of
     each prompt's first image."""
-    from tokencompose.tasks.multigen.attention_maps import GRID_FILE, capture_maps, save_grid
-
     g = plan.config.generation
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     shape = (pipe.unet.config.in_channels, g.resolution // factor, g.resolution // factor)
@@ -251,11 +141,13 @@ def detect_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world: i
     """Detect this rank's shards of one model that have no detections yet."""
     config = plan.config
     shards = [run.images_dir / f"{s.name}.tar" for s in gen.for_rank(plan.shards, rank, world)]
-    absent = [s for s in shards if not s.exists()]
-    if absent:
-        raise EvaluationError(f"{run.label}: shards not generated yet: {', '.join(s.name for s in absent)}")
+    states = {s: integrity.status(s) for s in shards}
+    unusable = [f"{s.name} ({reason or 'not generated yet'})" for s, (done, reason) in states.items() if not done]
+    if unusable:
+        raise EvaluationError(f"{run.label}: image shards not ready for detection: {', '.join(unusable)}; run the "
+                              f"evaluation again to generate them")
     out_dir = run.detections_dir(config)
-    todo = [s for s in shards if not (out_dir / det.detections_name(s.name)).exists()]
+    todo = [s for s in shards if not integrity.status(out_dir / det.detections_name(s.name), det.shard_sha256(s))[0]]
     if not todo:
         return {"shards_done": 0, "shards_skipped": len(shards), "images": 0}
     if detector is None:
@@ -271,20 +163,19 @@ def detect_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world: i
             progress(f"{run.label}: {name} detected ({counts['images']} images)")
 
     totals = det.run_detection(detector, todo, out_dir, config.detection.batch_size, progress=report,
-                               threshold=config.detection.threshold)
+                               threshold=config.detection.threshold, redone=_noting_redone(run, progress))
     totals["shards_skipped"] += len(shards) - len(todo)
     return totals
 
 
-def model_rows(plan: Plan, run: ModelRun) -> list[dict]:
-    rows: list[dict] = []
-    out_dir = run.detections_dir(plan.config)
-    for shard in plan.shards:
-        path = out_dir / det.detections_name(f"{shard.name}.tar")
-        if not path.exists():
-            raise EvaluationError(f"{run.label}: no detections for {shard.name}")
-        rows += det.read_detections(path)
-    return rows
+def _detections_missing(plan: Plan, run: ModelRun, rank: int, world: int) -> bool:
+    for shard in gen.for_rank(plan.shards, rank, world):
+        path = run.images_dir / f"{shard.name}.tar"
+        made_from = det.shard_sha256(path) if path.exists() else None
+        if made_from is None or not integrity.status(run.detections_dir(plan.config) / f"{shard.name}.jsonl",
+                                                     made_from)[0]:
+            return True
+    return False
 
 
 def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *, rank: int | None = None,
@@ -292,7 +183,6 @@ def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *,
     """The whole MultiGen run; returns the :class:`~tokencompose.tasks.multigen.report.MultiGenReport` (on
     rank 0; None on the other ranks). ``rank``/``world`` default to the launcher's (one process: 0/1)."""
     from tokencompose.tasks.models.devices import resolve_device
-    from tokencompose.tasks.multigen.report import build_report
 
     say = progress or log.info
     auto_rank, auto_world, auto_device = distributed()
@@ -310,8 +200,7 @@ def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *,
         say(f"{run.label}: generation {counts}")
     detector = None
     for run in plan.runs:
-        if detector is None and any(not (run.detections_dir(config) / det.detections_name(f"{s.name}.tar")).exists()
-                                    for s in gen.for_rank(plan.shards, rank, world)):
+        if detector is None and _detections_missing(plan, run, rank, world):
             detector = det.Detector(plan.detector, device, config.detection.precision, config.detection.query_template)
         counts = detect_model(plan, run, device, rank, world, say, detector)
         say(f"{run.label}: detection {counts}")

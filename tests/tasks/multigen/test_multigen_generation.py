@@ -66,6 +66,25 @@ def test_shards_are_webdataset_with_the_metadata(pipe, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_shards_are_plain_ustar_like_the_build(pipe, tmp_path):
+    """The build's shard writer: ustar headers only (no per-member PAX header), fixed metadata, so
+    the file is exactly headers + padded data + the end blocks padded to a record."""
+    import tarfile
+
+    from tokencompose.tasks.shards.shard_io import BLOCK, RECORD
+
+    plan = gen.plan_shards(bundled("coco")[:1], 1)[0]
+    path = tmp_path / f"{plan.name}.tar"
+    gen.generate_shard(pipe, plan, path, images_per_prompt=2, batch_size=2, model={"label": "tiny"}, **SETTINGS)
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == ["p000000-i000.json", "p000000-i000.png", "p000000-i001.json",
+                                         "p000000-i001.png"]
+    assert all(not m.pax_headers and m.mtime == 0 and m.uname == "" and m.mode == 0o644 for m in members)
+    body = sum(BLOCK + -(-m.size // BLOCK) * BLOCK for m in members) + 2 * BLOCK
+    assert path.stat().st_size == -(-body // RECORD) * RECORD
+
+
 def test_ranks_split_the_shards_and_give_one_process_bytes(pipe, tmp_path):
     plans = gen.plan_shards(bundled("coco")[:5], 1)
     kwargs = dict(images_per_prompt=1, batch_size=2, model={"label": "tiny"}, **SETTINGS)
@@ -75,7 +94,9 @@ def test_ranks_split_the_shards_and_give_one_process_bytes(pipe, tmp_path):
         assert [p.start for p in mine] == list(range(rank, 5, 2))
         gen.run_generation(pipe, mine, tmp_path / "two", **kwargs)
     one, two = sorted((tmp_path / "one").iterdir()), sorted((tmp_path / "two").iterdir())
-    assert [p.name for p in one] == [p.name for p in two] and len(one) == 5
+    assert [p.name for p in one] == [p.name for p in two] and len([p for p in one if p.suffix == ".tar"]) == 5
+    assert {p.name for p in one} - {p.name for p in one if p.suffix == ".tar"} == {f"{p.name}.tar.check.json"
+                                                                                  for p in plans}
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
     # a finished shard is never redone
     assert gen.run_generation(pipe, plans, tmp_path / "one", **kwargs)["shards_skipped"] == 5

@@ -1,0 +1,189 @@
+"""What a MultiGen run is made of, decided before any work: the prompts, each model's folder and output
+folder, the detector and the shards (:func:`preflight`), and where each output of a model lives.
+
+The other MultiGen modules depend on this one, never the reverse: ``run`` (the sequence),
+``report`` and ``attention_maps`` import it; it imports only prompts, generation, detection and
+the weights look-up.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokencompose.schemas.evaluation import EvaluateConfig
+from tokencompose.tasks.models.preflight import evaluate_problems
+from tokencompose.tasks.models.weights import (describe_missing, find_weights, hf_cache_dir, models_dir, owlv2_spec,
+                                               stable_diffusion_spec)
+from tokencompose.tasks.multigen import detection as det
+from tokencompose.tasks.multigen import generation as gen
+from tokencompose.tasks.multigen import integrity
+from tokencompose.tasks.multigen.prompts import (Prompt, PromptFileError, all_prompts_for, prompts_fingerprint,
+                                                 window_problems)
+
+RUN_FILE = "run.json"
+
+
+class EvaluationError(RuntimeError):
+    """The run cannot start; the message lists every problem found before any work."""
+
+
+def _locate(spec, config) -> tuple[Path | None, str | None]:
+    """An existing folder given as a path is returned as is (its own check then says what is wrong
+    with it); a name is looked up in the models folder and hub cache."""
+    if spec.explicit is not None and spec.explicit.is_dir():
+        return spec.explicit, None
+    searched: list[str] = []
+    root = models_dir(config)
+    found = find_weights(spec, root, hf_cache_dir(config), searched)
+    if found is None:
+        return None, describe_missing(spec, searched, root)
+    return found, None
+
+
+def resolve_pipeline(name: str, config) -> Path:
+    """A Stable Diffusion folder: a path, or a name under the models folder / hub cache."""
+    found, problem = _locate(stable_diffusion_spec(name), config)
+    if found is None:
+        raise EvaluationError(problem)
+    problems = gen.check_pipeline_folder(found)
+    if problems:
+        raise EvaluationError("; ".join(problems))
+    return found
+
+
+@dataclass
+class ModelRun:
+    label: str
+    path: Path
+    model_id: str
+    folder: Path
+
+    @property
+    def images_dir(self) -> Path:
+        return self.folder / gen.IMAGES_DIR
+
+    def detections_dir(self, config: EvaluateConfig) -> Path:
+        return self.folder / f"detections-{config.detection_fingerprint()}"
+
+    def info(self) -> dict:
+        return {"label": self.label, "path": str(self.path), "id": self.model_id}
+
+
+@dataclass
+class Plan:
+    config: EvaluateConfig
+    prompts: list[Prompt]
+    all_prompts_fingerprint: str
+    runs: list[ModelRun]
+    detector: Path
+    shards: list[gen.ShardPlan]
+
+
+def preflight(config: EvaluateConfig) -> Plan:
+    """Check everything before work: prompts (rows, and lengths in each model's and the detector's token
+    windows), model folders, detector, the output folder (writable, and not made with other settings).
+    Raises :class:`EvaluationError` listing all problems."""
+    problems: list[str] = evaluate_problems(config)
+    prompts: list[Prompt] = []
+    fingerprint = ""
+    try:
+        every = all_prompts_for(config.benchmark)
+        fingerprint = prompts_fingerprint(every)
+        prompts = every[:config.benchmark.limit] if config.benchmark.limit else every
+    except (PromptFileError, ValueError, OSError) as error:
+        problems.append(f"prompts: {error}")
+    runs: list[ModelRun] = []
+    for name, label in zip(config.pipelines, config.model_labels()):
+        found, problem = _locate(stable_diffusion_spec(name), config)
+        if found is None:
+            problems.append(f"model {label}: {problem}")
+            continue
+        folder_problems = gen.check_pipeline_folder(found)
+        if folder_problems:
+            problems += [f"model {label}: {p}" for p in folder_problems]
+            continue
+        runs.append(ModelRun(label, found, gen.model_id(found), Path(config.out_dir) / label))
+    detector, problem = _locate(owlv2_spec(config.detection.detector), config)
+    if detector is None:
+        problems.append(f"detector: {problem}")
+    else:
+        problems += [f"detector: {p}" for p in det.check_owlv2_folder(detector)]
+    if not problems:
+        problems += _prompt_window_problems(config, prompts, runs, detector)
+    if not problems:
+        for run in runs:
+            problems += _existing_run_problems(config, run, fingerprint)
+    if problems:
+        raise EvaluationError("cannot start the MultiGen evaluation:\n" + "\n".join(f"  - {p}" for p in problems))
+    shards = gen.plan_shards(prompts, config.generation.prompts_per_shard)
+    return Plan(config, prompts, fingerprint, runs, detector, shards)
+
+
+def _prompt_window_problems(config: EvaluateConfig, prompts: list[Prompt], runs: list[ModelRun],
+                            detector: Path) -> list[str]:
+    """Every prompt checked against each model's tokenizer and text encoder window, and every category's
+    query against the detector's (identical lines from models sharing a tokenizer are given once)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        query_tokenizer = AutoTokenizer.from_pretrained(detector, local_files_only=True)
+        text_config = AutoConfig.from_pretrained(detector, local_files_only=True).text_config
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        return [f"detector: {detector}: tokenizer or config cannot be loaded ({error})"]
+    query_window = min(query_tokenizer.model_max_length, text_config.max_position_embeddings)
+    problems: dict[str, None] = {}
+    for run in runs:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(run.path / "tokenizer", local_files_only=True)
+            encoder = AutoConfig.from_pretrained(run.path / "text_encoder", local_files_only=True)
+        except (OSError, ValueError, KeyError) as error:
+            problems[f"model {run.label}: tokenizer or text encoder config cannot be loaded ({error})"] = None
+            continue
+        window = min(tokenizer.model_max_length, encoder.max_position_embeddings)
+        problems.update(dict.fromkeys(window_problems(prompts, tokenizer, window, query_tokenizer, query_window,
+                                                      config.detection.query_template)))
+    return list(problems)
+
+
+def run_record(config: EvaluateConfig, run: ModelRun, fingerprint: str) -> dict:
+    return {"model": run.info(), "prompts": fingerprint, "generation": config.generation_fingerprint()}
+
+
+def _existing_run_problems(config: EvaluateConfig, run: ModelRun, fingerprint: str) -> list[str]:
+    path = run.folder / RUN_FILE
+    if not path.exists():
+        return []
+    before = json.loads(path.read_text())
+    now = run_record(config, run, fingerprint)
+    changed = [key for key in ("prompts", "generation") if before.get(key) != now[key]]
+    if before.get("model", {}).get("id") != run.model_id:
+        changed.append("model weights")
+    if not changed:
+        return []
+    return [f"{run.folder} holds images made with other {', '.join(changed)}; use another out_dir, or delete the "
+            f"folder to start this model again"]
+
+
+
+def attention_dir(run: ModelRun, prompt: Prompt) -> Path:
+    return run.folder / "attention" / f"prompt-{prompt.id:06d}"
+
+
+def model_rows(plan: Plan, run: ModelRun) -> list[dict]:
+    """Every detections row of one model, each file checked against its record first (a broken one
+    stops with its name: the next run redoes it)."""
+    rows: list[dict] = []
+    out_dir = run.detections_dir(plan.config)
+    for shard in plan.shards:
+        images = run.images_dir / f"{shard.name}.tar"
+        path = out_dir / det.detections_name(images.name)
+        done, reason = integrity.status(path, det.shard_sha256(images)) if images.exists() else (False, None)
+        if not done:
+            raise EvaluationError(f"{run.label}: {path}: {reason or 'no detections'}; run the evaluation again to "
+                                  f"redo it")
+        try:
+            rows += det.read_detections(path)
+        except det.DetectionsError as error:
+            raise EvaluationError(f"{run.label}: {error}") from None
+    return rows
