@@ -47,6 +47,7 @@ def sample(entry: Sample, state: State) -> HTMLResponse:
     except SampleError as error:
         return state.pages.render("sample.html", error=str(error), image_readable=catalog.image_readable(entry),
                                   **context)
+    problems = sample_problems(state, entry, record)
     nouns = []
     for index, noun in enumerate(record.nouns):
         box_rows = [{"box": b, "score": s} for b, s in
@@ -71,7 +72,7 @@ def sample(entry: Sample, state: State) -> HTMLResponse:
     return state.pages.render(
         "sample.html", error=None, record=record, nouns=nouns, segments=caption_segments(record),
         candidates=candidates, pixels=record.width * record.height, training=training,
-        training_problem=training_problem,
+        training_problem=training_problem, problems=problems,
         provenance=json.dumps(record.provenance.model_dump(mode="json"), indent=1, sort_keys=True), **context)
 
 
@@ -132,6 +133,29 @@ def reject(row: str, state: State) -> HTMLResponse:
         "reject.html", title=f"Rejected: {found.file_name or found.image_id or row}", row=row, reject=found,
         has_image=state.rejects.image_path(found) is not None, images_problem=state.rejects.images_problem,
         previous=row - 1 if row > 0 else None, following=row + 1 if row + 1 < total else None)
+
+
+def sample_problems(state: State, entry: Entry, record) -> list[str]:
+    """What is wrong with a readable record beyond its JSON: an image whose header disagrees with the
+    record's size or is past the decode limits (read from the header, nothing decoded), and the same
+    key in other shards."""
+    problems = []
+    try:
+        width, height = render.image_size(state.catalog.image_bytes(entry)[0])
+    except SampleError as error:
+        problems.append(f"the image member cannot be read: {error}")
+    except render.RenderError as error:
+        problems.append(str(error))
+    else:
+        if (width, height) != (record.width, record.height):
+            problems.append(f"the record says the image is {record.width}x{record.height} pixels, the image is "
+                            f"{width}x{height}: masks and boxes are drawn at the record's size")
+        too_big = render.size_problem(width, height)
+        if too_big:
+            problems.append(too_big)
+    for shard in state.catalog.duplicates.get(entry.key, []):
+        problems.append(f"key {entry.key} appears again in {shard}; that sample is not shown")
+    return problems
 
 
 def training_view(state: State, entry: Entry, record):

@@ -1,16 +1,18 @@
 """Pictures the viewer makes on the fly: noun colours, mask overlays (transparent PNG), thumbnails."""
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from pycocotools import mask as coco_mask
 
+from tokencompose.schemas.config import ImageLimits
 from tokencompose.tasks.grounding.masks import SegmentationProblem, checked_runs, decode
 
 # Strong colours that rarely occur in photographs, so an overlay stands out; noun i gets PALETTE[i % len].
@@ -18,6 +20,11 @@ PALETTE = ("#00c8ff", "#ff2bd6", "#b6ff00", "#ffb000", "#7a5cff", "#00ffa2", "#f
            "#f4ff3a", "#c000ff", "#00e0c0", "#ff0066")
 THUMB_SIZE = 320  # longest side of a thumbnail, in pixels
 MAX_MASK_PIXELS = 60_000_000  # a mask larger than this (height x width) is not drawn
+# The build's image limits: an image past them could not be in a dataset the build made, and decoding
+# it would cost the viewer its size in memory (a 12000 x 12000 PNG of a few hundred KB is 432 MB as RGB).
+IMAGE_LIMITS = ImageLimits()
+BIG_DECODE_PIXELS = 16_000_000  # decodes above this run one at a time, so parallel page views do not add up
+_big_decode = threading.Lock()
 
 
 def colour(index: int) -> str:
@@ -68,10 +75,45 @@ def mask_png(rle: dict, hex_colour: str) -> bytes:
     return buffer.getvalue()
 
 
-def thumbnail(data: bytes, size: int = THUMB_SIZE) -> bytes:
-    """A JPEG no larger than size x size; JPEG sources are decoded at reduced scale (draft mode)."""
+def size_problem(width: int, height: int, what: str = "the image") -> str | None:
+    """Why an image of this size is not decoded (no pixels, or past the build's limits), or None."""
+    limits = IMAGE_LIMITS
+    if width <= 0 or height <= 0:
+        return f"{what} is {width}x{height} pixels; an image has at least one pixel a side"
+    if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
+        return (f"{what} is {width}x{height} pixels, more than the viewer decodes ({limits.max_side} px a side, "
+                f"{limits.max_pixels:,} pixels: the build's limits)")
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image's header, nothing decoded; :class:`RenderError` when unreadable."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception as error:  # noqa: BLE001 - PIL's header parsers raise many types on hostile bytes
+        raise RenderError(f"the image cannot be read: {str(error)[:200] or type(error).__name__}") from None
+
+
+@contextlib.contextmanager
+def bounded_decode(image: Image.Image) -> Iterator[None]:
+    """Around decoding ``image``: refuses one past the limits (from its header, before a pixel is
+    decoded) and lets one big image be decoded at a time."""
+    problem = size_problem(*image.size)
+    if problem:
+        raise RenderError(problem)
+    if image.width * image.height <= BIG_DECODE_PIXELS:
+        yield
+        return
+    with _big_decode:
+        yield
+
+
+def thumbnail(data: bytes, size: int = THUMB_SIZE) -> bytes:
+    """A JPEG no larger than size x size; the header's size is checked before decoding, and JPEG
+    sources are decoded at reduced scale (draft mode)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image, bounded_decode(image):
             image.draft("RGB", (size, size))
             image.thumbnail((size, size))
             image = image.convert("RGB")

@@ -222,10 +222,10 @@ class TrainingView:
             result.problem = "the image cannot be read, so training cannot use this sample"
             return result
         try:
-            with Image.open(io.BytesIO(image_bytes)) as image:
+            with Image.open(io.BytesIO(image_bytes)) as image, render.bounded_decode(image):
                 image.load()
                 example = preprocess.from_record(record, image)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except (OSError, ValueError, Image.DecompressionBombError, render.RenderError) as error:
             result.problem = f"the image cannot be decoded, so training cannot use this sample: {error}"[:500]
             return result
         used = [n for n in nouns if n.used]
