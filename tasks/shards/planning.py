@@ -16,6 +16,7 @@ from tokencompose.schemas.reports import (FORMAT_VERSION, MANIFEST_FILE, SHARDS_
 from tokencompose.tasks.models import backends as backend_registry
 from tokencompose.tasks.shards.build import shard_number
 from tokencompose.tasks.shards.output import ConfigurationError, check_output, index_path, shard_is_intact
+from tokencompose.tasks.source.coco_json import SourceError
 from tokencompose.tasks.source.images import ImageProblem, image_path
 from tokencompose.tasks.source.records import ImageRecord
 from tokencompose.tasks.source.selection import select_images
@@ -74,8 +75,6 @@ def plan(config: BuildConfig) -> Plan:
     whose id no existing shard holds (as a sample or a reject) are new; they go to new shards
     numbered after the last one, cut by shard_size in selection order. A source that lost images
     the shards hold is refused."""
-    from tokencompose.tasks.source.selection import SourceError
-
     config_hash = config.config_hash()
     problems = backend_registry.preflight(config)
     if problems:

@@ -1,7 +1,7 @@
 """Reading the LVIS v1 and COCO-Stuff annotation files of a source, keyed by COCO image id.
 
 Both are COCO-format instance files over the COCO 2017 images. Their annotations go through the
-same validation as the instances file (tasks/source/selection.py, tasks/masks.validate_segmentation): a
+same validation as the instances file (tasks/source/coco_json.py, tasks/grounding/masks.validate_segmentation): a
 malformed one becomes a rejects row and a noun of its category gets no mask. Only annotations of
 images the captions file lists are kept, each segmentation as the parsed JSON gave it (no copy).
 
@@ -19,8 +19,8 @@ from tokencompose.schemas.config import SourceConfig
 from tokencompose.schemas.reports import Reject
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.tasks.source.records import Annotation, HumanAnnotations
-from tokencompose.tasks.source.selection import (SOURCE_STAGE, Source, SourceError, _ImageEntry, _is_id, _json_type,
-                                          _load_json, _read_instances, _require, _where, is_text)
+from tokencompose.tasks.source.coco_json import (SOURCE_STAGE, ImageEntry, Source, SourceError, entry_location, is_id,
+                                                 is_text, json_type, load_json, read_instances, require_list)
 
 STUFF_OTHER = "other"
 
@@ -28,7 +28,7 @@ STUFF_OTHER = "other"
 def _id_list(value: object) -> frozenset[int] | None:
     if value is None:
         return frozenset()
-    if not isinstance(value, list) or not all(_is_id(v) for v in value):
+    if not isinstance(value, list) or not all(is_id(v) for v in value):
         return None
     return frozenset(value)
 
@@ -40,26 +40,26 @@ def _check_lvis_categories(path: Path, data: dict) -> None:
     if categories is None:
         return
     if not isinstance(categories, list):
-        raise SourceError(f"{path}: 'categories' must be a list, found {_json_type(categories)}")
+        raise SourceError(f"{path}: 'categories' must be a list, found {json_type(categories)}")
     known = lvis_vocabulary().names
     for index, entry in enumerate(categories):
-        if not isinstance(entry, dict) or not _is_id(entry.get("id")) or not is_text(entry.get("name")):
+        if not isinstance(entry, dict) or not is_id(entry.get("id")) or not is_text(entry.get("name")):
             raise SourceError(f"{path}: categories[{index}] needs an integer 'id' and a string 'name'")
         if known.get(entry["id"]) != entry["name"]:
             raise SourceError(f"{path}: category {entry['id']} is {entry['name']!r:.60} here but "
                               f"{known.get(entry['id'])!r} in LVIS v1: is it an LVIS v1 file?")
 
 
-def _read_lvis(paths: list[Path], images: dict[int, _ImageEntry], source: Source
+def _read_lvis(paths: list[Path], images: dict[int, ImageEntry], source: Source
                ) -> tuple[dict[int, list[Annotation]], dict[int, tuple[frozenset[int], frozenset[int]]]]:
     annotations: dict[int, list[Annotation]] = defaultdict(list)
     listed: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
     for path in paths:
-        data = _load_json(path, "lvis_json")
-        entries = _require(data, "images", path)
+        data = load_json(path, "lvis_json")
+        entries = require_list(data, "images", path)
         _check_lvis_categories(path, data)
         for index, entry in enumerate(entries):
-            image = images.get(entry.get("id")) if isinstance(entry, dict) and _is_id(entry.get("id")) else None
+            image = images.get(entry.get("id")) if isinstance(entry, dict) and is_id(entry.get("id")) else None
             if image is None:
                 continue  # an image the captions do not list (or not an object: it names no image of ours)
             negative = _id_list(entry.get("neg_category_ids"))
@@ -69,46 +69,46 @@ def _read_lvis(paths: list[Path], images: dict[int, _ImageEntry], source: Source
                 source.problems.append(Reject(
                     image_id=image.image_id, file_name=image.file_name, stage=SOURCE_STAGE,
                     reason=RejectReason.BAD_ANNOTATION,
-                    detail=f"{_where(path, 'images', index, entry)}: {key!r} must be a list of category ids"))
+                    detail=f"{entry_location(path, 'images', index, entry)}: {key!r} must be a list of category ids"))
                 negative, partial = negative or frozenset(), partial or frozenset()
             if image.image_id in listed:
                 raise SourceError(f"{path}: images[{index}] repeats image id {image.image_id} (given twice in "
                                   f"the LVIS files)")
             listed[image.image_id] = (negative, partial)
-        for image_id, found in _read_instances(path, _require(data, "annotations", path), images, source).items():
+        for image_id, found in read_instances(path, require_list(data, "annotations", path), images, source).items():
             annotations[image_id] += found
         del data, entries
     return annotations, listed
 
 
 def _stuff_names(path: Path, data: dict) -> dict[int, str]:
-    categories = _require(data, "categories", path)
+    categories = require_list(data, "categories", path)
     names: dict[int, str] = {}
     for index, entry in enumerate(categories):
-        if not isinstance(entry, dict) or not _is_id(entry.get("id")) or not is_text(entry.get("name")):
+        if not isinstance(entry, dict) or not is_id(entry.get("id")) or not is_text(entry.get("name")):
             raise SourceError(f"{path}: categories[{index}] needs an integer 'id' and a string 'name'")
         names[entry["id"]] = entry["name"].strip()
     return names
 
 
-def _read_stuff(paths: list[Path], images: dict[int, _ImageEntry], source: Source
+def _read_stuff(paths: list[Path], images: dict[int, ImageEntry], source: Source
                 ) -> tuple[dict[int, list[Annotation]], dict[int, str]]:
     annotations: dict[int, list[Annotation]] = defaultdict(list)
     names: dict[int, str] = {}
     for path in paths:
-        data = _load_json(path, "stuff_json")
+        data = load_json(path, "stuff_json")
         file_names = _stuff_names(path, data)
         for category_id, name in file_names.items():
             if names.setdefault(category_id, name) != name:
                 raise SourceError(f"{path}: category {category_id} is {name!r:.60} here but {names[category_id]!r} "
                                   f"in an earlier COCO-Stuff file")
-        for image_id, found in _read_instances(path, _require(data, "annotations", path), images, source).items():
+        for image_id, found in read_instances(path, require_list(data, "annotations", path), images, source).items():
             annotations[image_id] += [a for a in found if file_names.get(a.category_id, STUFF_OTHER) != STUFF_OTHER]
         del data
     return annotations, {i: n for i, n in names.items() if n != STUFF_OTHER}
 
 
-def read_human_annotations(config: SourceConfig, images: dict[int, _ImageEntry], source: Source
+def read_human_annotations(config: SourceConfig, images: dict[int, ImageEntry], source: Source
                            ) -> dict[int, HumanAnnotations]:
     """Per image id of ``images``: its LVIS and COCO-Stuff annotations (rejects rows added to ``source``)."""
     lvis, listed = _read_lvis(list(config.lvis_json), images, source) if config.lvis_json else ({}, {})

@@ -13,7 +13,8 @@ from tokencompose.tasks.models.backends import GROUNDING_BACKENDS
 from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, NounTable
 from tokencompose.tasks.grounding.human import (LVIS_CATEGORIES, HumanGrounder, HumanNounTable, LvisVocabulary, NounResolver,
                                                 lvis_vocabulary, normalise_lvis, stuff_keys)
-from tokencompose.tasks.source.selection import SourceError, read_source
+from tokencompose.tasks.source.coco_json import SourceError
+from tokencompose.tasks.source.selection import read_source
 
 W, H = 64, 48
 LVIS = {c["name"]: c for c in json.loads(LVIS_CATEGORIES.read_text())}

@@ -4,7 +4,8 @@ import pytest
 
 from tests.support.testkit import jpeg_bytes
 from tokencompose.schemas.config import BuildConfig
-from tokencompose.tasks.source.selection import SourceError, load_source, read_vsr_image_names, select_images
+from tokencompose.tasks.source.coco_json import SourceError
+from tokencompose.tasks.source.selection import load_source, read_vsr_image_names, select_images
 
 
 def _config(source, tmp_path, **selection):

@@ -20,7 +20,8 @@ from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.shards.dataset import build_directly
 from tokencompose.tasks.shards.output import ConfigurationError
-from tokencompose.tasks.source.selection import MAX_ID, read_vsr_image_names, select_images
+from tokencompose.tasks.source.coco_json import MAX_ID
+from tokencompose.tasks.source.selection import read_vsr_image_names, select_images
 
 BOUNDED = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
