@@ -41,7 +41,8 @@ def _entry(config: RetrainConfig, entry_id: str, start: retraining.StartingPoint
     """``uses_version=False``: the entry names no dataset version, so the next run trains on it again."""
     return RegistryEntry(id=entry_id, status=status, created=utc_now(), pipeline_dir=pipeline,
                          base_model=start.model, parent=start.parent, dataset_dir=config.build.output.out_dir,
-                         dataset_version=version.version if uses_version else None, dataset_shards=version.shards,
+                         dataset_version=version.version if uses_version else None,
+                         dataset_shards=version.shard_paths(config.build.output.out_dir),
                          train_config_hash=config.train_hash(), steps=steps, multigen=result, reason=reason)
 
 
@@ -88,7 +89,8 @@ def _train_judge_decide(config: RetrainConfig, registry: ModelRegistry, entry_id
     logger.info("candidate %s: %d steps from %s on dataset version %d", entry_id, config.steps, start.model,
                 version.version)
     try:
-        trained = train_tokencompose(config=config.train_config(start.model, version.shards, run_dir / "train"))
+        shards = version.shard_paths(config.build.output.out_dir)
+        trained = train_tokencompose(config=config.train_config(start.model, shards, run_dir / "train"))
     except Exception as error:  # the failure is recorded, the promoted model stays; the run still fails
         registry.register(_entry(config, entry_id, start, version, "failed",
                                  f"training failed: {_why(error)}"), by=_by())

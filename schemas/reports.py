@@ -104,6 +104,10 @@ class DatasetVersion(StrictRecord):
     config_hash: str
     provenance: dict[str, Any]
 
+    def shard_paths(self, out_dir: Path) -> list[str]:
+        """The version's shard files in the dataset folder ``out_dir``, in shard order."""
+        return [str(Path(out_dir) / SHARDS_DIR / name) for name in sorted(self.shards)]
+
 
 class Manifest(StrictRecord):
     tokencompose: str

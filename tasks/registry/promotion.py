@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from tokencompose.schemas.reports import DatasetVersion
 from tokencompose.schemas.registry import MultiGenResult, RegistryEntry, RegistryEvent, entry_id_problem
 from tokencompose.tasks.registry.store import ModelRegistry, utc_now
 
@@ -30,12 +31,6 @@ class StartingPoint:
 
 
 @dataclass(frozen=True)
-class DatasetVersion:
-    version: int
-    shards: list[str]        # shard file paths of this version (all of them, old and new)
-
-
-@dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
@@ -43,13 +38,13 @@ class Decision:
 
 
 def latest_dataset(out_dir: Path) -> DatasetVersion:
-    """The newest version of the dataset a build wrote into ``out_dir`` and its shard files."""
-    from tokencompose.tasks.shards.versions import dataset_versions, version_shards
+    """The newest version of the dataset a build wrote into ``out_dir`` (its shard files: ``shard_paths``)."""
+    from tokencompose.tasks.shards.versions import dataset_versions
 
     versions = dataset_versions(out_dir)
     if not versions:
         raise FileNotFoundError(f"{out_dir} holds no complete dataset: the build wrote no manifest")
-    return DatasetVersion(versions[-1].version, [str(p) for p in version_shards(out_dir)])
+    return versions[-1]
 
 
 def new_entry_id(now: datetime | None = None, salt: str = "") -> str:
