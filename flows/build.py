@@ -30,7 +30,7 @@ from tokencompose.tasks.shards.output import shard_is_intact
 from tokencompose.tasks.shards.planning import Plan, batch_fingerprint
 from tokencompose.tasks.shards.versions import dataset_versions
 from tokencompose.tasks.shards.identity import build_identity, identity_hash
-from tokencompose.tasks.source.records import ImageRecord
+from tokencompose.schemas.records import ImageRecord
 from tokencompose.tasks.shards.build import build_shard
 
 FLOW_NAME = "build-grounded-coco"

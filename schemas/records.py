@@ -1,4 +1,4 @@
-"""In-memory records passed between stages (not written anywhere: the shard schema is in schemas/)."""
+"""In-memory records passed between the build stages (not written anywhere: the shard sample is schemas/sample.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

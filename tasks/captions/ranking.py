@@ -17,7 +17,7 @@ from PIL import Image
 
 from tokencompose.schemas.sample import BackendInfo
 from tokencompose.tasks.nouns.extraction import lookup_text
-from tokencompose.tasks.source.records import Caption
+from tokencompose.schemas.records import Caption
 
 _WORD = re.compile(r"[a-z0-9]+")
 _FUNCTION_WORDS = frozenset(

@@ -18,7 +18,7 @@ from tokencompose.schemas.sample import BackendInfo, Grounding
 from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.nouns.extraction import lookup_text, singular_forms
-from tokencompose.tasks.source.records import ImageRecord
+from tokencompose.schemas.records import ImageRecord
 
 BUNDLED_NOUN_TABLE = DATA_DIR / "noun_categories.csv"
 COCO_CATEGORIES = DATA_DIR / "coco_categories.csv"

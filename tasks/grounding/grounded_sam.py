@@ -54,7 +54,7 @@ from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.grounding import masks
 from tokencompose.schemas.sample import BackendInfo, Grounding
 from tokencompose.schemas.reasons import NounReason
-from tokencompose.tasks.source.records import ImageRecord
+from tokencompose.schemas.records import ImageRecord
 from tokencompose.tasks.grounding.token_assignment import Prompt, assign_boxes, build_prompt, select_boxes, token_owners
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from tokencompose.schemas.sample import BackendInfo, Grounding
 from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, NounTable, load_coco_categories, lookup_keys
-from tokencompose.tasks.source.records import Annotation, ImageRecord
+from tokencompose.schemas.records import Annotation, ImageRecord
 
 DATA = DATA_DIR
 LVIS_CATEGORIES = DATA / "lvis_categories.json"

@@ -17,7 +17,7 @@ from PIL import Image
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.sample import BackendInfo, Grounding
 from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, Grounder
-from tokencompose.tasks.source.records import ImageRecord
+from tokencompose.schemas.records import ImageRecord
 
 
 class HybridGrounder:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from tokencompose.schemas.sample import BackendInfo
-from tokencompose.tasks.source.records import NounPhrase
+from tokencompose.schemas.records import NounPhrase
 
 NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS", "NOUN", "PROPN"})
 

@@ -23,7 +23,7 @@ from tokencompose.tasks.captions import ranking as caption_stage
 from tokencompose.tasks.models.backends import Backends
 from tokencompose.tasks.source.images import ImageProblem, LoadedImage, image_path, load_image
 from tokencompose.tasks.nouns.extraction import is_stop_listed, lookup_text
-from tokencompose.tasks.source.records import Caption, ImageRecord, NounPhrase
+from tokencompose.schemas.records import Caption, ImageRecord, NounPhrase
 from tokencompose.tasks.shards.shard_io import write_tar
 
 CHUNK = 32  # images decoded and sent through the models at once; bounds memory per shard

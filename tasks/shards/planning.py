@@ -18,7 +18,7 @@ from tokencompose.tasks.shards.build import shard_number
 from tokencompose.tasks.shards.output import ConfigurationError, check_output, index_path, shard_is_intact
 from tokencompose.tasks.source.coco_json import SourceError
 from tokencompose.tasks.source.images import ImageProblem, image_path
-from tokencompose.tasks.source.records import ImageRecord
+from tokencompose.schemas.records import ImageRecord
 from tokencompose.tasks.source.selection import select_images
 
 MISSING_NAMED = 5  # file names a "source lost images" error lists

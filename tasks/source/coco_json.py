@@ -17,7 +17,7 @@ from pathlib import Path
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.schemas.reports import Reject
 from tokencompose.tasks.grounding import masks
-from tokencompose.tasks.source.records import Annotation, ImageRecord
+from tokencompose.schemas.records import Annotation, ImageRecord
 
 SOURCE_STAGE = "source"
 MAX_ID = 2**63 - 1  # ids are int64 in the dataset card

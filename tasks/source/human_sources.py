@@ -18,7 +18,7 @@ from pathlib import Path
 from tokencompose.schemas.config import SourceConfig
 from tokencompose.schemas.reports import Reject
 from tokencompose.schemas.reasons import RejectReason
-from tokencompose.tasks.source.records import Annotation, HumanAnnotations
+from tokencompose.schemas.records import Annotation, HumanAnnotations
 from tokencompose.tasks.source.coco_json import (SOURCE_STAGE, ImageEntry, Source, SourceError, entry_location, is_id,
                                                  is_text, json_type, load_json, read_instances, require_list)
 

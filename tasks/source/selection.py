@@ -20,7 +20,7 @@ from tokencompose.tasks.source.coco_json import (MAX_ID, SOURCE_STAGE, ImageEntr
                                                  is_id, is_text, json_type, load_json, read_instances,
                                                  require_list)
 from tokencompose.tasks.source.human_sources import read_human_annotations
-from tokencompose.tasks.source.records import Caption, ImageRecord
+from tokencompose.schemas.records import Caption, ImageRecord
 
 
 @dataclass

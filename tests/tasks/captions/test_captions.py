@@ -1,5 +1,5 @@
 from tokencompose.tasks.captions.ranking import ConsensusRanker, choose, usable_captions
-from tokencompose.tasks.source.records import Caption
+from tokencompose.schemas.records import Caption
 
 
 def test_consensus_prefers_the_caption_the_others_agree_with():

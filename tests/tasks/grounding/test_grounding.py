@@ -4,7 +4,7 @@ import pytest
 from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, NounTable, lookup_keys, singular_forms
-from tokencompose.tasks.source.records import Annotation, ImageRecord
+from tokencompose.schemas.records import Annotation, ImageRecord
 
 
 @pytest.mark.parametrize("noun,category", [
