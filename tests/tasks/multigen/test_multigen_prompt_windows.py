@@ -25,7 +25,7 @@ def row(uid, categories, text=None):
 
 
 GOOD = ["cat", "dog", "cup", "car", "bus"]
-LONG = "very large and extremely heavy old wooden kitchen table"        # 9 words: > 16 tokens as a query
+LONG = "very large and extremely heavy old wooden kitchen table with two drawers"  # an 18-token query
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +42,14 @@ def test_a_category_longer_than_the_detectors_window_stops_the_run_before_work(m
     config = make_eval_config(benchmark={"file": str(path), "limit": None})
     with pytest.raises(EvaluationError) as error:
         evaluate_models(config)
-    assert (f"{path}: row 1: category {LONG!r} makes the detector query 'a photo of a {LONG}' 17 tokens, the "
+    assert (f"{path}: row 1: category {LONG!r} makes the detector query 'a photo of a {LONG}' 18 tokens, the "
             f"detector's text window is 16") in str(error.value)
     assert not config.out_dir.exists()
 
 
 def test_a_text_longer_than_the_text_encoders_window_is_named(make_eval_config, tmp_path):
     # queries of the bare category fit OWLv2's 16 tokens; five of them make a text of more than 77
-    words = ["red", "green", "blue", "black", "white", "brown", "pink", "gray", "gold", "silver", "tiny", "huge"]
+    words = ["red", "green", "blue", "black", "white", "brown", "pink", "gray", "gold", "silver", "tiny", "huge", "dark"]
     categories = [" ".join(words[k:] + words[:k]) for k in range(5)]
     path = tmp_path / "long.json"
     path.write_text(json.dumps([row(7, categories)]))
@@ -84,9 +84,9 @@ def test_unencodable_strings_are_named(tmp_path, bad, message):
 
 def test_a_category_of_no_tokens_is_empty(tokenizers, tmp_path):
     text_tokenizer, query_tokenizer = tokenizers
-    prompts = [mp.Prompt(0, mp.prompt_text(["\u200b", *GOOD[1:]]), ("\u200b", *GOOD[1:]), where="f.json: row 0")]
+    prompts = [mp.Prompt(0, mp.prompt_text(["\u3000", *GOOD[1:]]), ("\u3000", *GOOD[1:]), where="f.json: row 0")]
     assert mp.window_problems(prompts, text_tokenizer, 77, query_tokenizer, 16, TEMPLATE) == [
-        "f.json: row 0: category '\\u200b' is no token for the text encoder (empty)"]
+        "f.json: row 0: category '\\u3000' is no token for the text encoder (empty)"]
 
 
 # -- hostile prompt files -----------------------------------------------------------------------
