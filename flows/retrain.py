@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from tokencompose.flows.build import build_grounded_coco
 from tokencompose.flows.evaluate import evaluate_multigen
 from tokencompose.flows.train import train_tokencompose
-from tokencompose.schemas.registry import RegistryEntry
+from tokencompose.schemas.registry import RegistryEntry, Status
 from tokencompose.schemas.retrain import RetrainConfig
 from tokencompose.tasks.registry import promotion as retraining
 from tokencompose.tasks.registry.store import ModelRegistry, utc_now
@@ -35,7 +35,7 @@ def _why(error: Exception) -> str:
     return f"{type(error).__name__}: {text[:500]}"
 
 
-def _entry(config: RetrainConfig, entry_id: str, start: retraining.StartingPoint, version, status: str,
+def _entry(config: RetrainConfig, entry_id: str, start: retraining.StartingPoint, version, status: Status,
            reason: str, steps: int = 0, pipeline: Path | None = None, result=None,
            uses_version: bool = True) -> RegistryEntry:
     """``uses_version=False``: the entry names no dataset version, so the next run trains on it again."""
@@ -111,7 +111,7 @@ def _train_judge_decide(config: RetrainConfig, registry: ModelRegistry, entry_id
     models = {label: {k: {"mean": v} for k, v in mg.items()} for label, mg in summary["models"].items()}
     decision = retraining.decide(models["candidate"], models[start.label], config.metric, config.margin,
                                  start.parent or str(start.model), summary.get("report"))
-    status = "promoted" if decision.promote else "rejected"
+    status: Status = "promoted" if decision.promote else "rejected"
     registry.register(_entry(config, entry_id, start, version, status, decision.reason, trained["steps"],
                              candidate, decision.result), by=_by())
     markdown = retraining.comparison_markdown(

@@ -45,6 +45,7 @@ def _required_id(value: str) -> str:
 
 
 Status = Literal["promoted", "candidate", "rejected", "failed", "retired"]
+Action = Literal["promote", "rollback", "reject", "fail", "register", "repair", "gc"]
 
 
 class MultiGenResult(StrictRecord):
@@ -81,7 +82,7 @@ class RegistryEntry(StrictRecord):
 
 class RegistryEvent(StrictRecord):
     at: str
-    action: Literal["promote", "rollback", "reject", "fail", "register", "repair", "gc"]
+    action: Action
     entry: str = Field(description="the entry acted on; for repair, the entry left promoted ('' for none)")
     by: str = Field(default="manual", description="manual, or the flow run that did it")
     detail: str = Field(default="", description="what a repair decided and dropped, what a rollback skipped")

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 from pydantic import ValidationError
 
-from tokencompose.schemas.registry import (REGISTRY_FORMAT, RegistryEntry, RegistryEvent, RegistryIndex,
+from tokencompose.schemas.registry import (REGISTRY_FORMAT, Action, RegistryEntry, RegistryEvent, RegistryIndex,
                                            entry_id_problem)
 from tokencompose.schemas.reports import write_atomic
 
@@ -270,7 +270,7 @@ class ModelRegistry:
             recorded = entry.model_copy(update={"status": "candidate"}) if wanted == "promoted" else entry
             index = self.index()  # read first: a damaged index stops the change before anything is written
             self._write_entry(recorded)
-            action = {"rejected": "reject", "failed": "fail"}.get(wanted, "register")
+            action: Action = "reject" if wanted == "rejected" else "fail" if wanted == "failed" else "register"
             index.history.append(RegistryEvent(at=utc_now(), action=action, entry=entry.id, by=by))
             self._write_index(index)
             if wanted == "promoted":
@@ -320,7 +320,7 @@ class ModelRegistry:
                     stack.pop()
         return stack
 
-    def _promote(self, entry_id: str, action: str, by: str, reason: str = "", detail: str = "") -> None:
+    def _promote(self, entry_id: str, action: Action, by: str, reason: str = "", detail: str = "") -> None:
         problem = self.usable(entry_id)
         if problem:
             raise RegistryError(f"cannot promote: {problem}")
@@ -366,7 +366,8 @@ class ModelRegistry:
             return None, [], notes
         promoted = data.get("promoted") if entry_id_problem(data.get("promoted")) is None else None
         events: list[RegistryEvent] = []
-        raw = data.get("history") if isinstance(data.get("history"), list) else []
+        history = data.get("history")
+        raw: list = history if isinstance(history, list) else []
         for item in raw:
             try:
                 events.append(RegistryEvent.model_validate(item))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tokencompose.cli import parser_for
-from tokencompose.schemas.registry import MultiGenResult, RegistryEntry
+from tokencompose.schemas.registry import MultiGenResult, RegistryEntry, Status
 from tokencompose.tasks.registry import store as registry_module
 from tokencompose.tasks.registry.store import ModelRegistry, RegistryError
 from tokencompose.tasks.registry.promotion import decide
@@ -20,9 +20,9 @@ def pipeline(tmp_path: Path, name: str) -> Path:
     return folder
 
 
-def entry(tmp_path: Path, entry_id: str, status: str = "candidate", created: str = "2026-11-30T00:00:00+00:00",
+def entry(tmp_path: Path, entry_id: str, status: Status = "candidate", created: str = "2026-11-30T00:00:00+00:00",
           model: Path | None | str = "auto") -> RegistryEntry:
-    folder = pipeline(tmp_path, entry_id) if model == "auto" else model
+    folder = pipeline(tmp_path, entry_id) if model == "auto" else None if model is None else Path(model)
     return RegistryEntry(id=entry_id, status=status, created=created, pipeline_dir=folder,
                          base_model=tmp_path / "sd", dataset_dir=tmp_path / "data", dataset_version=1,
                          train_config_hash="abc", steps=10, reason="test")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tokencompose.cli import main
-from tokencompose.schemas.registry import RegistryEntry
+from tokencompose.schemas.registry import RegistryEntry, Status
 from tokencompose.tasks.registry.promotion import collect_runs, register_interrupted, running
 from tokencompose.tasks.registry.store import ModelRegistry
 
@@ -27,7 +27,7 @@ BOUNDED = settings(max_examples=60, deadline=None, derandomize=True, database=No
 BIN = Path(sys.executable).parent
 
 
-def make_entry(root: Path, entry_id: str, status: str, created: str, with_model: bool = True) -> RegistryEntry:
+def make_entry(root: Path, entry_id: str, status: Status, created: str, with_model: bool = True) -> RegistryEntry:
     folder = None
     if with_model:
         folder = root / "models" / entry_id
