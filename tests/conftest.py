@@ -1,4 +1,6 @@
-"""Offline settings for every test, and fixtures over tests/testkit.py."""
+"""Offline settings for every test, and the fixtures that tests of several folders share. None of them
+imports torch when collected: the training fixtures (tests/support/training_fixtures.py) load it when a test
+uses them; fixtures of one folder live in that folder's conftest."""
 from __future__ import annotations
 
 import os
@@ -9,15 +11,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from pathlib import Path
+import sys
 
 import pytest
-import torch
+
 from tests.support.testkit import SourceBuilder, demo_config
-from tests.support.training_kit import RESOLUTION, TINY_LAYERS, build_tiny_sd, photo_samples, write_shards
 
-from tokencompose.schemas.training import TrainConfig
-
+pytest_plugins = ["tests.support.training_fixtures"]
 
 @pytest.fixture
 def make_demo_config(tmp_path):
@@ -31,39 +31,16 @@ def source_builder(tmp_path) -> SourceBuilder:
     return SourceBuilder(tmp_path / "source")
 
 
-# Training fixtures: a tiny but real Stable Diffusion folder and tiny build-grounded-coco shards, all offline.
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
-
-
-@pytest.fixture(scope="session")
-def shard_dir(tmp_path_factory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("data"), photo_samples(), per_shard=2)
-
-
-@pytest.fixture
-def make_config(tiny_sd, shard_dir, tmp_path):
-    """TrainConfig for the tiny model and shards, fast settings; keyword overrides."""
-    def make(**overrides) -> TrainConfig:
-        values = dict(pretrained_model=tiny_sd, shards=[str(shard_dir / "shard-*.tar")], output_dir=tmp_path / "run",
-                      resolution=RESOLUTION, train_layers=TINY_LAYERS, max_steps=2, train_batch_size=1,
-                      gradient_accumulation_steps=1, num_workers=0, shuffle_buffer=4, gradient_checkpointing=False,
-                      checkpoint_every=1000, log_every=1, export=False, seed=0)
-        values.update(overrides)
-        return TrainConfig(**values)
-    return make
-
-
 @pytest.fixture(autouse=True)
 def _fresh_accelerator_state():
-    """Each Trainer builds its own Accelerator; accelerate keeps process-wide state between them."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
+    """Each Trainer builds its own Accelerator; accelerate keeps process-wide state between them (reset only
+    once a test has loaded accelerate: importing it would load torch)."""
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(True)
+        state.GradientState._reset_state()
+        state.PartialState._reset_state()
 
 
 @pytest.fixture
@@ -71,6 +48,8 @@ def one_thread():
     """The tiny models are far too small to gain from intra-op threads (on a shared 2-core machine the
     pool's spinning makes each step several times slower); the thread count is restored afterwards so
     no other test sees it."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
