@@ -1,6 +1,7 @@
-# Two entry points for a fresh machine (Python 3.11 with venv; Debian for the browser test):
+# Entry points for a fresh machine (Python 3.11 with venv; Debian for the browser test):
 #   make demo   sets everything up and builds the bundled sample into out/demo
-#   make test   sets everything up and runs the whole test suite
+#   make check  lint, type check and the fast tests (no servers, clusters, paper-size models, browser, slow)
+#   make test   make check, then every other test: the whole suite, each test once (CI: .ci/run)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -8,7 +9,10 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo train-demo test system-deps bench view
+# Tests with one of these marks (pyproject.toml describes them) stay out of `make check`.
+HEAVY_TESTS := server or cluster or paper_size or browser or slow
+
+.PHONY: setup demo train-demo lint typecheck check test system-deps bench view
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +31,17 @@ train-demo: setup
 system-deps:
 	sh scripts/system-deps.sh
 
-test: setup system-deps
-	$(BIN)/python -m pytest
+lint: setup
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy -p tokencompose
+
+check: lint typecheck
+	$(BIN)/python -m pytest -m "not ($(HEAVY_TESTS))"
+
+test: check system-deps
+	$(BIN)/python -m pytest -m "$(HEAVY_TESTS)"
 
 bench: setup
 	$(BIN)/python bench/bench_build.py
