@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         result["runners"] = {"images": images, "shard_size": args.shard_size, "repeats": args.repeats, **runners}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"| images | flow img/s | direct img/s | flow/direct time (target <= 1.10) |")
-    print(f"|---|---|---|---|")
+    print("| images | flow img/s | direct img/s | flow/direct time (target <= 1.10) |")
+    print("|---|---|---|---|")
     print(f"| {images} | {result['flow_images_per_s']} | {result['direct_images_per_s']} | {result['overhead_ratio']} |")
     print()
     print("| stage | seconds | ms/image |")

@@ -42,11 +42,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from tokencompose.tasks.grounding import grounded_sam as gs
-from tokencompose.tasks.grounding.token_assignment import assign_boxes, build_prompt, select_boxes  # noqa: E402
+from tokencompose.tasks.grounding.token_assignment import assign_boxes, build_prompt, select_boxes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOUNS = [["man", "dog", "cup"], ["cat", "bed"], ["astronaut", "flag", "helmet"], ["coffee", "spoon", "table"]]
 

@@ -129,7 +129,7 @@ def main() -> int:
                         "images_per_s": round(args.images / authors_s, 3)},
             "speedup": round(authors_s / ours_s, 2)}
         print(json.dumps(results["generation"]), flush=True)
-        del ours, authors
+        ours = authors = None  # frees the pipelines before the detectors load
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
 

@@ -1,7 +1,6 @@
 """One writer per output folder: a second `tokencompose build` on a folder another build holds stops
 with exit code 2 and says who holds it; the first one finishes with the right bytes; the lock a killed
 run leaves behind does not block the next run. Real processes throughout; every wait is on a condition."""
-import json
 import os
 import signal
 import subprocess

@@ -2,7 +2,6 @@
 computation of 100 x max(cos, 0), negatives are clamped, per-prompt means feed the gate."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.support.paper_models import CLIP_MODEL, sample_images

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.support.testkit import demo_config
 from tokencompose.flows.build import shard_cache_key, shard_key
