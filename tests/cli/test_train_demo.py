@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from tokencompose.cli import main
+
+pytestmark = pytest.mark.server
 
 
 def test_train_demo_writes_every_artifact(prefect_api, one_thread, tmp_path, capsys):

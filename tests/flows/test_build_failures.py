@@ -75,6 +75,7 @@ def _files(out):
             if p.is_file() and ".cache" not in p.parts and p.name != "config.json"}
 
 
+@pytest.mark.server
 def test_a_deterministic_error_is_not_retried_and_the_done_shards_are_reported(prefect_api, triggered, tmp_path):
     config = triggered("out", error="ValueError")
     state = build_grounded_coco(config=config, return_state=True)
@@ -109,6 +110,7 @@ def test_a_deterministic_error_is_not_retried_and_the_done_shards_are_reported(p
     assert _files(out) == _files(tmp_path / "straight")
 
 
+@pytest.mark.server
 def test_an_os_error_is_retried(prefect_api, triggered):
     config = triggered("out", error="OSError once")
     state = build_grounded_coco(config=config, return_state=True)

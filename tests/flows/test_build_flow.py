@@ -15,6 +15,8 @@ from tokencompose.data.replicate import replicate_sample
 from tokencompose.flows.build import build_grounded_coco
 from tokencompose.schemas.config import BuildConfig
 
+pytestmark = pytest.mark.server
+
 
 def _dataset_bytes(out):
     files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))

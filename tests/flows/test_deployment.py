@@ -15,6 +15,8 @@ import pytest
 from tokencompose.data import demo_settings
 from tokencompose.schemas.reports import Manifest
 
+pytestmark = pytest.mark.server
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 README_PORT = "4200"

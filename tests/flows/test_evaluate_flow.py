@@ -9,6 +9,8 @@ from tokencompose.schemas.evaluation import EvaluateConfig
 from tokencompose.tasks.multigen.run import EvaluationError
 from tokencompose.tasks.multigen.toy import save_random_owlv2
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def tiny_owl(tiny_sd, tmp_path_factory):

@@ -20,6 +20,8 @@ from tokencompose.schemas.retrain import RetrainConfig
 from tokencompose.tasks.multigen.toy import save_random_owlv2
 from tokencompose.tasks.registry.store import ModelRegistry
 
+pytestmark = pytest.mark.server
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 VSR_LINES = (SAMPLE_DIR / "vsr_train.jsonl").read_text().splitlines()

@@ -31,6 +31,7 @@ def test_cli_rejects_an_invalid_configuration(capsys):
     assert "pretrained_model" in capsys.readouterr().err
 
 
+@pytest.mark.server
 def test_the_flow_trains_exports_and_reports(prefect_api, make_config, one_thread):
     config = make_config(max_steps=2, export=True, num_workers=1)
     state = train_tokencompose(config=config, return_state=True)
@@ -53,6 +54,7 @@ def test_the_flow_trains_exports_and_reports(prefect_api, make_config, one_threa
     assert float(kinds["progress"]["data"]) == 100.0 and "token" in kinds["markdown"]["data"]
 
 
+@pytest.mark.server
 def test_the_cli_runs_the_flow(prefect_api, make_config, tmp_path, capsys):
     config_file = tmp_path / "train.json"
     config_file.write_text(make_config(max_steps=1).to_json())
@@ -108,6 +110,7 @@ def markdown_artifact(flow_run_id) -> str:
     return response.json()[0]["data"]
 
 
+@pytest.mark.server
 def test_the_flow_trains_past_a_bad_sample_and_reports_it(prefect_api, make_config, tmp_path):
     """Issue 20: one bad sample ended the flow with a DataError; now it is skipped and reported."""
     shard, key = one_bad_shard(tmp_path)
@@ -121,6 +124,7 @@ def test_the_flow_trains_past_a_bad_sample_and_reports_it(prefect_api, make_conf
         state.state_details.flow_run_id)
 
 
+@pytest.mark.server
 def test_too_much_bad_data_stops_the_flow_and_the_cli_in_one_line(prefect_api, make_config, tmp_path, capsys):
     from tokencompose.tasks.training.samples import TooMuchBadData
 

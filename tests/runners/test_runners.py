@@ -119,6 +119,7 @@ def test_runner_flags_come_from_the_model(tmp_path, capsys):
 
 # --- Dask -------------------------------------------------------------------------------------
 
+@pytest.mark.cluster
 def test_new_local_cluster_of_two_processes_builds_the_same_bytes(prefect_api, source, reference, tmp_path):
     from tokencompose.flows.build import build_on_runner
 
@@ -130,6 +131,7 @@ def test_new_local_cluster_of_two_processes_builds_the_same_bytes(prefect_api, s
     assert {n: _sha(b) for n, b in built.items()} == {n: _sha(b) for n, b in reference.items()}
 
 
+@pytest.mark.cluster
 def test_a_worker_killed_mid_shard_ends_with_the_same_bytes(prefect_api, source, reference, cluster, tmp_path):
     """SIGKILL one worker process while it runs a shard: Dask runs that shard again on a worker
     still alive (its nanny also starts a new process); the dataset ends complete and identical."""
@@ -171,6 +173,7 @@ def test_a_worker_killed_mid_shard_ends_with_the_same_bytes(prefect_api, source,
     assert _dataset_bytes(out) == reference
 
 
+@pytest.mark.cluster
 def test_gpu_tagged_tasks_ask_for_one_gpu_each(prefect_api, cluster, tmp_path):
     """Tasks tagged GPU_TAG run holding the worker's GPU resource (so at most one per GPU); other
     tasks never ask for it, whatever their name."""
@@ -210,6 +213,7 @@ def test_gpu_tagged_tasks_ask_for_one_gpu_each(prefect_api, cluster, tmp_path):
     assert cpu_free == 1.0, "a task without the tag does not take the GPU"
 
 
+@pytest.mark.cluster
 def test_asking_for_more_gpus_than_a_worker_has_stops_before_work(prefect_api, source, cluster, tmp_path):
     from tokencompose.runners import make_task_runner
 
@@ -228,6 +232,7 @@ def _can_mount_privately() -> bool:
         return False
 
 
+@pytest.mark.cluster
 @pytest.mark.skipif(not _can_mount_privately(), reason="needs `unshare -m` (root) to give a worker its own filesystem")
 def test_a_worker_that_does_not_share_the_output_folder_stops_the_run_before_work(prefect_api, source, tmp_path):
     """One worker sees its own (tmpfs) folder where the output should be: the probe it writes is
@@ -269,6 +274,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.cluster
 def test_local_ray_builds_the_same_bytes(prefect_api, source, reference, local_ray, tmp_path):
     from tokencompose.flows.build import build_on_runner
 
@@ -278,6 +284,7 @@ def test_local_ray_builds_the_same_bytes(prefect_api, source, reference, local_r
     assert _dataset_bytes(out) == reference
 
 
+@pytest.mark.cluster
 def test_ray_gpu_tagged_tasks_ask_for_one_gpu_each(prefect_api, local_ray, tmp_path):
     """On a Ray that declares 2 GPUs, each GPU-tagged task is given exactly one; other tasks none."""
     import cloudpickle
@@ -311,6 +318,7 @@ def test_ray_gpu_tagged_tasks_ask_for_one_gpu_each(prefect_api, local_ray, tmp_p
     assert "GPU" not in cpu
 
 
+@pytest.mark.cluster
 def test_cli_answers_cannot_start_when_the_scheduler_is_unreachable(prefect_api, tmp_path):
     import socket
 

@@ -25,6 +25,8 @@ from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.grounding.masks import decode
 from tokencompose.viewer import render
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path(os.environ.get("TOKENCOMPOSE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

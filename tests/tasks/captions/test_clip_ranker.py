@@ -8,6 +8,8 @@ from tests.support.paper_models import CLIP_FILE, CLIP_MODEL, build_models_dir, 
 from tokencompose.tasks.captions.ranking import choose
 from tokencompose.tasks.captions.clip_ranker import ClipRanker
 
+pytestmark = pytest.mark.paper_size
+
 CAPTIONS = [["A cat on a bed.", "Two dogs.", "A cup of coffee on a table next to a spoon."],
             ["An astronaut."], ["A rocket on a pad.", "A man.", "A woman.", "A horse.", "A flag."]]
 

@@ -43,6 +43,7 @@ def batched(setup):
     return grounder, grounder.ground(images, [None] * len(images), NOUNS)
 
 
+@pytest.mark.paper_size
 def test_one_grounding_per_noun_with_consistent_fields(setup, batched):
     _, images, _ = setup
     grounder, result = batched
@@ -76,6 +77,7 @@ def mask_iou(a, b) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+@pytest.mark.paper_size
 def test_batch_equals_one_by_one(setup, batched):
     """A batch of images of different sizes (padded, with GroundingDINO's padding masks) and prompts of
     different lengths gives the boxes, scores and masks one-by-one inference gives."""
@@ -100,6 +102,7 @@ def test_batch_equals_one_by_one(setup, batched):
     assert compared > 0
 
 
+@pytest.mark.paper_size
 def test_padded_detector_batch_equals_one_by_one(setup, batched):
     """The detector's raw outputs for images of three sizes in one padded batch equal the stock
     one-image forward's, query by query (fp32 tolerance; see ATOL): the padding masks, the padded
@@ -192,6 +195,7 @@ def _close(actual, expected, what):
 FIX_PROMPTS = ["man . woman . teddy bear .", "dog ."]
 
 
+@pytest.mark.paper_size
 def test_text_mask_fix_batches_prompts_exactly(setup, batched, threads):
     """A batch of images with prompts of different lengths gives each image what one-by-one inference
     gives, under 1 and 2 threads, stage by stage:
@@ -242,6 +246,7 @@ def test_text_mask_fix_batches_prompts_exactly(setup, batched, threads):
         _close(torch.stack(list(references))[:, 0], torch.stack(list(references_batch))[:, i], "decoder boxes")
 
 
+@pytest.mark.paper_size
 def test_text_mask_fix_is_needed(setup, batched):
     """Without the fix (groundingdino's own text layers) the padded prompt's image gets another
     prompt's mask on some heads: its text features and proposal logits move far beyond the fp32
@@ -266,6 +271,7 @@ def test_text_mask_fix_is_needed(setup, batched):
     assert text_error > 100 * ATOL and logit_error > 100 * ATOL, (text_error, logit_error)
 
 
+@pytest.mark.paper_size
 def test_noun_mask_is_the_union_of_its_boxes(setup):
     grounder = make(setup[0])
     box_masks = np.zeros((3, 10, 12), dtype=bool)
@@ -289,6 +295,7 @@ def test_boxes_to_pixels_clips_to_the_image():
     np.testing.assert_allclose(xyxy, [[50, 25, 150, 75], [170, 0, 200, 30]])
 
 
+@pytest.mark.paper_size
 def test_nothing_detected_and_no_nouns(setup):
     models_dir, images, _ = setup
     strict = make(models_dir, box_threshold=1.0, text_threshold=1.0)
@@ -297,6 +304,7 @@ def test_nothing_detected_and_no_nouns(setup):
     assert result[0][0].mask is None and result[0][0].boxes == []
 
 
+@pytest.mark.paper_size
 def test_cpu_runs_fp32_even_when_half_is_asked(setup, batched):
     grounder, _ = batched
     assert grounder.device == "cpu" and not grounder.half

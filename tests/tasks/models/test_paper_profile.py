@@ -12,6 +12,8 @@ from tokencompose.tasks.shards import dataset
 from tokencompose.tasks.grounding.grounded_sam import GroundedSam
 from tokencompose.tasks.grounding.token_assignment import build_prompt
 
+pytestmark = pytest.mark.paper_size
+
 
 @pytest.fixture(scope="module")
 def threshold():

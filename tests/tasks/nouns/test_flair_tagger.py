@@ -17,6 +17,7 @@ def tagger():
                        device="cpu")
 
 
+@pytest.mark.paper_size
 def test_tokens_carry_offsets_into_the_caption(tagger):
     for caption, tokens in zip(CAPTIONS, tagger.tag(CAPTIONS)):
         assert all(caption[t.start:t.end] == t.text for t in tokens)
@@ -25,10 +26,12 @@ def test_tokens_carry_offsets_into_the_caption(tagger):
     assert tagger.tag([""]) == [[]]
 
 
+@pytest.mark.paper_size
 def test_batch_equals_one_by_one(tagger):
     assert tagger.tag(CAPTIONS) == [tagger.tag([c])[0] for c in CAPTIONS]
 
 
+@pytest.mark.paper_size
 def test_trained_tags_give_the_phrase_contract(tagger):
     extractor = NounExtractor(tagger)
     phrases = extractor.extract(["a man riding a horse .", "a teddy bear on the bed ."])
@@ -37,6 +40,7 @@ def test_trained_tags_give_the_phrase_contract(tagger):
         assert all(caption[p.start:p.end] == p.text for p in image)
 
 
+@pytest.mark.paper_size
 def test_info_names_the_model(tagger):
     info = tagger.info()
     assert info.name == "flair" and info.details["label_type"] == "pos"

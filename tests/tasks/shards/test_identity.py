@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from tests.support.testkit import demo_config
 from tokencompose.flows.build import shard_cache_key, shard_key
@@ -130,6 +131,7 @@ def test_weight_files_are_hashed_once_and_a_changed_file_changes_the_key(tmp_pat
     assert _key(config) != key
 
 
+@pytest.mark.server
 def test_a_changed_identity_misses_the_cache_and_is_in_every_sample(prefect_api, tmp_path, monkeypatch):
     """A run that has not finished (no manifest) is resumed: an unchanged identity reuses the cached
     shards; a changed library version builds them again, and the samples record the new one."""

@@ -71,6 +71,7 @@ def test_a_grown_source_adds_shards_for_its_new_images_only(tmp_path):
     assert _shard_hashes(straight) == second
 
 
+@pytest.mark.server
 def test_the_same_source_again_adds_nothing(prefect_api, tmp_path):
     from tokencompose.flows.build import build_grounded_coco
 

@@ -32,6 +32,7 @@ def test_the_tiny_unet_maps_have_the_sd_layout_resolutions(unet):
         "up_blocks.2.attentions.0": 16, "up_blocks.2.attentions.1": 16}
 
 
+@pytest.mark.paper_size
 def test_sd14_default_layers_resolve_to_the_paper_resolutions():
     from diffusers import UNet2DConditionModel
     with torch.device("meta"):  # SD1.4's architecture (its config's defaults), no weights allocated
