@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from tokencompose.schemas.base import StrictRecord
+from tokencompose.schemas.multigen import MultiGenResult  # an entry's judgement (MultiGen's contracts live there)
 
 REGISTRY_FORMAT = 1
 # An entry id names its file entries/<id>.json: letters, digits, '_', '-' and '.', not starting with
@@ -46,17 +47,6 @@ def _required_id(value: str) -> str:
 
 Status = Literal["promoted", "candidate", "rejected", "failed", "retired"]
 Action = Literal["promote", "rollback", "reject", "fail", "register", "repair", "gc"]
-
-
-class MultiGenResult(StrictRecord):
-    """The quick MultiGen run an entry was judged on (both models used the same prompts and seeds)."""
-
-    metric: str = Field(description="the deciding metric, e.g. mg3")
-    value: float = Field(description="the entry's value of the metric, in percent")
-    baseline: str = Field(description="what it was compared with: a registry entry id or the base model")
-    baseline_value: float
-    scores: dict[str, float] = Field(default_factory=dict, description="mg1..mg5 means of this model")
-    report: str | None = Field(default=None, description="the markdown report of the comparison")
 
 
 class RegistryEntry(StrictRecord):

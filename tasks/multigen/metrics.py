@@ -10,11 +10,12 @@ confidence interval of a difference in pooled MG_k.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Sequence
 
 import numpy as np
+
+from tokencompose.schemas.multigen import ModelScores
 
 LEVELS = (1, 2, 3, 4, 5)
 
@@ -25,21 +26,6 @@ def detected(row: dict, threshold: float) -> list[str]:
     from tokencompose.tasks.multigen.detection import detected_categories
 
     return detected_categories(row["categories"], row.get("categories_scores"), threshold)
-
-
-@dataclass
-class ModelScores:
-    images: int
-    scored: int
-    nan: int
-    rounds: int
-    mg: dict[str, dict] = field(default_factory=dict)          # "MG2" -> {"mean", "std", "rounds": [..]}
-    categories: dict[str, dict] = field(default_factory=dict)  # category -> {"images", "detected", "rate"}
-    pairs: dict[str, dict] = field(default_factory=dict)       # "a & b" -> {"images", "both", "rate"}
-
-    def to_dict(self) -> dict:
-        return {"images": self.images, "scored": self.scored, "nan": self.nan, "rounds": self.rounds, "mg": self.mg,
-                "categories": self.categories, "pairs": self.pairs}
 
 
 def pair_key(a: str, b: str) -> str:

@@ -7,10 +7,9 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from pydantic import BaseModel, ConfigDict
-
+from tokencompose.schemas.multigen import Comparison, ModelReport, MultiGenReport
 from tokencompose.tasks.multigen import generation as gen
 from tokencompose.tasks.multigen import integrity
 from tokencompose.tasks.multigen.attention_maps import GRID_FILE as ATTENTION_GRID
@@ -20,49 +19,6 @@ from tokencompose.tasks.multigen.plan import ModelRun, Plan, attention_dir, mode
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 GRID_FILE = "grid.png"
-
-
-class ModelReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label: str
-    path: str
-    model_id: str
-    images: int
-    scored: int
-    nan: int
-    rounds: int
-    mg: dict[str, dict[str, Any]]
-    categories: dict[str, dict[str, int | float]]
-    pairs: dict[str, dict[str, int | float]]
-    grid: str | None = None
-    attention: list[str] = []
-
-
-class Comparison(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    baseline: str
-    model: str
-    mg: dict[str, dict[str, float]]      # "MG3" -> {"diff", "low", "high", "prompts"}
-
-
-class MultiGenReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    benchmark: dict[str, Any]
-    models: list[ModelReport]
-    comparisons: list[Comparison]
-    redone: list[str] = []              # "<label>/<file> redone: <why>", one per file found broken and made again
-    markdown_path: Path
-    json_path: Path
-    markdown: str
-
-    def table_rows(self) -> list[dict[str, Any]]:
-        """One row per model for a Prefect table artifact."""
-        rows = []
-        for m in self.models:
-            row: dict[str, Any] = {"model": m.label, "images": m.images, "nan": m.nan}
-            row.update({k: f"{v['mean']:.2f} ± {v['std']:.2f}" for k, v in m.mg.items()})
-            rows.append(row)
-        return rows
 
 
 def _fmt(value: float, digits: int = 2, sign: bool = False) -> str:
@@ -118,7 +74,7 @@ def build_report(plan: Plan) -> MultiGenReport:
         scores = score_rows(rows[run.label], threshold)
         grid = sample_grid(plan, run, run.folder / GRID_FILE, config.report.grid_prompts, config.report.grid_images)
         attention = [attention_dir(run, p) / ATTENTION_GRID for p in plan.prompts[:config.report.attention_prompts]]
-        models.append(ModelReport(label=run.label, path=str(run.path), model_id=run.model_id, **scores.to_dict(),
+        models.append(ModelReport(label=run.label, path=str(run.path), model_id=run.model_id, **scores.model_dump(),
                                   grid=grid.relative_to(out).as_posix() if grid else None,
                                   attention=[a.relative_to(out).as_posix() for a in attention if a.exists()]))
     comparisons = []

@@ -11,6 +11,8 @@ import tokencompose.schemas as schemas
 from tokencompose.schemas.base import StrictModel, StrictRecord
 from tokencompose.schemas.config import CaptionConfig
 from tokencompose.schemas.evaluation import AttentionConfig, GenerationConfig
+from tokencompose.schemas.multigen import ModelReport, ModelScores, MultiGenResult
+from tokencompose.schemas.registry import RegistryEntry
 from tokencompose.schemas.sample import CaptionCandidate
 from tokencompose.schemas.training import TrainConfig
 from tokencompose.schemas.types import MixedPrecision
@@ -65,3 +67,13 @@ def test_the_precisions_are_distinct_types_with_their_own_values():
     assert get_args(GenerationConfig.model_fields["precision"].annotation) == ("auto", "fp32", "fp16", "bf16")
     assert get_args(TrainConfig.model_fields["mixed_precision"].annotation) == get_args(MixedPrecision)
     assert "no" in get_args(MixedPrecision) and "auto" not in get_args(MixedPrecision)
+
+
+def test_a_model_report_is_its_scores_with_where_the_model_is():
+    scores = ModelScores(images=4, scored=3, nan=1, rounds=2, mg={"MG1": {"mean": 50.0, "std": 0.0, "rounds": [50, 50]}})
+    report = ModelReport(label="sd", path="/m/sd", model_id="abc", **scores.model_dump())
+    assert set(ModelReport.model_fields) - set(ModelScores.model_fields) == {"label", "path", "model_id", "grid",
+                                                                           "attention"}
+    assert report.model_dump(include=set(ModelScores.model_fields)) == scores.model_dump()
+    assert report.means() == {"MG1": 50.0}
+    assert RegistryEntry.model_fields["multigen"].annotation == MultiGenResult | None
