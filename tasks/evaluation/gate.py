@@ -17,10 +17,14 @@ entry and the decision artifact can store the whole decision.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+
+Values = Union[Sequence[float], np.ndarray]
+Counts = tuple[Values, Values]
 
 
 class GateSettings(BaseModel):
@@ -82,8 +86,7 @@ def pooled_gain_samples(baseline: tuple[np.ndarray, np.ndarray], candidate: tupl
     return gains[np.isfinite(gains)]
 
 
-def composition_criterion(baseline: tuple[Sequence[float], Sequence[float]],
-                          candidate: tuple[Sequence[float], Sequence[float]],
+def composition_criterion(baseline: Counts, candidate: Counts,
                           settings: GateSettings) -> Criterion:
     """The gain criterion from per-prompt ``(successes, scored images)`` of both models, aligned by prompt."""
     b = (np.asarray(baseline[0], dtype=np.float64), np.asarray(baseline[1], dtype=np.float64))
@@ -116,7 +119,7 @@ def fid_criterion(baseline: float | None, candidate: float | None, tolerance: fl
                      reason=reason if passed else reason + ": quality lost", baseline=baseline, candidate=candidate)
 
 
-def clip_criterion(baseline: Sequence[float] | None, candidate: Sequence[float] | None,
+def clip_criterion(baseline: Values | None, candidate: Values | None,
                    settings: GateSettings) -> Criterion:
     """CLIP score from per-prompt mean scores of both models (aligned by prompt)."""
     tolerance = settings.clip_tolerance if settings.clip_tolerance is not None else 0.0
@@ -139,10 +142,9 @@ def clip_criterion(baseline: Sequence[float] | None, candidate: Sequence[float] 
                      baseline=float(b.mean()), candidate=float(c.mean()))
 
 
-def decide(settings: GateSettings, composition_baseline: tuple[Sequence[float], Sequence[float]],
-           composition_candidate: tuple[Sequence[float], Sequence[float]], fid_baseline: float | None = None,
-           fid_candidate: float | None = None, clip_baseline: Sequence[float] | None = None,
-           clip_candidate: Sequence[float] | None = None) -> GateDecision:
+def decide(settings: GateSettings, composition_baseline: Counts, composition_candidate: Counts,
+           fid_baseline: float | None = None, fid_candidate: float | None = None,
+           clip_baseline: Values | None = None, clip_candidate: Values | None = None) -> GateDecision:
     """Every configured criterion judged; promote only when all pass."""
     criteria = [composition_criterion(composition_baseline, composition_candidate, settings)]
     if settings.fid_tolerance is not None:

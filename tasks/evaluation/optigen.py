@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -82,7 +82,8 @@ def load_language_model(path: Path, device: str = "cpu"):
     if problems:
         raise LanguageModelFolderError("; ".join(problems))
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    model.to(device).eval()
     return model, tokenizer
 
 

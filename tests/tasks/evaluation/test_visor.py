@@ -61,7 +61,7 @@ def reference_detection(boxes, obj1, obj2, rel, threshold=0.1):
 
 
 def reference_visor(results, prompts_by_id):
-    objacc_both = objacc_a = objacc_b = visor_cond = both_count = count = 0
+    objacc_both = objacc_a = objacc_b = correct = both_count = count = 0
     by_uniq: dict[int, list[int]] = {}
     for img_id, rr in results.items():
         uniq_id = int(img_id.split("_")[0])
@@ -71,11 +71,11 @@ def reference_visor(results, prompts_by_id):
         objacc_both += det_both
         objacc_a += int(p.subject in detected)
         objacc_b += int(p.object in detected)
-        visor_cond += det_both * rr["sra"]
+        correct += det_both * rr["sra"]
         both_count += det_both
         count += 1
         by_uniq.setdefault(uniq_id, []).append(det_both * rr["sra"])
-    visor_cond = 100 * visor_cond / both_count
+    visor_cond = 100 * correct / both_count
     objacc = [100 * objacc_a / count, 100 * objacc_b / count, 100 * objacc_both / count]
     visor_n = [100 * sum(sum(s) >= n for s in by_uniq.values()) / len(by_uniq) for n in (1, 2, 3, 4)]
     return {"OA": objacc[2], "OA_subject": objacc[0], "OA_object": objacc[1], "VISOR_cond": visor_cond,
@@ -126,6 +126,7 @@ def test_relation_rules_are_strict_centroid_comparisons_and_any_pair_suffices():
 
 def test_a_box_at_the_threshold_is_not_a_detection_and_nan_images_are_apart():
     prompt = next(p for p in spatial_prompts() if p.relation == "to the left of")
+    assert prompt.object is not None
     boxes = [Box(prompt.subject, 0.1, (0, 0, 10, 10)), Box(prompt.object, 0.5, (20, 0, 30, 10))]
     result = judge_image(prompt, boxes)
     assert (result.detected_subject, result.detected_object, result.relation_correct) == (False, True, False)
