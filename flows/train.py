@@ -8,6 +8,7 @@ artifact and log lines, and leaves a markdown summary artifact.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -55,6 +56,7 @@ def train_tokencompose(config: TrainConfig) -> dict[str, Any]:
     logger = get_run_logger()
     artifact = create_progress_artifact(progress=0.0, key="train-tokencompose-progress",
                                         description=f"training {config.output_dir}")
+    assert isinstance(artifact, UUID)  # a synchronous flow gets the id itself, not a coroutine
 
     def progress(step: int, total: int, record: dict) -> None:
         update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)

@@ -216,7 +216,7 @@ def install_processors(unet, targets: dict[str, str], resolutions: dict[str, int
         cross = sorted(name for name in available if ".attn2." in name)
         raise ValueError(f"no attention module {missing}; cross-attention modules of this UNet: {cross}")
     store = AttentionStore()
-    processors = {}
+    processors: dict[str, CaptureProcessor | AttnProcessor2_0] = {}
     for name in available:
         if name in targets:
             layer = targets[name]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import CLIPTokenizerFast
 
-from tokencompose.tasks.training.samples import SampleProblem
 from tokencompose.tasks.training.data import (DataError, Preprocessor, ShardStream, center_crop_box, collate, expand_shards,
                                         make_loader, resize_mask, transform_mask)
+from tokencompose.tasks.training.samples import SampleProblem
 from tokencompose.tasks.training.toy import box_mask, make_record
 from tests.support.training_kit import photo_samples, write_shards
 
