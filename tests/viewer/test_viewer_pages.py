@@ -178,7 +178,7 @@ def test_dataset_page(client, demo_dir):
     assert all(f">{noun}</a>" in without_mask for noun in stats["noun_texts_without_mask"])
     rejects = html[html.index('id="rejects-by-reason"'):]
     for reason, count in stats["rejects_by_reason"].items():
-        assert f"<td>{reason}</td><td>{count}</td>" in rejects
+        assert f">{reason}</td><td>{count}</td>" in rejects  # the cell carries the reason's meaning as a title
     assert "000000999999.jpg" in html and "not in captions.json" in html  # rejects.jsonl lines
     manifest = json.loads((demo_dir / "manifest.json").read_text())
     assert "shard-000000.tar" in html and manifest["config_hash"] in html
