@@ -252,3 +252,30 @@ def boxes_from_detection(scores: Sequence[float], labels: Sequence[int], boxes: 
         x0, y0, x1, y1 = (float(v) for v in box)
         out.append(Box(queries[int(label)], float(score), (x0, y0, x1, y1)))
     return out
+
+
+def detect_boxes(model, processor, images: Sequence, objects: Sequence[Sequence[str]],
+                 min_score: float = DEFAULT_THRESHOLD, template: str = QUERY_TEMPLATE) -> list[list[Box]]:
+    """Every box scoring above ``min_score`` on each image, with an OWL-ViT (VISOR's detector) or OWLv2 from
+    transformers: queries "a photo of a {object}" for the image's objects, each box labelled with its best
+    query (the processor's ``post_process_grounded_object_detection``), in pixels of the image (OWLv2's
+    boxes are relative to the image padded to a square, so its side is the target size)."""
+    import torch
+
+    if len(images) != len(objects):
+        raise ValueError(f"VISOR detection needs the objects of every image: {len(images)} images, "
+                         f"{len(objects)} object lists")
+    queries = [[template.format(category=c) for c in names] for names in objects]
+    inputs = processor(text=queries, images=list(images), return_tensors="pt")
+    parameter = next(model.parameters())
+    inputs = {k: (v.to(parameter.device, parameter.dtype) if v.is_floating_point() else v.to(parameter.device))
+              for k, v in inputs.items()}
+    with torch.inference_mode():
+        outputs = model(**inputs)
+    outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+    square = getattr(model.config, "model_type", "") == "owlv2"
+    sizes = [(max(im.size), max(im.size)) if square else (im.size[1], im.size[0]) for im in images]
+    found = processor.post_process_grounded_object_detection(outputs, threshold=min_score, target_sizes=sizes)
+    return [boxes_above(boxes_from_detection(r["scores"].tolist(), r["labels"].tolist(), r["boxes"].tolist(), names),
+                        min_score)
+            for r, names in zip(found, objects)]

@@ -154,3 +154,26 @@ def test_boxes_from_a_detector_result_take_the_query_labels():
     boxes = boxes_from_detection([0.3, 0.05], [1, 0], [[0, 0, 2, 2], [1, 1, 3, 5]], ["cat", "dog"])
     assert boxes == [Box("dog", 0.3, (0, 0, 2, 2)), Box("cat", 0.05, (1, 1, 3, 5))]
     assert boxes[1].centroid == (2.0, 3.0)
+
+
+def test_detected_boxes_carry_the_query_labels_and_do_not_depend_on_the_batch():
+    import numpy as np
+    from PIL import Image
+
+    from tokencompose.tasks.evaluation.visor import detect_boxes
+    from tokencompose.tasks.multigen.toy import owlv2_parts
+
+    model, processor = owlv2_parts("tiny", seed=0)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)) for _ in range(2)]
+    objects = [("cat", "dog"), ("tv", "oven")]
+    together = detect_boxes(model, processor, images, objects, min_score=0.0)
+    alone = [detect_boxes(model, processor, [im], [names], min_score=0.0)[0] for im, names in zip(images, objects)]
+    assert all(len(boxes) > 0 for boxes in together)
+    for boxes, single, names in zip(together, alone, objects):
+        assert {b.label for b in boxes} <= set(names)
+        assert [b.label for b in boxes] == [b.label for b in single]
+        assert [b.score for b in boxes] == pytest.approx([b.score for b in single], abs=1e-5)
+        assert all(-64 <= v <= 128 for b in boxes for v in b.box)     # pixels of the 64-wide padded square
+    cut = sorted(b.score for b in together[0])[len(together[0]) // 2]
+    assert all(b.score > cut for b in detect_boxes(model, processor, images[:1], objects[:1], min_score=cut)[0])
