@@ -1,7 +1,7 @@
 """Fault injection over the whole retraining loop (issue 20, item 5): the scheduled retrain deployment
 on a real `prefect server start` and a process worker runs five times in a row while the test, between
-runs, corrupts a training sample inside a shard (its manifest resealed, so only training can notice),
-truncates a shard, makes a prompt of the evaluation's prompt file far longer than any text window,
+runs, corrupts a training sample inside a shard and truncates another (the manifest resealed each time,
+so that training, not the build, meets them), makes a prompt of the evaluation's prompt file far longer than any text window,
 damages a registry entry file, and SIGKILLs one run in the middle of training. The registry ends
 consistent (`registry check` passes), the promoted model's files are byte-identical to what was
 promoted, and the last, clean run trains and decides normally.
@@ -37,22 +37,35 @@ def digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def corrupt_a_sample_and_reseal(data_dir: Path, shard: Path) -> str:
-    """Overwrite one sample's JSON in the shard, in place and at the same size, with a JSON array (a
-    sample record that is not an object), then put the shard's new sha256 wherever the old one is
-    recorded: the dataset looks intact, and only training meets the bad sample. Returns its key."""
+def reseal(data_dir: Path, shard: Path, old: str) -> None:
+    """Put the shard's new sha256 wherever the old one is recorded: the dataset looks intact to the
+    build, and only training meets the damage (a build rebuilds a shard whose sha256 disagrees)."""
+    new = hashlib.sha256(shard.read_bytes()).hexdigest()
+    for record in [data_dir / "manifest.json", *sorted((data_dir / "index").glob("*.json"))]:
+        text = record.read_text()
+        if old in text:
+            record.write_text(text.replace(old, new))
+
+
+def corrupt_a_sample(data_dir: Path, shard: Path) -> None:
+    """Overwrite one sample's JSON in place, at the same size, with a JSON array (a sample record that
+    is not an object), and reseal."""
     old = hashlib.sha256(shard.read_bytes()).hexdigest()
     with tarfile.open(shard) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
     with open(shard, "r+b") as handle:
         handle.seek(member.offset_data)
         handle.write(b"[1]".ljust(member.size, b" "))
-    new = hashlib.sha256(shard.read_bytes()).hexdigest()
-    for record in [data_dir / "manifest.json", *sorted((data_dir / "index").glob("*.json"))]:
-        text = record.read_text()
-        if old in text:
-            record.write_text(text.replace(old, new))
-    return member.name.split(".")[0]
+    reseal(data_dir, shard, old)
+
+
+def truncate_shard(data_dir: Path, shard: Path) -> None:
+    """Cut the shard in the middle of its second member (a tar that ends early), and reseal."""
+    old = hashlib.sha256(shard.read_bytes()).hexdigest()
+    with tarfile.open(shard) as tar:
+        second = tar.getmembers()[1]
+    shard.write_bytes(shard.read_bytes()[:second.offset_data + second.size // 2])
+    reseal(data_dir, shard, old)
 
 
 class Deployment:
@@ -132,11 +145,15 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
     prompt_file = write_prompts(bundled("coco")[:2], tmp_path / "prompts.json")
     config = settings(tmp_path, tiny_sd, tiny_owl, vsr)
     config["evaluation"]["benchmark"] = {"file": str(prompt_file), "limit": 2}
-    config["train"]["max_bad_sample_fraction"] = 0.5      # one bad sample of a handful is below the ceiling
+    config["train"]["max_bad_sample_fraction"] = 0.6      # one bad sample of a handful is below the ceiling
+    config["train"]["max_unreadable_shards"] = 1          # and so is one truncated shard
     registry, data_dir, runs_dir = tmp_path / "registry", tmp_path / "data", tmp_path / "runs"
     project = yaml.safe_load((REPO / "prefect.yaml").read_text())
     weekly = next(d for d in project["deployments"] if d["name"] == "weekly")
-    weekly = {**weekly, "schedules": [{"interval": 10, "active": True}], "parameters": {"config": config}}
+    # CANCEL_NEW: a run the worker took before the pool was paused is cancelled, never queued behind the
+    # run let through (it would start before the test's next corruption).
+    weekly = {**weekly, "schedules": [{"interval": 10, "active": True}], "parameters": {"config": config},
+              "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"}}
     (workspace / "prefect.yaml").write_text(yaml.safe_dump({**project, "deployments": [weekly]}))
 
     port = _free_port()
@@ -174,7 +191,7 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
 
         # 2. the source grows; a sample of the existing shard is not an object any more (manifest resealed).
         write_vsr(vsr, 4)
-        corrupt_a_sample_and_reseal(data_dir, data_dir / "shards" / "shard-000000.tar")
+        corrupt_a_sample(data_dir, data_dir / "shards" / "shard-000000.tar")
         second = deployment.wait_final(deployment.next_run(log), log)
         entry = newest_entry(registry, known)
         assert second["state_type"] == "COMPLETED", entry.reason
@@ -182,11 +199,10 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
         counts = [json.loads(line) for line in (runs_dir / entry.id / "train" / "metrics.jsonl").read_text().splitlines()]
         assert any(r.get("count/samples_skipped") for r in counts), counts[-1]   # skipped and counted
 
-        # 3. grows again; the newest shard is truncated (the build rebuilds it) and a prompt is far longer
-        #    than any text window: the evaluation refuses it before generating, the entry says so.
+        # 3. grows again; the newest shard is truncated (resealed: training skips what it cannot read) and
+        #    a prompt is far longer than any text window: the evaluation refuses it before generating.
         write_vsr(vsr, 6)
-        newest_shard = sorted((data_dir / "shards").glob("shard-*.tar"))[-1]
-        newest_shard.write_bytes(newest_shard.read_bytes()[:700])
+        truncate_shard(data_dir, sorted((data_dir / "shards").glob("shard-*.tar"))[-1])
         good_prompts = prompt_file.read_text()
         rows = json.loads(good_prompts)
         rows[1]["prompt"] = "a photo of a cat and a dog " * 200
