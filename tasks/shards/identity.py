@@ -89,8 +89,9 @@ def code_files(root: Path = PACKAGE_ROOT) -> list[Path]:
             continue
         seen.add(path)
         todo += _imports(path, root)
-        init = path.parent / "__init__.py"
-        if path.parent != root.parent and init.is_file():
+        folder = path.parent.parent if path.name == "__init__.py" else path.parent  # each package up to root
+        init = folder / "__init__.py"
+        if folder.is_relative_to(root) and init.is_file():
             todo.append(init)
     tables = {p for pattern in TABLE_PATTERNS for p in root.glob(pattern)}
     return sorted(seen | tables)

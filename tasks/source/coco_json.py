@@ -13,6 +13,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.schemas.reports import Reject
@@ -63,7 +64,7 @@ def json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def is_text(value: object) -> bool:
+def is_text(value: object) -> TypeGuard[str]:
     """A string that can be written as UTF-8 (JSON escapes can smuggle in lone surrogates)."""
     if not isinstance(value, str):
         return False
@@ -74,7 +75,7 @@ def is_text(value: object) -> bool:
     return True
 
 
-def is_id(value: object) -> bool:
+def is_id(value: object) -> TypeGuard[int]:
     """An integer id the dataset card can hold (int64, not negative; a bool is not one)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
@@ -117,6 +118,7 @@ def _annotation(entry: dict, image: ImageEntry) -> tuple[Annotation | None, str 
         return None, f"'category_id' must be an integer, found {category_id!r:.40}"
     bbox = _bbox(entry.get("bbox"))
     iscrowd = entry.get("iscrowd", 0)
+    problem: str | None
     if "segmentation" not in entry:
         problem = "no 'segmentation'"
     elif bbox is None:
@@ -125,24 +127,26 @@ def _annotation(entry: dict, image: ImageEntry) -> tuple[Annotation | None, str 
         problem = f"'iscrowd' must be 0 or 1, found {iscrowd!r:.40}"
     else:
         problem = masks.validate_segmentation(entry["segmentation"], image.height, image.width)
-    if problem:
+    if problem or bbox is None:  # bbox is None only with a problem
         return Annotation(category_id, None, (0.0, 0.0, 0.0, 0.0), 0, entry.get("id"), problem), problem
     return Annotation(category_id, entry["segmentation"], bbox, int(iscrowd), entry.get("id")), None
 
 
 def read_instances(path: Path, entries: list, images: dict[int, ImageEntry], source: Source
-                    ) -> dict[int, list[Annotation]]:
+                   ) -> dict[int, list[Annotation]]:
+    """The instance annotations of the images in ``images``, by image id (a COCO instances, LVIS or
+    COCO-Stuff file's ``annotations``); a rejects row in ``source`` for every bad entry."""
     annotations: dict[int, list[Annotation]] = defaultdict(list)
     for index, entry in enumerate(entries):
         image_id = entry.get("image_id") if isinstance(entry, dict) else None
         image = images.get(image_id) if is_id(image_id) else None
         if image is None:
             if not isinstance(entry, dict) or not is_id(image_id):
-                problem = (f"is {json_type(entry)}, not an object" if not isinstance(entry, dict)
-                           else f"'image_id' must be an integer, found {image_id!r:.40}")
+                why = (f"is {json_type(entry)}, not an object" if not isinstance(entry, dict)
+                       else f"'image_id' must be an integer, found {image_id!r:.40}")
                 source.problems.append(Reject(image_id=None, file_name=None, stage=SOURCE_STAGE,
                                               reason=RejectReason.BAD_ANNOTATION,
-                                              detail=f"{entry_location(path, 'annotations', index, entry)}: {problem}"))
+                                              detail=f"{entry_location(path, 'annotations', index, entry)}: {why}"))
             continue  # an annotation of an image the captions do not list is never used
         annotation, problem = _annotation(entry, image)
         if annotation is not None:

@@ -59,7 +59,8 @@ def _read_lvis(paths: list[Path], images: dict[int, ImageEntry], source: Source
         entries = require_list(data, "images", path)
         _check_lvis_categories(path, data)
         for index, entry in enumerate(entries):
-            image = images.get(entry.get("id")) if isinstance(entry, dict) and is_id(entry.get("id")) else None
+            entry_id = entry.get("id") if isinstance(entry, dict) else None
+            image = images.get(entry_id) if is_id(entry_id) else None
             if image is None:
                 continue  # an image the captions do not list (or not an object: it names no image of ours)
             negative = _id_list(entry.get("neg_category_ids"))

@@ -103,16 +103,15 @@ def read_source(source: SourceConfig) -> Source:
     captions_data = load_json(source.captions_json, "captions_json")
     image_entries = require_list(captions_data, "images", source.captions_json)
     caption_entries = require_list(captions_data, "annotations", source.captions_json)
-    instance_entries = None
+    instances: tuple[Path, list] | None = None
     if source.instances_json is not None:
-        instances = load_json(source.instances_json, "instances_json")
-        instance_entries = require_list(instances, "annotations", source.instances_json)
+        instances_data = load_json(source.instances_json, "instances_json")
+        instances = (source.instances_json, require_list(instances_data, "annotations", source.instances_json))
 
     result = Source(records={})
     images = _read_images(source.captions_json, image_entries, result)
     captions = _read_captions(source.captions_json, caption_entries, images, result)
-    annotations = (read_instances(source.instances_json, instance_entries, images, result)
-                   if instance_entries is not None else {})
+    annotations = read_instances(*instances, images, result) if instances is not None else {}
     human = {}
     if source.lvis_json or source.stuff_json:
         human = read_human_annotations(source, images, result)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterator, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
-from pydantic_settings import CliSettingsSource
+from pydantic_settings import BaseSettings, CliSettingsSource
 
 SHORTCUT_PREFIX = "shortcut:"
 Model = TypeVar("Model", bound=BaseModel)
@@ -21,9 +21,11 @@ Model = TypeVar("Model", bound=BaseModel)
 
 def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> CliSettingsSource:
     """Add one flag per field of ``model`` (nested models as ``--section.field``) and its shortcuts."""
-    source = CliSettingsSource(model, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
-                               cli_avoid_json=True, cli_hide_none_type=True, cli_use_class_docs_for_groups=True,
-                               cli_parse_none_str="null")
+    # Typed for BaseSettings, but the CLI source reads only the model's fields, so the configurations
+    # stay plain models (the CLI tests pin the flags it makes from them).
+    source: CliSettingsSource[Any] = CliSettingsSource(
+        cast(type[BaseSettings], model), root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
+        cli_avoid_json=True, cli_hide_none_type=True, cli_use_class_docs_for_groups=True, cli_parse_none_str="null")
     shortcuts = parser.add_argument_group("shortcuts")
     for dotted, field in _fields(model):
         name = (field.json_schema_extra or {}).get("cli_shortcut") if isinstance(field.json_schema_extra, dict) else None
