@@ -88,7 +88,7 @@ def summary_table(plan: Plan, stats: ShardStats, summaries: list[ShardSummary], 
     existing = {s.shard for s in plan.existing}
     shards = [*plan.existing, *(s for s in summaries if s.shard not in existing)]
     rejects = plan.selection_rejects + [r for s in shards for r in s.rejects]
-    rows = [("images seen", plan.seen), ("images selected", plan.selected), ("new_images", plan.new_images),
+    rows: list[tuple[str, int | float]] = [("images seen", plan.seen), ("images selected", plan.selected), ("new_images", plan.new_images),
             ("new shards", len([s for s in summaries if s.shard not in existing])), ("dataset version", version),
             ("samples written", stats.samples), ("shards", len(shards)),
             ("images rejected", len(rejects))]

@@ -19,6 +19,7 @@ from prefect.utilities.annotations import quote
 
 from tokencompose.runners import make_task_runner
 from tokencompose.schemas.evaluation import EVALUATE_CONFIG_FILE, EvaluateConfig
+from tokencompose.schemas.multigen import MultiGenReport
 from tokencompose.schemas.runner import GPU_TAG
 
 FLOW_NAME = "evaluate-multigen"
@@ -57,7 +58,7 @@ def run_stage(stage, plan, config: EvaluateConfig) -> dict[str, dict]:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(plan):
+def report_task(plan) -> MultiGenReport:  # plan: tasks.multigen.plan.Plan, passed quoted
     from tokencompose.tasks.multigen.report import build_report
 
     return build_report(plan)

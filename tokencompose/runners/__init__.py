@@ -28,7 +28,7 @@ from tokencompose.runners.checks import RunnerChecks
 from tokencompose.schemas.runner import RunnerConfig
 
 
-def _reduce_quote(value: quote) -> tuple[type[quote], tuple[Any]]:
+def _reduce_quote(value: Any) -> tuple[type, tuple[Any]]:
     return quote, (value.value,)
 
 
