@@ -147,7 +147,7 @@ def save_grid(result: NounMaps, out_dir: Path, prompt: str) -> Path:
     for ax, noun, heat in zip(axes[0, 1:], result.nouns, result.maps):
         span = float(heat.max() - heat.min())
         norm = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-        big = np.array(Image.fromarray((norm * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR))
+        big = np.array(Image.fromarray((norm * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BILINEAR))
         ax.imshow(result.image)
         ax.imshow(big, cmap="jet", alpha=0.55, vmin=0, vmax=255)
         ax.set_title(noun, fontsize=9)

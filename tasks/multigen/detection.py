@@ -89,9 +89,9 @@ class Detector:
         """Per image: category -> {"score": best score or None, "box": [x0, y0, x1, y1] in pixels or None}."""
         torch = self._torch
         queries = [[self.template.format(category=c) for c in cats] for cats in categories]
-        inputs = self.processor(text=queries, images=list(images), return_tensors="pt")
+        encoded = self.processor(text=queries, images=list(images), return_tensors="pt")
         inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items()}
+                  for k, v in encoded.items()}
         with torch.inference_mode():
             outputs = self.model(**inputs)
         outputs.logits = outputs.logits.float()
@@ -128,7 +128,7 @@ def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int, th
     """Detect every image of ``shard`` and write its detections file (``made_from``: the shard's sha256)."""
     from PIL import Image
 
-    rows = []
+    rows: list[dict] = []
     pending: list[tuple[dict, "Image.Image"]] = []
 
     def flush() -> None:

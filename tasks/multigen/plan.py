@@ -109,12 +109,12 @@ def preflight(config: EvaluateConfig) -> Plan:
         problems.append(f"detector: {problem}")
     else:
         problems += [f"detector: {p}" for p in det.check_owlv2_folder(detector)]
-    if not problems:
+    if not problems and detector is not None:
         problems += _prompt_window_problems(config, prompts, runs, detector)
     if not problems:
         for run in runs:
             problems += _existing_run_problems(config, run, fingerprint)
-    if problems:
+    if problems or detector is None:
         raise EvaluationError("cannot start the MultiGen evaluation:\n" + "\n".join(f"  - {p}" for p in problems))
     shards = gen.plan_shards(prompts, config.generation.prompts_per_shard)
     return Plan(config, prompts, fingerprint, runs, detector, shards)

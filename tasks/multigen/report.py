@@ -21,7 +21,7 @@ REPORT_JSON = "report.json"
 GRID_FILE = "grid.png"
 
 
-def _fmt(value: float, digits: int = 2, sign: bool = False) -> str:
+def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
@@ -128,10 +128,11 @@ def render_markdown(benchmark: dict, models: list[ModelReport], comparisons: lis
                   f"Pooled MG_k difference (percentage points) with a {int(b['confidence'] * 100)}% paired bootstrap "
                   f"interval over prompts ({b['samples']} resamples, seed {b['seed']}).", "",
                   "| model | " + " | ".join(levels) + " |", "|---|" + "---:|" * len(levels)]
-        for c in comparisons:
-            cells = [f"{_fmt(c.mg[k]['diff'], sign=True)} [{_fmt(c.mg[k]['low'], sign=True)}, "
-                     f"{_fmt(c.mg[k]['high'], sign=True)}]" for k in levels]
-            lines.append(f"| {c.model} | " + " | ".join(cells) + " |")
+        for comparison in comparisons:
+            mg = comparison.mg
+            cells = [f"{_fmt(mg[k]['diff'], sign=True)} [{_fmt(mg[k]['low'], sign=True)}, "
+                     f"{_fmt(mg[k]['high'], sign=True)}]" for k in levels]
+            lines.append(f"| {comparison.model} | " + " | ".join(cells) + " |")
     labels = [m.label for m in models]
     base = models[0]
     weakest = sorted(base.categories, key=lambda c: (base.categories[c]["rate"], c))[:hardest]

@@ -4,10 +4,11 @@ exactly as with the released OWLv2; only the network weights are random."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 # OWLv2 layouts: "tiny" for tests; "large" is owlv2-large-patch14's architecture (ViT-L/14 at 960 px,
 # a 12-layer 768-wide text transformer, 768-d projections; the ensemble checkpoint has the same shapes).
-OWLV2_PRESETS = {
+OWLV2_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
                  vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                              image_size=64, patch_size=16),
@@ -83,9 +84,9 @@ def sd14_pipeline(dtype=None, seed: int = 0):
         tokenizer = clip_tokenizer(Path(scratch) / "tokenizer")
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe: Any = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                        requires_safety_checker=False)
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)

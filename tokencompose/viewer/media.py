@@ -95,6 +95,8 @@ def mask(entry: Sample, index: int, state: State) -> Response:
 
     def make() -> bytes:
         noun = state.catalog.record(entry).nouns[index]
+        if noun.mask is None:
+            raise render.RenderError("the noun has no mask")
         return render.mask_png(noun.mask.model_dump(), render.colour(index))
 
     try:

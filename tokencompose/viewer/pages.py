@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
@@ -40,7 +41,7 @@ def gallery(state: State, filters: GalleryFilters) -> HTMLResponse:
 def sample(entry: Sample, state: State) -> HTMLResponse:
     catalog = state.catalog
     previous, following = catalog.neighbours(entry)
-    context = {"title": entry.key, "entry": entry, "shard": catalog.shards[entry.shard].name,
+    context: dict[str, Any] = {"title": entry.key, "entry": entry, "shard": catalog.shards[entry.shard].name,
                "previous": previous, "following": following}
     try:
         record = catalog.record(entry)
@@ -124,15 +125,15 @@ def rejects(state: State, reason: str = "", stage: str = "", page: str = "1") ->
 
 @router.get("/rejects/{row}")
 def reject(row: str, state: State) -> HTMLResponse:
-    row = plain_number(row)
-    found = state.rejects.get(row)
+    number = plain_number(row)
+    found = state.rejects.get(number)
     if found is None:
         raise NotFound()
     total = len(state.rejects.read().rows)
     return state.pages.render(
-        "reject.html", title=f"Rejected: {found.file_name or found.image_id or row}", row=row, reject=found,
+        "reject.html", title=f"Rejected: {found.file_name or found.image_id or number}", row=number, reject=found,
         has_image=state.rejects.image_path(found) is not None, images_problem=state.rejects.images_problem,
-        previous=row - 1 if row > 0 else None, following=row + 1 if row + 1 < total else None)
+        previous=number - 1 if number > 0 else None, following=number + 1 if number + 1 < total else None)
 
 
 def sample_problems(state: State, entry: Entry, record) -> list[str]:
@@ -180,7 +181,8 @@ def box_style(box, width: int, height: int) -> str:
 
 def caption_segments(record) -> list[tuple[str, int | None]]:
     """The caption cut into (text, noun index or None); overlapping spans keep the first noun."""
-    segments, position = [], 0
+    segments: list[tuple[str, int | None]] = []
+    position = 0
     for index, noun in sorted(enumerate(record.nouns), key=lambda item: item[1].span[0]):
         start, end = noun.span
         if start < position:

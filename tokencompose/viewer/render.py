@@ -116,9 +116,8 @@ def thumbnail(data: bytes, size: int = THUMB_SIZE) -> bytes:
         with Image.open(io.BytesIO(data)) as image, bounded_decode(image):
             image.draft("RGB", (size, size))
             image.thumbnail((size, size))
-            image = image.convert("RGB")
             buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=82)
+            image.convert("RGB").save(buffer, format="JPEG", quality=82)
             return buffer.getvalue()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise RenderError(f"the image cannot be decoded: {error}") from None

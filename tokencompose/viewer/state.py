@@ -40,11 +40,10 @@ class ViewerState:
     thumbs: render.ByteLRU = field(default_factory=lambda: render.ByteLRU(max_bytes=64 * 1024 * 1024))
     masks: render.ByteLRU = field(default_factory=lambda: render.ByteLRU(max_bytes=32 * 1024 * 1024))
     derived: dict = field(default_factory=dict)  # stats counted from the catalogue, once
-    searches: SearchCache | None = None
+    searches: SearchCache = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.searches is None:
-            self.searches = SearchCache(self.catalog)
+        self.searches = SearchCache(self.catalog)
 
     @classmethod
     def open(cls, shard_dir: Path, *, tokenizer_dir: Path | None = None) -> "ViewerState":

@@ -236,11 +236,11 @@ class TrainingView:
         buffer = io.BytesIO()
         Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=88)
         result.crop = buffer.getvalue()
-        for kept, noun in enumerate(used):
+        for kept, trained in enumerate(used):
             for resolution in self.resolutions:
                 grid = example.masks[resolution][kept].to(torch.bool).numpy()
-                noun.cells[resolution] = int(grid.sum())
-                result.masks[(noun.index, resolution)] = grid_png(grid, render.colour(noun.index))
+                trained.cells[resolution] = int(grid.sum())
+                result.masks[(trained.index, resolution)] = grid_png(grid, render.colour(trained.index))
         return result
 
 
