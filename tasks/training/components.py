@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizerFast
@@ -12,11 +13,12 @@ SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 @dataclass
 class Components:
+    # diffusers' classes are Any to mypy: under it they lack torch.nn.Module's methods (diffusers 0.39)
     tokenizer: CLIPTokenizerFast
     text_encoder: CLIPTextModel
-    vae: AutoencoderKL
-    unet: UNet2DConditionModel
-    noise_scheduler: DDPMScheduler
+    vae: Any            # AutoencoderKL
+    unet: Any           # UNet2DConditionModel
+    noise_scheduler: Any  # DDPMScheduler
 
     @property
     def vae_scale_factor(self) -> int:
