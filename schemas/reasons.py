@@ -89,6 +89,8 @@ REASON_HELP: dict[NounReason | RejectReason, str] = {
 
 def reason_help(reason: str | None, kind: type[NounReason] | type[RejectReason] = NounReason) -> str:
     """What a reason of ``kind`` means; "" for a value that is none of its members (e.g. an older dataset's)."""
+    if reason is None:
+        return ""
     try:
         return REASON_HELP[kind(reason)]
     except ValueError:

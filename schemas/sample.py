@@ -7,14 +7,14 @@ samples through this module.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from tokencompose.schemas.base import StrictRecord
 from tokencompose.schemas.reasons import NounReason
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 JSON_FIELD = "json"
 
 

@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 from PIL import Image
 
 from tokencompose.data import DATA_DIR
-from tokencompose.schemas.sample import BackendInfo, Grounding
+from tokencompose.schemas.sample import BackendInfo, CocoRLE, Grounding
 from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.nouns.extraction import lookup_text, singular_forms
@@ -124,5 +124,5 @@ class CocoAnnotationGrounder:
         mask = masks.union(rles)
         if masks.area(mask) == 0:
             return Grounding(category=category, reason=NounReason.EMPTY_MASK)
-        return Grounding(mask=mask, box=masks.box(mask), category=category, source=self.source,
-                         boxes=[tuple(float(v) for v in a.bbox) for a in instances])
+        return Grounding(mask=CocoRLE.model_validate(mask), box=masks.box(mask), category=category, source=self.source,
+                         boxes=[a.bbox for a in instances])

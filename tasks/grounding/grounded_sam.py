@@ -52,7 +52,7 @@ from tokencompose.tasks.models import devices
 from tokencompose.tasks.models import weights
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.grounding import masks
-from tokencompose.schemas.sample import BackendInfo, Grounding
+from tokencompose.schemas.sample import BackendInfo, CocoRLE, Grounding
 from tokencompose.schemas.reasons import NounReason
 from tokencompose.schemas.records import ImageRecord
 from tokencompose.tasks.grounding.token_assignment import Prompt, assign_boxes, build_prompt, select_boxes, token_owners
@@ -569,11 +569,12 @@ class GroundedSam:
         if len(mine) == 0 or box_masks is None:
             return Grounding(reason=NounReason.NO_DETECTION)
         mine = mine[np.argsort(-scores[mine], kind="stable")]  # best box first
-        xywh = [tuple(round(float(v), 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])) for b in boxes[mine]]
+        xywh = [(round(float(b[0]), 2), round(float(b[1]), 2), round(float(b[2] - b[0]), 2), round(float(b[3] - b[1]), 2))
+                for b in boxes[mine]]
         box_scores = [round(float(s), 6) for s in scores[mine]]
         union = np.logical_or.reduce(box_masks[mine], axis=0)
         if not union.any():
             return Grounding(boxes=xywh, box_scores=box_scores, score=max(box_scores), reason=NounReason.EMPTY_MASK)
         rle = masks.encode(union)
-        return Grounding(mask=rle, box=masks.box(rle), score=max(box_scores), boxes=xywh, box_scores=box_scores,
+        return Grounding(mask=CocoRLE.model_validate(rle), box=masks.box(rle), score=max(box_scores), boxes=xywh, box_scores=box_scores,
                          source=self.source)

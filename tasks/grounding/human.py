@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from tokencompose.data import DATA_DIR
-from tokencompose.schemas.sample import BackendInfo, Grounding
+from tokencompose.schemas.sample import BackendInfo, CocoRLE, Grounding
 from tokencompose.schemas.reasons import NounReason
 from tokencompose.tasks.grounding import masks
 from tokencompose.tasks.grounding.coco import CocoAnnotationGrounder, NounTable, load_coco_categories, lookup_keys
@@ -317,7 +317,7 @@ def stuff_vocabulary(names: tuple[str, ...]) -> StuffVocabulary:
 @dataclass(frozen=True)
 class _Found:
     mask: dict | None
-    reason: str | None
+    reason: NounReason | None
     boxes: list
     not_exhaustive: bool = False
 
@@ -412,7 +412,7 @@ class HumanGrounder:
         if found.mask is None:
             return Grounding(category=name, reason=found.reason)
         source = SOURCE_LVIS_NOT_EXHAUSTIVE if category_id in human.lvis_not_exhaustive else SOURCE_LVIS
-        return Grounding(mask=found.mask, box=masks.box(found.mask), category=name, source=source, boxes=found.boxes)
+        return Grounding(mask=CocoRLE.model_validate(found.mask), box=masks.box(found.mask), category=name, source=source, boxes=found.boxes)
 
     @staticmethod
     def _stuff_instances(record: ImageRecord, names: Iterable[str]) -> list[Annotation]:
@@ -430,7 +430,7 @@ class HumanGrounder:
         found = _union(record, self._stuff_instances(record, names))
         if found.mask is None:
             return Grounding(category=category, reason=found.reason)
-        return Grounding(mask=found.mask, box=masks.box(found.mask), category=category, source=SOURCE_STUFF,
+        return Grounding(mask=CocoRLE.model_validate(found.mask), box=masks.box(found.mask), category=category, source=SOURCE_STUFF,
                          boxes=found.boxes)
 
     def _hypernym(self, record: ImageRecord, hypernym: str, stuff: StuffVocabulary) -> Grounding:
@@ -461,5 +461,5 @@ class HumanGrounder:
         labels = [SOURCE_LABELS[s] for s in contributed]
         if not_exhaustive:
             labels = [SOURCE_LVIS_NOT_EXHAUSTIVE if label == SOURCE_LVIS else label for label in labels]
-        return Grounding(mask=result.mask, box=masks.box(result.mask), category=hypernym, source="+".join(labels),
+        return Grounding(mask=CocoRLE.model_validate(result.mask), box=masks.box(result.mask), category=hypernym, source="+".join(labels),
                          boxes=result.boxes)

@@ -7,7 +7,7 @@ so equal inputs give equal bytes.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,7 @@ class ShardBuilder:
         self.backends = backends
         self.provenance = provenance
         self.stop_list = frozenset(config.nouns.resolved_stop_list(config.profile))
-        self.seconds: Counter[str] = Counter()  # time per stage, for benchmarks and logs
+        self.seconds: defaultdict[str, float] = defaultdict(float)  # time per stage, for benchmarks and logs
 
     @contextmanager
     def _timed(self, stage: str):

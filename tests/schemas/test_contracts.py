@@ -44,7 +44,7 @@ def test_a_configuration_section_rejects_unknown_keys_and_changes():
     with pytest.raises(ValidationError, match="clip_modle"):
         CaptionConfig.model_validate({"clip_modle": "x"})
     with pytest.raises(ValidationError, match="frozen"):
-        CaptionConfig().batch_size = 3  # type: ignore[misc]
+        CaptionConfig().batch_size = 3
 
 
 def test_a_record_rejects_unknown_keys_but_can_be_filled_in():

@@ -1,7 +1,7 @@
 """The dataset card lets Hugging Face `datasets` (what its viewer runs) load the output folder."""
 import io
 
-import datasets
+import datasets  # type: ignore[import-untyped]
 from PIL import Image
 
 from tokencompose.schemas.dataset_card import dataset_card
