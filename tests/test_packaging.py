@@ -118,6 +118,7 @@ def test_the_wheel_check_names_a_folder_left_out(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_only_tokencompose_and_builds_the_demo(wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}

@@ -26,6 +26,7 @@ def test_missing_source_stops_before_work(tmp_path, capsys):
     assert code == 2 and "captions.json does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_build_through_the_installed_command(tmp_path):
     run = subprocess.run([sys.executable, "-m", "tokencompose", "build", "--demo", "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=300)

@@ -30,7 +30,7 @@ def run_cli(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["images_dir", "vsr", "out_is_a_file", "paper_weights"])
+@pytest.mark.parametrize("case", ["images_dir", "vsr", "out_is_a_file", pytest.param("paper_weights", marks=pytest.mark.slow)])
 def test_build_configuration_errors_are_one_clear_message(case, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
@@ -74,6 +74,7 @@ def test_view_rejects_an_impossible_port_and_a_busy_one(tmp_path):
     assert result["code"] == 2 and "cannot listen" in result["stderr"] and "http://" not in result["stderr"]
 
 
+@pytest.mark.slow
 def test_train_print_config_checks_the_folders(tmp_path):
     result = run_cli("train", "--pretrained-model", str(tmp_path / "no-model"), "--shards",
                      str(tmp_path / "none-*.tar"), "--output-dir", str(tmp_path / "run"), "--print-config")

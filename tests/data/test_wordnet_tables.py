@@ -2,7 +2,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from tokencompose.tasks.grounding.human import WORDNET_NOUNS, WORDNET_UNIONS
+
+pytestmark = pytest.mark.slow
 
 
 def test_regenerating_the_wordnet_tables_gives_the_shipped_ones(tmp_path):

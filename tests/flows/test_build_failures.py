@@ -120,6 +120,7 @@ def test_an_os_error_is_retried(prefect_api, triggered):
     assert (config.output.out_dir / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_the_cli_exits_non_zero_and_leaves_the_report_when_a_shard_cannot_be_written(tmp_path):
     config = demo_config(tmp_path / "out", output={"shard_size": 2})
     build_directly(config)

@@ -64,6 +64,7 @@ def test_the_cli_runs_the_flow(prefect_api, make_config, tmp_path, capsys):
     assert (tmp_path / "cli" / "checkpoints" / "step-00000001" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_train_with_ddp_on_the_cpu(make_config, tmp_path):
     """Two CPU processes with DDP (gloo): logged counts are summed over ranks, both ranks checkpoint."""
     import os

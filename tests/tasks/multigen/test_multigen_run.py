@@ -96,6 +96,7 @@ def test_a_folder_made_with_other_settings_is_refused(make_eval_config):
     assert len(plan.shards) == 2
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_bytes(make_eval_config, tmp_path):
     """A real process killed with SIGKILL after its first shard, then resumed, equals an uninterrupted run."""
     # 8 one-prompt shards of 4 steps: seconds of work left after the first shard, so the kill lands mid-run
@@ -127,6 +128,7 @@ def test_a_killed_run_resumes_to_the_same_bytes(make_eval_config, tmp_path):
         .replace(str(tmp_path / "killed"), str(tmp_path / "whole"))
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_shards_and_equal_one(make_eval_config, tmp_path):
     """torchrun with 2 CPU processes (gloo via accelerate): each rank takes every other shard, rank 0
     reports after both finish, and the bytes equal a single process's."""
