@@ -214,10 +214,12 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
 
     Images are read with the training's geometry at ``resolution``; the nouns kept are those with a mask
     and a token in the 77-token window; the masks are compared at ``output_size`` (default
-    ``resolution``). Samples that break the data contract are counted by reason, not evaluated.
+    ``resolution``). Samples that break the data contract are counted by reason, not evaluated; a shard
+    whose tar breaks counts once (its samples before the break are evaluated). ``max_samples``: stop after
+    that many evaluated images (those with at least one usable noun).
     """
     from tokencompose.tasks.training.data import Preprocessor, expand_shards
-    from tokencompose.tasks.training.samples import SampleProblem, ShardUnreadable, read_shard
+    from tokencompose.tasks.training.samples import UNREADABLE_SHARD, SampleProblem, ShardUnreadable, read_shard
 
     if not timesteps:
         raise ValueError("the fast grounding variant needs at least one timestep")
@@ -256,7 +258,7 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
                                             iou=iou(predicted, mask > 0), predicted_pixels=int(predicted.sum()),
                                             mask_pixels=int((mask > 0).sum())))
         except ShardUnreadable:  # the samples before the break were evaluated; the rest of the shard is lost
-            skipped["unreadable_shard"] += 1
+            skipped[UNREADABLE_SHARD] += 1
     return GroundingResult(miou=mean_iou(n.iou for n in per_noun), nouns=len(per_noun), images=images,
                            timesteps=list(timesteps), threshold=threshold, resolution=resolution, output_size=size,
                            seed=seed, skipped_factors=sorted(skipped_factors),

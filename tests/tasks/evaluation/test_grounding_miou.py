@@ -162,3 +162,17 @@ def test_bad_timesteps_are_refused_before_work(tiny_pipe, shard_dir):
         evaluate_shards(tiny_pipe, [str(shard_dir / "shard-*.tar")], resolution=64, timesteps=(1000,))
     with pytest.raises(ValueError, match="at least one timestep"):
         evaluate_shards(tiny_pipe, [str(shard_dir / "shard-*.tar")], resolution=64, timesteps=())
+
+
+def test_broken_samples_and_shards_are_counted_not_evaluated(tiny_pipe, tmp_path):
+    from tests.support.hostile_shards import MAKERS, members, small_photo_samples, truncate, write_samples
+    from tokencompose.tasks.evaluation.grounding_miou import evaluate_shards
+
+    samples = small_photo_samples(4)
+    write_samples(tmp_path / "a.tar", [members(*samples[0]), MAKERS["json_invalid"](*samples[1]),
+                                       members(*samples[2])])
+    truncate(write_samples(tmp_path / "b.tar", [members(*samples[3])] * 1), keep=0.3)
+    result = evaluate_shards(tiny_pipe, [str(tmp_path / "*.tar")], resolution=64, timesteps=(200,))
+    assert result.images == 2 and result.nouns == 4
+    assert result.skipped_samples == {"json_invalid": 1, "unreadable_shard": 1}
+    assert all(0.0 <= n.iou <= 1.0 for n in result.per_noun)
