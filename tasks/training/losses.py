@@ -62,11 +62,13 @@ def _noun_maps(mean_map: torch.Tensor, slot_noun: torch.Tensor) -> torch.Tensor:
 
 
 def _group_token_reference(maps: list[torch.Tensor], slot_mask: torch.Tensor, t: Targets) -> torch.Tensor:
-    per_noun = 0.0
+    per_noun: torch.Tensor | None = None
     for attn in maps:
         inside = torch.einsum("bhuk,bku->bhk", attn, slot_mask)
         ratio = (inside / attn.sum(2)).mean(1)                      # per-head ratio, then head mean
-        per_noun = per_noun + _per_noun_mean((1.0 - ratio) ** 2, t.slot_noun)  # maps summed
+        term = _per_noun_mean((1.0 - ratio) ** 2, t.slot_noun)
+        per_noun = term if per_noun is None else per_noun + term     # maps summed
+    assert per_noun is not None, "a resolution group holds at least one map"
     return _per_sample_mean(per_noun, t.noun_valid)
 
 
@@ -119,6 +121,7 @@ def grounding_losses(maps: dict[str, torch.Tensor], resolutions: dict[str, int],
                          "pixel": torch.stack([_map_pixel_normalized(a, slot_mask, targets) for a in group]).mean(0)}
                 weight = len(group) / total_maps
             if spatial:
+                assert targets.relations is not None and targets.relation_valid is not None, "spatial needs relations"
                 mean_map = torch.stack([a.mean(1) for a in group]).mean(0)
                 parts["spatial"] = spatial_loss(_noun_maps(mean_map, targets.slot_noun), targets.relations,
                                                 targets.relation_valid, resolution)
