@@ -27,10 +27,12 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
         cast(type[BaseSettings], model), root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
         cli_avoid_json=True, cli_hide_none_type=True, cli_use_class_docs_for_groups=True, cli_parse_none_str="null")
     shortcuts = parser.add_argument_group("shortcuts")
+    taken: set[str] = set()
     for dotted, field in _fields(model):
         name = (field.json_schema_extra or {}).get("cli_shortcut") if isinstance(field.json_schema_extra, dict) else None
-        if not name:
+        if not name or name in taken:  # a section met twice (retrain: build.models, evaluation.models): the first
             continue
+        taken.add(name)
         kwargs: dict[str, Any] = {"dest": SHORTCUT_PREFIX + dotted, "default": None, "metavar": name.upper(),
                                   "help": f"same as --{dotted.replace('_', '-')}"}
         if field.annotation is bool:
