@@ -40,12 +40,11 @@ def check_folder(path: Path) -> None:
 def load_components(path: Path) -> Components:
     check_folder(path)
     path = Path(path)
-    local = {"local_files_only": True}
     # The training noise schedule is DDPM on the model's own betas, whatever sampler the folder names.
     return Components(
-        tokenizer=CLIPTokenizerFast.from_pretrained(path / "tokenizer", **local),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", **local),
-        vae=AutoencoderKL.from_pretrained(path / "vae", **local),
-        unet=UNet2DConditionModel.from_pretrained(path / "unet", **local),
-        noise_scheduler=DDPMScheduler.from_pretrained(path / "scheduler", **local),
+        tokenizer=CLIPTokenizerFast.from_pretrained(path / "tokenizer", local_files_only=True),
+        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True),
+        vae=AutoencoderKL.from_pretrained(path / "vae", local_files_only=True),
+        unet=UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True),
+        noise_scheduler=DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True),
     )

@@ -206,7 +206,8 @@ class Trainer:
         terms = ("token", "pixel", "spatial") if cfg.spatial_weight else ("token", "pixel")
         groups = [group_name(r) for r in sorted(set(self.resolutions.values()))]
         self.term_names = [*terms, *(f"{t}/{g}" for t in terms for g in groups)] if self.grounding else []
-        for frozen in (m.vae, m.text_encoder):
+        frozen_models: tuple[torch.nn.Module, ...] = (m.vae, m.text_encoder)
+        for frozen in frozen_models:
             frozen.requires_grad_(False)
             frozen.eval()
             frozen.to(acc.device)
