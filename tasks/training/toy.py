@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from tokencompose.schemas.reasons import NounReason
-from tokencompose.schemas.sample import BackendInfo, Noun, Provenance, SampleRecord, sample_key
+from tokencompose.schemas.sample import BackendInfo, CocoRLE, Noun, Provenance, SampleRecord, sample_key
 from tokencompose.tasks.grounding.masks import encode
 from tokencompose.tasks.shards.build import write_shard
 
@@ -81,9 +81,11 @@ def save_random_pipeline(path: Path, preset: str = "tiny", seed: int = 0) -> Pat
     tokenizer = clip_tokenizer(path.parent / f".{path.name}-tokenizer")
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1)
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                            safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(path)
+    # Any: under mypy diffusers' pipeline class lacks its mixin's save_pretrained (diffusers 0.39)
+    pipeline: Any = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                            requires_safety_checker=False)
+    pipeline.save_pretrained(path)
     return path
 
 
@@ -112,7 +114,7 @@ def make_record(image_id: int, image: np.ndarray, caption: str, nouns: list[tupl
         if mask is None:
             entries.append(Noun(text=text, span=(start, cursor), reason=NounReason.NO_DETECTION))
         else:
-            entries.append(Noun(text=text, span=(start, cursor), mask=encode(mask), source="toy"))
+            entries.append(Noun(text=text, span=(start, cursor), mask=CocoRLE(**encode(mask)), source="toy"))
     record = SampleRecord(key=sample_key(image_id), image_id=image_id, file_name=f"{image_id:012d}.jpg",
                           width=width, height=height, image_field="jpg", image_mode="RGB", caption=caption,
                           caption_id=image_id, candidates=[], nouns=entries, provenance=TOY_PROVENANCE)

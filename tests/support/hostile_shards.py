@@ -51,7 +51,7 @@ def _with_noun(record: SampleRecord, **changes) -> bytes:
 
 
 def _png(image: bytes, mode: str | None = None) -> bytes:
-    decoded = Image.open(io.BytesIO(image))
+    decoded: Image.Image = Image.open(io.BytesIO(image))
     if mode:
         decoded = decoded.convert("L").convert(mode) if mode.startswith("I") else decoded.convert(mode)
     buffer = io.BytesIO()

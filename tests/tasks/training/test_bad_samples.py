@@ -92,7 +92,9 @@ def test_the_stream_skips_and_reports_every_reason(tmp_path, good, tiny_sd):
 def hostile_shards(root: Path, plan: list[list[str]], good) -> tuple[list[Path], Counter]:
     """Shards from a plan (per shard, per sample: 'good', 'duplicate' of the first sample, or a
     reason); returns them and the expected count of unusable samples by reason."""
-    paths, expected, used = [], Counter(), iter(good)
+    paths: list[Path] = []
+    expected: Counter = Counter()
+    used = iter(good)
     first = None
     for index, kinds in enumerate(plan):
         samples = []
@@ -102,6 +104,7 @@ def hostile_shards(root: Path, plan: list[list[str]], good) -> tuple[list[Path],
                 samples.append(members(record, image))
                 first = first or (record, image)
             elif kind == "duplicate":
+                assert first is not None, "the plan starts with a good sample"
                 samples.append(members(*first))
                 expected[DUPLICATE_KEY] += 1
             else:
