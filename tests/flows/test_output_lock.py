@@ -8,12 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.testkit import demo_config
 from tokencompose.data.replicate import replicate_sample
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import LOCK_FILE
 from tokencompose.tasks.shards.dataset import build_directly
 from tokencompose.tasks.shards.output import read_lock
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """

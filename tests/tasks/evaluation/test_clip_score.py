@@ -24,6 +24,7 @@ def scorer():
     return ClipScorer(CLIP_MODEL, None, device="cpu", batch_size=4)
 
 
+@pytest.mark.slow
 def test_batched_scores_equal_a_direct_computation_per_pair(scorer):
     import torch
 

@@ -255,6 +255,7 @@ def test_profiles_choose_the_grounding(scene, tmp_path):
         BuildConfig.model_validate({**json.loads(config.model_dump_json()), "grounding": {"human_order": ["coco", "coco"]}})
 
 
+@pytest.mark.slow
 def test_coverage_bench_counts_each_level(tmp_path):
     import subprocess
     import sys
