@@ -29,6 +29,7 @@ def finished(make_eval_config):
     return config, report, snapshot(config.out_dir), model, detections
 
 
+@pytest.mark.slow
 def test_every_output_has_its_record_and_a_clean_run_redoes_nothing(finished):
     config, report, before, model, detections = finished
     for path in [*model.glob("images/*.tar"), *detections.glob("*.jsonl")]:
@@ -38,6 +39,7 @@ def test_every_output_has_its_record_and_a_clean_run_redoes_nothing(finished):
     assert again.redone == [] and snapshot(config.out_dir) == before
 
 
+@pytest.mark.slow
 def test_truncated_and_overwritten_files_are_redone_and_reported(finished):
     config, report, before, model, detections = finished
     shard = model / "images" / "prompts-000000-000001.tar"
@@ -59,6 +61,7 @@ def test_truncated_and_overwritten_files_are_redone_and_reported(finished):
     assert json.loads(again.json_path.read_text())["redone"] == again.redone
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_without_detections_is_redone_not_a_tar_error(finished):
     """The issue's case: a truncated shard counted as done and detection died on every rerun."""
     config, report, before, model, detections = finished
@@ -70,6 +73,7 @@ def test_a_truncated_shard_without_detections_is_redone_not_a_tar_error(finished
     assert [line.split(" redone: ")[0] for line in again.redone] == [f"{model.name}/images/{shard.name}"]
 
 
+@pytest.mark.slow
 def test_a_shard_without_its_record_is_redone(finished):
     config, _, before, model, _ = finished
     integrity.check_path(model / "images" / "prompts-000000-000001.tar").unlink()
@@ -79,6 +83,7 @@ def test_a_shard_without_its_record_is_redone(finished):
     assert snapshot(config.out_dir) == before
 
 
+@pytest.mark.slow
 def test_detections_made_from_other_images_are_redone(finished):
     config, _, before, model, detections = finished
     lines = detections / "prompts-000000-000001.jsonl"

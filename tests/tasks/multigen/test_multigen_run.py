@@ -18,6 +18,7 @@ def tree_bytes(root: Path, pattern: str) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob(pattern))}
 
 
+@pytest.mark.slow
 def test_two_models_in_one_report(make_eval_config, tiny_sd, tuned_sd):
     config = make_eval_config([tiny_sd, tuned_sd], labels=["sd", "tuned"])
     report = evaluate_models(config)
@@ -87,6 +88,7 @@ def test_models_are_found_by_name_in_the_models_folder(make_eval_config, tiny_sd
         preflight(config)
 
 
+@pytest.mark.slow
 def test_a_folder_made_with_other_settings_is_refused(make_eval_config):
     evaluate_models(make_eval_config(prompts=2, report={"attention_prompts": 0, "grid_prompts": 0}))
     with pytest.raises(EvaluationError, match="other generation"):

@@ -21,6 +21,7 @@ def _key(config, identity=None):
     return shard_key(config, 0, [], identity)
 
 
+@pytest.mark.slow
 def test_every_module_a_build_runs_is_fingerprinted(tmp_path):
     """Run a whole build in a fresh process and list the package files it imported: each one that
     is part of the dataset's making (not the CLI, flows or viewer) must be in the fingerprint."""
