@@ -200,6 +200,7 @@ def workspace(tmp_path_factory):
     return Workspace(tmp_path_factory.mktemp("properties"))
 
 
+@pytest.mark.slow
 @settings(BOUNDED, max_examples=60)
 @given(source=sources(), image_field=st.sampled_from(["jpg", "jpg", "png"]), require_mask=st.booleans())
 def test_every_selected_image_is_a_valid_sample_or_a_rejects_row(workspace, source, image_field, require_mask):

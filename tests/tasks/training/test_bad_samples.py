@@ -123,6 +123,7 @@ def tiny_run(make_config, out: Path, shards, good_count: int, **overrides):
 kinds = st.sampled_from(["good", "good", "good", "duplicate", *REASONS])
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(plan=st.lists(st.lists(kinds, min_size=1, max_size=4), min_size=1, max_size=3), cut_one=st.booleans())
@@ -202,6 +203,7 @@ def unet_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.unet).state_dict().items()}
 
 
+@pytest.mark.slow
 def test_resume_continues_past_skipped_samples_with_their_counts(tmp_path, good, make_config):
     """Two readers, two shards, a bad sample in each on both sides of the checkpoint: the resumed run
     ends where the uninterrupted one does, with the same weights, counts and ledger."""

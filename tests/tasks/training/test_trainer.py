@@ -36,6 +36,7 @@ def fixed_token_loss(trainer: Trainer, batch) -> float:
     return logs["token"].item()
 
 
+@pytest.mark.slow
 def test_a_few_dozen_steps_lower_the_token_loss(make_config):
     config = make_config(max_steps=30, learning_rate=1e-3, token_weight=1.0, pixel_weight=0.0, log_every=10)
     trainer = Trainer(config)
@@ -72,6 +73,7 @@ def test_batch_of_two_equals_two_accumulated_batches_of_one(make_config, tmp_pat
     assert_same(unet_state(batched), unet_state(accumulated), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(make_config, tmp_path):
     # two DataLoader workers and a checkpoint after an odd number of batches: the worker rotation matters
     common = dict(num_workers=2, checkpoint_every=3, learning_rate=1e-4, token_weight=1.0, pixel_weight=0.1)
