@@ -240,6 +240,7 @@ def clip_spec(model: str = "ViT-L-14-336", pretrained: str = "openai") -> Weight
     sources: list[str] = []
     if cfg.get("hf_hub"):
         hf = cfg["hf_hub"]
+        names: tuple[str, ...]
         if hf.endswith("/"):
             repo, names = hf.rstrip("/"), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
         else:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,48 +13,13 @@ import httpx
 import pytest
 import yaml
 
-from tokencompose.data import SAMPLE_DIR
 from tokencompose.flows.retrain import retrain_tokencompose
 from tokencompose.schemas.retrain import RetrainConfig
-from tokencompose.tasks.multigen.toy import save_random_owlv2
 from tokencompose.tasks.registry.store import ModelRegistry
 
+from tests.support.retraining import BIN, REPO, VSR_LINES, free_port, settings, write_vsr
+
 pytestmark = pytest.mark.server
-
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
-VSR_LINES = (SAMPLE_DIR / "vsr_train.jsonl").read_text().splitlines()
-
-
-@pytest.fixture(scope="module")
-def tiny_owl(tiny_sd, tmp_path_factory) -> Path:
-    return save_random_owlv2(tmp_path_factory.mktemp("owl") / "owlv2", tokenizer_dir=tiny_sd / "tokenizer")
-
-
-def settings(tmp_path: Path, tiny_sd: Path, tiny_owl: Path, vsr: Path) -> dict:
-    """A whole RetrainConfig as JSON data: tiny training and a tiny quick MultiGen."""
-    return {
-        "build": {"source": {"images_dir": str(SAMPLE_DIR / "images"), "captions_json": str(SAMPLE_DIR / "captions.json"),
-                             "instances_json": str(SAMPLE_DIR / "instances.json")},
-                  "selection": {"policy": "vsr", "vsr_files": [str(vsr)]},
-                  "output": {"out_dir": str(tmp_path / "data"), "shard_size": 2}},
-        "base_model": str(tiny_sd), "registry_dir": str(tmp_path / "registry"), "runs_dir": str(tmp_path / "runs"),
-        "steps": 2,
-        "train": {"resolution": 64, "num_workers": 0, "gradient_checkpointing": False, "gradient_accumulation_steps": 1,
-                  "shuffle_buffer": 4, "checkpoint_every": 1000, "log_every": 1},
-        "evaluation": {"benchmark": {"name": "coco", "limit": 2},
-                       "generation": {"images_per_prompt": 1, "steps": 1, "resolution": 32, "batch_size": 2},
-                       "detection": {"detector": str(tiny_owl)}, "models": {"device": "cpu"},
-                       "report": {"bootstrap_samples": 10, "grid_prompts": 1, "grid_images": 1,
-                                  "attention_prompts": 0}},
-        "metric": "MG1", "margin": 1000.0,   # a random candidate never clears this: it is recorded as rejected
-    }
-
-
-def write_vsr(path: Path, lines: int) -> Path:
-    path.write_text("\n".join(VSR_LINES[:lines]) + "\n")
-    return path
-
 
 def test_nothing_new_a_kill_during_training_and_the_next_run(prefect_api, one_thread, tiny_sd, tiny_owl, tmp_path):
     vsr = write_vsr(tmp_path / "vsr_train.jsonl", 4)
@@ -116,14 +80,6 @@ def test_a_diverged_candidate_is_recorded_as_failed_and_not_evaluated(prefect_ap
     assert ModelRegistry(tmp_path / "registry").promoted() is None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_scheduled_run_on_a_real_server_adds_a_registry_entry(tiny_sd, tiny_owl, tmp_path):
     """prefect server start, the retrain deployment with an interval schedule of a few seconds, a worker:
     a run the scheduler created (not a manual one) completes and the registry shows its entry."""
@@ -138,7 +94,7 @@ def test_a_scheduled_run_on_a_real_server_adds_a_registry_entry(tiny_sd, tiny_ow
     weekly = {**weekly, "schedules": [{"interval": 5, "active": True}], "parameters": {"config": data}}
     (workspace / "prefect.yaml").write_text(yaml.safe_dump({**project, "deployments": [weekly]}))
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
            "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.flows.test_retrain import BIN, REPO, VSR_LINES, _free_port, settings, tiny_owl, write_vsr  # noqa: F401
+from tests.support.retraining import BIN, REPO, free_port, settings, write_vsr
 from tokencompose.tasks.multigen.prompts import bundled, write_prompts
 from tokencompose.tasks.registry.store import ModelRegistry
 
@@ -146,7 +146,7 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
               "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"}}
     (workspace / "prefect.yaml").write_text(yaml.safe_dump({**project, "deployments": [weekly]}))
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     home = tmp_path / "prefect-home"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_UI_ENABLED": "false",
