@@ -20,13 +20,13 @@ accuracy is MG_k.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from tokencompose.tasks.models.weights import missing_files, read_folder_config
 from tokencompose.tasks.multigen.prompts import BUNDLED, Prompt, load_prompts
 
 PREFIX_TEMPLATE = "a picture of {a} and"
@@ -54,24 +54,14 @@ def ade20k100() -> list[str]:
 def check_language_model_folder(path: Path) -> list[str]:
     """What is wrong with ``path`` as a causal language model folder (empty: nothing)."""
     path = Path(path)
-    if not path.is_dir():
-        return [f"{path}: not a folder"]
+    config, problems = read_folder_config(path, "config.json", "no config.json (not a transformers model folder)")
+    if problems:
+        return problems
     config_file = path / "config.json"
-    if not config_file.is_file():
-        return [f"{path}: no config.json (not a transformers model folder)"]
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        return [f"{config_file}: not valid JSON ({error})"]
-    problems = []
     architectures = config.get("architectures") or []
     if architectures and not any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in architectures):
         problems.append(f"{config_file}: architectures {architectures} are not causal language models")
-    if not any((path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-        problems.append(f"{path}: missing model.safetensors or pytorch_model.bin")
-    if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-        problems.append(f"{path}: missing tokenizer.json or vocab.json")
-    return problems
+    return problems + missing_files(path, [("model.safetensors", "pytorch_model.bin"), ("tokenizer.json", "vocab.json")])
 
 
 def load_language_model(path: Path, device: str = "cpu"):

@@ -17,6 +17,7 @@ docs/models.md lists every file with its size, checksum (where recorded) and ori
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,3 +389,29 @@ def all_specs(config: BuildConfig | None = None) -> list[WeightSpec]:
 
 def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def read_folder_config(folder: Path, file_name: str, not_found: str) -> tuple[dict, list[str]]:
+    """A model folder's JSON description (``config.json``, ``model_index.json``) and the problem that
+    stops reading it, if any; ``not_found`` says what a folder without the file is not."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}, [f"{folder}: not a folder"]
+    file = folder / file_name
+    if not file.is_file():
+        return {}, [f"{folder}: {not_found}"]
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return {}, [f"{file}: not valid JSON ({error})"]
+    if not isinstance(config, dict):
+        return {}, [f"{file}: not a JSON object"]
+    return config, []
+
+
+def missing_files(folder: Path, needed: Iterable[Sequence[str]], subfolder: str = "") -> list[str]:
+    """One line per group of alternative file names of which ``folder`` (or its ``subfolder``) has none."""
+    where = Path(folder) / subfolder
+    prefix = f"{subfolder}/" if subfolder else ""
+    return [f"{folder}: missing {prefix}{' or '.join(options)}" for options in needed
+            if not any((where / name).is_file() for name in options)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tokencompose.tasks.multigen import integrity
+from tokencompose.tasks.models.weights import missing_files, read_folder_config
 from tokencompose.tasks.multigen.generation import read_shard, resolve_dtype
 from tokencompose.tasks.shards.shard_io import file_sha256
 
@@ -28,16 +29,10 @@ ARCHITECTURE = "Owlv2ForObjectDetection"
 def check_owlv2_folder(path: Path) -> list[str]:
     """What is wrong with ``path`` as an OWLv2 detector folder (empty: nothing)."""
     path = Path(path)
-    if not path.is_dir():
-        return [f"{path}: not a folder"]
+    config, problems = read_folder_config(path, "config.json", "no config.json (not a transformers model folder)")
+    if problems:
+        return problems
     config_file = path / "config.json"
-    if not config_file.is_file():
-        return [f"{path}: no config.json (not a transformers model folder)"]
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        return [f"{config_file}: not valid JSON ({error})"]
-    problems = []
     kind = config.get("model_type")
     architectures = config.get("architectures") or []
     if kind != "owlv2":
@@ -47,10 +42,7 @@ def check_owlv2_folder(path: Path) -> list[str]:
         problems.append(f"{config_file}: architectures {architectures} do not include {ARCHITECTURE}")
     needed = (("preprocessor_config.json",), ("model.safetensors", "pytorch_model.bin"),
               ("tokenizer.json", "vocab.json"))
-    for options in needed:
-        if not any((path / name).is_file() for name in options):
-            problems.append(f"{path}: missing {' or '.join(options)}")
-    return problems
+    return problems + missing_files(path, needed)
 
 
 class Detector:

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tokencompose.tasks.models.weights import missing_files, read_folder_config
 from tokencompose.tasks.multigen import integrity
 from tokencompose.tasks.multigen.prompts import Prompt
 from tokencompose.tasks.shards.shard_io import write_tar
@@ -43,26 +44,17 @@ class ModelFolderError(ValueError):
 def check_pipeline_folder(path: Path) -> list[str]:
     """What is wrong with ``path`` as a diffusers Stable Diffusion folder (empty: nothing)."""
     path = Path(path)
-    if not path.is_dir():
-        return [f"{path}: not a folder"]
+    meta, problems = read_folder_config(path, "model_index.json", "not a diffusers pipeline folder (no model_index.json)")
+    if problems:
+        return problems
     index = path / "model_index.json"
-    if not index.is_file():
-        return [f"{path}: not a diffusers pipeline folder (no model_index.json)"]
-    try:
-        meta = json.loads(index.read_text())
-    except json.JSONDecodeError as error:
-        return [f"{index}: not valid JSON ({error})"]
-    problems = []
     kind = meta.get("_class_name")
     if kind not in SUPPORTED_PIPELINES:
         problems.append(f"{index}: _class_name is {kind!r}; MultiGen runs a {' or '.join(SUPPORTED_PIPELINES)}")
     for component, members in PIPELINE_MEMBERS.items():
         if component not in meta:
             problems.append(f"{index}: no {component!r} component")
-        folder = path / component
-        for options in members:
-            if not any((folder / name).is_file() for name in options):
-                problems.append(f"{path}: missing {component}/{' or '.join(options)}")
+        problems += missing_files(path, members, subfolder=component)
     return problems
 
 
