@@ -1,9 +1,9 @@
-"""Fault injection over the whole retraining loop (issue 20, item 5): the scheduled retrain deployment
-on a real `prefect server start` and a process worker runs five times in a row while the test, between
-runs, corrupts a training sample inside a shard (the manifest resealed, so that training, not the
-build, meets it), makes a prompt of the evaluation's prompt file far longer than any text window,
-damages a registry entry file, and SIGKILLs one run in the middle of training. The registry ends
-consistent (`registry check` passes), the promoted model's files are byte-identical to what was
+"""Fault injection over the whole retraining loop (issue 20, item 5): the scheduled retrain deployment on a real
+`prefect server start` and a process worker runs five times in a row while the test, between runs, corrupts a
+training sample inside a shard (the manifest resealed, so that training, not the build, meets it), truncates
+another shard (the build rebuilds it byte for byte), makes a prompt of the evaluation's prompt file far longer
+than any text window, damages a registry entry file, and SIGKILLs one run in the middle of training. The
+registry ends consistent (`registry check` passes), the promoted model's files are byte-identical to what was
 promoted, and the last, clean run trains and decides normally.
 
 Runs are let through one at a time by pausing the work pool: the scheduler keeps creating runs every
@@ -191,8 +191,7 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
         assert any(r.get("count/samples_skipped") for r in counts), counts[-1]   # skipped and counted
 
         # 3. grows again; a prompt is far longer than any text window: the evaluation refuses it before
-        #    generating. (A truncated shard is left out: the build rebuilds it and refuses the result when
-        #    the code changed since it was built, which other edits of this working tree cause mid-test.)
+        #    generating.
         write_vsr(vsr, 6)
         good_prompts = prompt_file.read_text()
         rows = json.loads(good_prompts)
@@ -223,10 +222,15 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
         assert registry_cli(registry, "check").returncode == 0     # the fourth run repaired the registry
         assert list((registry / "damaged").glob(f"{entry.id}.json.*"))
 
-        # 5. clean: the killed run is registered as failed (interrupted), the candidate trains on version 3
-        #    and is judged normally.
+        # 5. a shard of version 2 is truncated (not resealed): the build finds it damaged and rebuilds the
+        #    same bytes. The killed run is registered as failed (interrupted), the candidate trains on
+        #    version 3 and is judged normally.
+        truncated = sorted((data_dir / "shards").glob("shard-*.tar"))[1]
+        intact = truncated.read_bytes()
+        truncated.write_bytes(intact[: len(intact) // 2])
         fifth = deployment.wait_final(deployment.next_run(log), log)
         assert fifth["state_type"] == "COMPLETED"
+        assert truncated.read_bytes() == intact
         fresh = {e.id: e for e in ModelRegistry(registry).entries() if e.id not in known}
         interrupted = [e for e in fresh.values() if e.reason.startswith("interrupted")]
         judged = [e for e in fresh.values() if e.status in ("promoted", "rejected")]
