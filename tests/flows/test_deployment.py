@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import prefect_processes
 from tokencompose.data import demo_settings
 from tokencompose.schemas.reports import Manifest
 
@@ -52,25 +53,15 @@ def _wait(check, timeout: float, what: str, process: subprocess.Popen | None = N
 @pytest.fixture
 def prefect_server(tmp_path):
     port = _free_port()
-    home = tmp_path / "prefect-home"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"}
+    env = prefect_processes.server_env(tmp_path / "prefect-home", port)
     log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = prefect_processes.start_server(port, env, log)
     processes = [server]
     try:
         _wait(lambda: httpx.get(f"{env['PREFECT_API_URL']}/health").status_code == 200, 180, "the server", server)
         yield env, processes
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        prefect_processes.stop(processes)
         log.close()
 
 

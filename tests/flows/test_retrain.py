@@ -17,6 +17,7 @@ from tokencompose.flows.retrain import retrain_tokencompose
 from tokencompose.schemas.retrain import RetrainConfig
 from tokencompose.tasks.registry.store import ModelRegistry
 
+from tests.support import prefect_processes
 from tests.support.retraining import BIN, REPO, VSR_LINES, free_port, settings, write_vsr
 
 pytestmark = pytest.mark.server
@@ -96,24 +97,16 @@ def test_a_scheduled_run_on_a_real_server_adds_a_registry_entry(tiny_sd, tiny_ow
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = prefect_processes.server_env(tmp_path / "prefect-home", port, OMP_NUM_THREADS="1")
     logs = open(tmp_path / "processes.log", "wb")
-    processes = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)]
+    processes = [prefect_processes.start_server(port, env, logs)]
     try:
-        def run(*argv):
-            done = subprocess.run([str(BIN / argv[0]), *argv[1:]], env=env, cwd=workspace, capture_output=True,
-                                  text=True, timeout=300)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-        run("tokencompose", "wait-for-server", "--timeout", "180")
-        run("prefect", "work-pool", "create", "--type", "process", "tokencompose-gpu", "--overwrite")
-        run("prefect", "--no-prompt", "deploy", "--all")
-        processes.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "tokencompose-gpu"],
-                                          env=env, cwd=workspace, stdout=logs, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+        prefect_processes.run_ok(["tokencompose", "wait-for-server", "--timeout", "180"], env, workspace)
+        prefect_processes.run_ok(["prefect", "work-pool", "create", "--type", "process", "tokencompose-gpu",
+                                  "--overwrite"], env, workspace)
+        prefect_processes.run_ok(["prefect", "--no-prompt", "deploy", "--all"], env, workspace)
+        processes.append(prefect_processes.start(["prefect", "worker", "start", "--pool", "tokencompose-gpu"], env,
+                                                 logs, cwd=workspace))
         registry_dir = tmp_path / "registry"
         deadline = time.monotonic() + 600
         completed = []
@@ -127,11 +120,5 @@ def test_a_scheduled_run_on_a_real_server_adds_a_registry_entry(tiny_sd, tiny_ow
         assert entries and entries[0].status in ("promoted", "rejected") and entries[0].dataset_version == 1
         assert completed[0]["created_by"] is None or completed[0]["created_by"].get("type") != "USER"
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        prefect_processes.stop(processes)
         logs.close()

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support import prefect_processes
 from tests.support.retraining import BIN, REPO, free_port, settings, write_vsr
 from tokencompose.tasks.multigen.prompts import bundled, write_prompts
 from tokencompose.tasks.registry.store import ModelRegistry
@@ -148,29 +149,20 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    home = tmp_path / "prefect-home"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-           "PREFECT_SERVER_DATABASE_TIMEOUT": "60", "PREFECT_API_DATABASE_TIMEOUT": "60"}
+    env = prefect_processes.server_env(tmp_path / "prefect-home", port, OMP_NUM_THREADS="1",
+                                       PREFECT_SERVER_DATABASE_TIMEOUT="60", PREFECT_API_DATABASE_TIMEOUT="60")
     log = tmp_path / "processes.log"
     logs = open(log, "wb")
-    processes = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)]
+    processes = [prefect_processes.start_server(port, env, logs)]
     try:
-        def run(*argv):
-            done = subprocess.run([str(BIN / argv[0]), *argv[1:]], env=env, cwd=workspace, capture_output=True,
-                                  text=True, timeout=300)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-        run("tokencompose", "wait-for-server", "--timeout", "180")
-        run("prefect", "work-pool", "create", "--type", "process", POOL, "--overwrite")
+        prefect_processes.run_ok(["tokencompose", "wait-for-server", "--timeout", "180"], env, workspace)
+        prefect_processes.run_ok(["prefect", "work-pool", "create", "--type", "process", POOL, "--overwrite"], env,
+                                 workspace)
         deployment = Deployment(api)
         deployment.set_paused(True)
-        run("prefect", "--no-prompt", "deploy", "--all")
-        processes.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env=env,
-                                          cwd=workspace, stdout=logs, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+        prefect_processes.run_ok(["prefect", "--no-prompt", "deploy", "--all"], env, workspace)
+        processes.append(prefect_processes.start(["prefect", "worker", "start", "--pool", POOL], env, logs,
+                                                 cwd=workspace))
         known: set[str] = set()
 
         # 1. clean: a candidate, rejected (margin 1000); promoted by hand, its files fingerprinted.
@@ -244,11 +236,5 @@ def test_scheduled_runs_survive_corrupt_data_a_damaged_registry_and_a_kill(tiny_
         assert ModelRegistry(registry).promoted().id == promoted.id
         assert digests(Path(promoted.pipeline_dir)) == promoted_files
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        prefect_processes.stop(processes)
         logs.close()
