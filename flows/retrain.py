@@ -1,5 +1,7 @@
-"""The retrain-tokencompose flow: grow the dataset, train a candidate from the promoted model, judge
-it against the promoted model with MultiGen's quick mode on the same seeds, promote or reject.
+"""The retrain-tokencompose flow: grow the dataset, train a candidate from the promoted model, evaluate
+both with the quick evaluation on the same prompts and seeds, and let the promotion gate decide: the
+MG_k gain's paired-bootstrap lower bound must exceed the margin, FID and CLIP score must stay within
+their tolerances (tasks/evaluation/gate.py, RetrainConfig.gate).
 
 The promoted model changes only in the last step, through the registry's atomic index: any failure
 before it (a crash, a kill, a diverged loss) leaves the promoted model as it was.
@@ -36,19 +38,20 @@ def _why(error: Exception) -> str:
 
 
 def _entry(config: RetrainConfig, entry_id: str, start: retraining.StartingPoint, version, status: Status,
-           reason: str, steps: int = 0, pipeline: Path | None = None, result=None,
-           uses_version: bool = True) -> RegistryEntry:
+           reason: str, steps: int = 0, pipeline: Path | None = None,
+           decision: retraining.Decision | None = None, uses_version: bool = True) -> RegistryEntry:
     """``uses_version=False``: the entry names no dataset version, so the next run trains on it again."""
     return RegistryEntry(id=entry_id, status=status, created=utc_now(), pipeline_dir=pipeline,
                          base_model=start.model, parent=start.parent, dataset_dir=config.build.output.out_dir,
                          dataset_version=version.version if uses_version else None,
                          dataset_shards=version.shard_paths(config.build.output.out_dir),
-                         train_config_hash=config.train_hash(), steps=steps, multigen=result, reason=reason)
+                         train_config_hash=config.train_hash(), steps=steps, reason=reason,
+                         multigen=decision.result if decision else None, gate=decision.gate if decision else None)
 
 
 @flow(name=FLOW_NAME, log_prints=False)
 def retrain_tokencompose(config: RetrainConfig) -> dict[str, Any]:
-    """Incremental build -> train from the promoted model -> MultiGen quick mode on both -> promote or reject."""
+    """Incremental build -> train from the promoted model -> quick evaluation of both -> the gate promotes or rejects."""
     logger = get_run_logger()
     registry = _sound_registry(config, logger)
     build_summary = build_grounded_coco(config=config.build)
@@ -103,20 +106,20 @@ def _train_judge_decide(config: RetrainConfig, registry: ModelRegistry, entry_id
                                         run_dir / "multigen")
     try:
         summary = evaluate_multigen(config=evaluation)
+        decision = retraining.judge(config.gate, retraining.read_evidence(evaluation), start.label, "candidate",
+                                    evaluation.detection.threshold, config.fid_set(), config.clip_set(),
+                                    start.parent or str(start.model))
     except Exception as error:  # recorded without its dataset version: the next run trains and judges again
         registry.register(_entry(config, entry_id, start, version, "failed",
                                  f"evaluation failed: {_why(error)}", trained["steps"],
                                  uses_version=False), by=_by())
         raise
-    models = {label: {k: {"mean": v} for k, v in mg.items()} for label, mg in summary["models"].items()}
-    decision = retraining.decide(models["candidate"], models[start.label], config.metric, config.margin,
-                                 start.parent or str(start.model), summary.get("report"))
     status: Status = "promoted" if decision.promote else "rejected"
     registry.register(_entry(config, entry_id, start, version, status, decision.reason, trained["steps"],
-                             candidate, decision.result), by=_by())
+                             candidate, decision), by=_by())
     markdown = retraining.comparison_markdown(
         entry_id, start, decision, f"Trained {trained['steps']} steps on dataset version {version.version}.",
-        {k: v["mean"] for k, v in models[start.label].items()})
+        summary["models"][start.label])
     create_markdown_artifact(markdown=markdown, key="retrain-tokencompose-decision",
                              description=f"candidate {entry_id} vs {start.label}")
     logger.info("%s %s: %s", entry_id, status, decision.reason)

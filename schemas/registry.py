@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from tokencompose.schemas.base import StrictRecord
 from tokencompose.schemas.multigen import MultiGenResult  # an entry's judgement (MultiGen's contracts live there)
+from tokencompose.schemas.retrain import GateSettings
 
 REGISTRY_FORMAT = 1
 # An entry id names its file entries/<id>.json: letters, digits, '_', '-' and '.', not starting with
@@ -45,6 +46,34 @@ def _required_id(value: str) -> str:
     return value
 
 
+class Criterion(StrictRecord):
+    """One criterion of the promotion gate as judged: what was measured, against what, and the verdict."""
+
+    name: str = Field(description="composition_MG<k>, fid or clip_score")
+    value: float | None = Field(description="candidate minus baseline; None when not measured")
+    low: float | None = Field(default=None, description="the interval's lower end (composition: the one-sided "
+                              "lower bound)")
+    high: float | None = Field(default=None, description="the interval's upper end (None for a one-sided bound)")
+    threshold: float = Field(description="what the rule compares with: the margin, the FID tolerance, minus the "
+                             "CLIP tolerance")
+    rule: str = Field(description="the rule in words")
+    passed: bool
+    reason: str = Field(description="the verdict in one line, with the figures")
+    baseline: float | None = Field(default=None, description="the baseline's own figure")
+    candidate: float | None = Field(default=None, description="the candidate's own figure")
+
+
+class GateDecision(StrictRecord):
+    """The gate's whole decision: every judged criterion and the settings it was judged with."""
+
+    promote: bool = Field(description="every criterion passed")
+    criteria: list[Criterion]
+    settings: GateSettings
+
+    def failed(self) -> list[str]:
+        return [f"{c.name}: {c.reason}" for c in self.criteria if not c.passed]
+
+
 Status = Literal["promoted", "candidate", "rejected", "failed", "retired"]
 Action = Literal["promote", "rollback", "reject", "fail", "register", "repair", "gc"]
 
@@ -64,6 +93,8 @@ class RegistryEntry(StrictRecord):
     train_config_hash: str
     steps: int
     multigen: MultiGenResult | None = None
+    gate: GateDecision | None = Field(default=None, description="the promotion gate's criteria and verdicts (None "
+                                      "in entries written before the gate, and when not evaluated)")
     reason: str = Field(default="", description="why it has its status")
 
     _id = field_validator("id")(_required_id)

@@ -14,55 +14,22 @@ than noise and its images have not lost quality, all measured on the same run.
 A criterion that is configured but was not measured fails ("not measured"): a gate never passes on
 missing evidence. Every criterion keeps its value, interval, threshold and verdict, so the registry
 entry and the decision artifact can store the whole decision.
+
+The settings are configuration (``GateSettings``, schemas/retrain.py: ``RetrainConfig.gate``); the
+decision is a record a registry entry stores (``Criterion``, ``GateDecision``, schemas/registry.py).
+Here are only the functions that judge.
 """
 from __future__ import annotations
 
 from typing import Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from tokencompose.schemas.registry import Criterion, GateDecision
+from tokencompose.schemas.retrain import GateSettings
 
 Values = Union[Sequence[float], np.ndarray]
 Counts = tuple[Values, Values]
-
-
-class GateSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    level: int = Field(3, ge=1, le=5, description="the MG_k whose gain is judged (MultiGen MG3 by default)")
-    margin: float = Field(0.0, description="the gain's lower bound must exceed this (MG percentage points)")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="one-sided confidence of the lower bound")
-    bootstrap_samples: int = Field(2000, ge=100)
-    seed: int = 0
-    fid_tolerance: float | None = Field(0.5, ge=0, description="largest allowed FID increase; None: not judged")
-    clip_tolerance: float | None = Field(0.5, ge=0, description="largest allowed CLIP-score drop; None: not judged")
-
-
-class Criterion(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    value: float | None = Field(description="candidate minus baseline; None when not measured")
-    low: float | None = None
-    high: float | None = None
-    threshold: float
-    rule: str
-    passed: bool
-    reason: str
-    baseline: float | None = None
-    candidate: float | None = None
-
-
-class GateDecision(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    promote: bool
-    criteria: list[Criterion]
-    settings: GateSettings
-
-    def failed(self) -> list[str]:
-        return [f"{c.name}: {c.reason}" for c in self.criteria if not c.passed]
 
 
 def _rates(success: np.ndarray, scored: np.ndarray) -> np.ndarray:

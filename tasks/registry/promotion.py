@@ -1,11 +1,13 @@
 """The decisions of scheduled retraining, as plain functions: what to train from, whether there is
-anything new to train on, whether the candidate replaces the promoted model, and what becomes of the
-runs folders of retrains that were killed."""
+anything new to train on, whether the candidate replaces the promoted model (the promotion gate,
+tasks/evaluation/gate.py, judged on the quick evaluation's detections and report), and what becomes of
+the runs folders of retrains that were killed."""
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,8 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from tokencompose.schemas.evaluation import EvaluateConfig
+from tokencompose.schemas.multigen import ModelReport, MultiGenReport
+from tokencompose.schemas.registry import (Criterion, GateDecision, MultiGenResult, RegistryEntry, RegistryEvent,
+                                           entry_id_problem)
 from tokencompose.schemas.reports import DatasetVersion
-from tokencompose.schemas.registry import MultiGenResult, RegistryEntry, RegistryEvent, entry_id_problem
+from tokencompose.schemas.retrain import GateSettings
+from tokencompose.tasks.evaluation import gate
 from tokencompose.tasks.registry.store import ModelRegistry, utc_now
 
 # Held (flock) in runs/<id>/ while that retrain runs: a folder whose lock can be taken was left by a
@@ -34,7 +41,16 @@ class StartingPoint:
 class Decision:
     promote: bool
     reason: str
-    result: MultiGenResult
+    result: MultiGenResult | None   # the deciding MG_k's means, as entries before the gate recorded them
+    gate: GateDecision              # every criterion's value, interval, threshold and verdict
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate judges, read from one evaluation run of both models (same prompts and seeds)."""
+
+    report: MultiGenReport
+    rows: dict[str, list[dict]]   # model label -> its MultiGen detection rows
 
 
 def latest_dataset(out_dir: Path) -> DatasetVersion:
@@ -69,39 +85,156 @@ def already_used(registry: ModelRegistry, dataset_dir: Path, version: int) -> Re
     return None
 
 
-def decide(candidate: dict, baseline: dict, metric: str, margin: float, baseline_name: str,
-           report: str | None = None) -> Decision:
-    """Promote when the candidate's metric beats the baseline's by more than ``margin`` points.
+def read_report(json_path: Path) -> MultiGenReport:
+    """The report.json an evaluation wrote (its markdown, report.md, read beside it when it is there)."""
+    data = json.loads(Path(json_path).read_text())
+    markdown = Path(data.get("markdown_path") or "")
+    return MultiGenReport.model_validate({**data, "markdown": markdown.read_text() if markdown.is_file() else ""})
 
-    ``candidate``/``baseline`` are a MultiGen report's ``mg`` dicts: {"MG3": {"mean": .., "std": ..}, ...}."""
-    value, base = float(candidate[metric]["mean"]), float(baseline[metric]["mean"])
-    result = MultiGenResult(metric=metric, value=value, baseline=baseline_name, baseline_value=base,
-                            scores={k: float(v["mean"]) for k, v in candidate.items()}, report=report)
-    gain = value - base
-    if gain > margin:
-        return Decision(True, f"{metric} {value:.2f} beats {baseline_name}'s {base:.2f} by {gain:.2f} "
-                              f"(> margin {margin:g})", result)
-    return Decision(False, f"{metric} {value:.2f} vs {baseline_name}'s {base:.2f}: gain {gain:.2f} is not above "
-                           f"the margin {margin:g}", result)
+
+def read_evidence(evaluation: EvaluateConfig) -> Evidence:
+    """Both models' detection rows (each file checked against its record) and the report of a finished evaluation."""
+    from tokencompose.tasks.multigen.plan import model_rows, preflight
+    from tokencompose.tasks.multigen.report import REPORT_JSON
+
+    plan = preflight(evaluation)
+    return Evidence(read_report(Path(evaluation.out_dir) / REPORT_JSON),
+                    {run.label: model_rows(plan, run) for run in plan.runs})
+
+
+def _model(report: MultiGenReport, label: str) -> ModelReport:
+    for model in report.models:
+        if model.label == label:
+            return model
+    raise ValueError(f"the evaluation report has no model {label!r} (it has {[m.label for m in report.models]})")
+
+
+def _fid(model: ModelReport, image_set: str | None) -> float | None:
+    figures = model.metrics.fid.get(image_set) if image_set else None
+    value = figures.get("fid") if figures else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _clip_pairs(baseline: ModelReport, candidate: ModelReport, image_set: str
+                ) -> tuple[list[float] | None, list[float] | None]:
+    """Both models' per-prompt mean CLIP scores on their common prompts (same order), or None, None."""
+    def per_prompt(model: ModelReport) -> dict[str, float]:
+        figures = model.metrics.clip_score.get(image_set) or {}
+        scores = figures.get("per_prompt")
+        if not isinstance(scores, dict):
+            return {}
+        return {str(k): float(v) for k, v in scores.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+    base, cand = per_prompt(baseline), per_prompt(candidate)
+    common = sorted(set(base) & set(cand))
+    if not common:
+        return None, None
+    return [base[k] for k in common], [cand[k] for k in common]
+
+
+def _multigen_result(baseline: ModelReport, candidate: ModelReport, metric: str, baseline_name: str,
+                     report: str) -> MultiGenResult | None:
+    """The deciding MG_k's means as entries before the gate recorded them; None when a mean is not a number
+    (every image NaN; report.json writes it as null): JSON has no NaN, and the gate fails such a candidate."""
+    def means(model: ModelReport) -> dict[str, float | None]:
+        values = {level: figures.get("mean") for level, figures in model.mg.items()}
+        return {level: float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+                for level, v in values.items()}
+
+    cand_means, base_means = means(candidate), means(baseline)
+    if metric not in cand_means or metric not in base_means:
+        raise ValueError(f"the evaluation report has no {metric} for {baseline.label} and {candidate.label}")
+    base_value = base_means[metric]
+    scores = {level: v for level, v in cand_means.items() if v is not None}
+    if base_value is None or len(scores) < len(cand_means):
+        return None
+    return MultiGenResult(metric=metric, value=scores[metric], baseline=baseline_name, baseline_value=base_value,
+                          scores=scores, report=report)
+
+
+def judge(settings: GateSettings, evidence: Evidence, baseline_label: str, candidate_label: str, threshold: float,
+          fid_set: str | None, clip_set: str, baseline_name: str) -> Decision:
+    """The promotion gate on one evaluation: the MG_k gain from both models' detection rows on their common
+    prompts (``threshold``: the detector's), FID on ``fid_set`` and per-prompt CLIP score on ``clip_set`` from
+    the report. ``baseline_name`` is what the entry says it was compared with (an entry id or the base model)."""
+    baseline, candidate = _model(evidence.report, baseline_label), _model(evidence.report, candidate_label)
+    composition = gate.composition_from_rows(evidence.rows.get(baseline_label, []),
+                                             evidence.rows.get(candidate_label, []), threshold, settings.level)
+    clip_baseline, clip_candidate = _clip_pairs(baseline, candidate, clip_set)
+    decision = gate.decide(settings, *composition, fid_baseline=_fid(baseline, fid_set),
+                           fid_candidate=_fid(candidate, fid_set), clip_baseline=clip_baseline,
+                           clip_candidate=clip_candidate)
+    result = _multigen_result(baseline, candidate, f"MG{settings.level}", baseline_name,
+                              str(evidence.report.markdown_path))
+    if decision.promote:
+        reason = "every gate criterion passed: " + "; ".join(f"{c.name}: {c.reason}" for c in decision.criteria)
+    else:
+        reason = "gate failed: " + "; ".join(decision.failed())
+    return Decision(decision.promote, reason, result, decision)
+
+
+def _figure(value: float | None, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _interval(criterion: Criterion) -> str:
+    if criterion.low is None:
+        return "-"
+    if criterion.high is None:
+        return f"[{criterion.low:+.3f}, ∞)"
+    return f"[{criterion.low:+.3f}, {criterion.high:+.3f}]"
+
+
+THRESHOLD_SIGNS = {"fid": "change ≤", "clip_score": "change ≥"}   # composition: the lower bound must exceed it
+GATE_COLUMNS = ("criterion", "baseline", "candidate", "change", "interval", "threshold", "verdict")
+
+
+def gate_rows(decision: GateDecision) -> list[tuple[str, ...]]:
+    """One row of :data:`GATE_COLUMNS` per judged criterion, as text."""
+    rows: list[tuple[str, ...]] = []
+    for c in decision.criteria:
+        sign = THRESHOLD_SIGNS.get(c.name, "lower bound >")
+        verdict = "pass" if c.passed else ("FAIL (not measured)" if c.value is None else "FAIL")
+        rows.append((c.name, _figure(c.baseline), _figure(c.candidate), _figure(c.value, True), _interval(c),
+                     f"{sign} {c.threshold:+.3f}", verdict))
+    return rows
+
+
+def gate_table(decision: GateDecision) -> list[str]:
+    """The gate's criteria as markdown table lines."""
+    return ["| " + " | ".join(GATE_COLUMNS) + " |", "|" + "---|" * len(GATE_COLUMNS),
+            *("| " + " | ".join(row) + " |" for row in gate_rows(decision))]
+
+
+def gate_settings_line(settings: GateSettings) -> str:
+    fid = "not judged" if settings.fid_tolerance is None else f"tolerance {settings.fid_tolerance:g}"
+    clip = "not judged" if settings.clip_tolerance is None else f"tolerance {settings.clip_tolerance:g}"
+    return (f"Gate: MG{settings.level} gain's one-sided {settings.confidence:.0%} lower bound (paired bootstrap over "
+            f"prompts, {settings.bootstrap_samples} samples, seed {settings.seed}) must exceed the margin "
+            f"{settings.margin:g}; FID {fid}; CLIP score {clip}. Interval: the gain's lower bound (one-sided), "
+            "CLIP score's two-sided interval; FID has none.")
 
 
 def comparison_markdown(entry_id: str, start: StartingPoint, decision: Decision | None, note: str,
                         baseline_scores: dict[str, float] | None = None) -> str:
-    """The run's markdown artifact: both models' MultiGen means side by side and the decision."""
+    """The run's markdown artifact: the gate's criteria, both models' MultiGen means, and the decision."""
     lines = [f"## retrain-tokencompose: {entry_id}", "", note, ""]
     if decision is not None:
         r = decision.result
-        keys = sorted(r.scores)
-        lines += ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        if baseline_scores:
-            lines.append(f"| {start.label} | " + " | ".join(f"{baseline_scores.get(k, float('nan')):.2f}" for k in keys)
-                         + " |")
-        lines += ["| candidate | " + " | ".join(f"{r.scores[k]:.2f}" for k in keys) + " |",
-                  "", f"Deciding metric {r.metric}: candidate {r.value:.2f}, {start.label} ({r.baseline}) "
-                      f"{r.baseline_value:.2f}.", "", f"Decision: {'promoted' if decision.promote else 'rejected'}: "
-                      f"{decision.reason}."]
-        if r.report:
-            lines += ["", f"Full MultiGen report: {r.report}"]
+        lines += [f"Candidate against {start.label} ({start.parent or start.model}), on the same prompts and "
+                  "seeds.", "", *gate_table(decision.gate), "", gate_settings_line(decision.gate.settings), ""]
+        if r is not None:
+            keys = sorted(r.scores)
+            lines += ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+            if baseline_scores:
+                lines.append(f"| {start.label} | "
+                             + " | ".join(f"{baseline_scores.get(k, float('nan')):.2f}" for k in keys) + " |")
+            lines += ["| candidate | " + " | ".join(f"{r.scores[k]:.2f}" for k in keys) + " |", ""]
+        lines.append(f"Decision: {'promoted' if decision.promote else 'rejected'}: {decision.reason}.")
+        if r is not None and r.report:
+            lines += ["", f"Full evaluation report: {r.report}"]
     return "\n".join(lines)
 
 

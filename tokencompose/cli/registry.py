@@ -1,4 +1,5 @@
-"""`tokencompose models registry`: list the trained models, check, repair, promote, roll back, gc.
+"""`tokencompose models registry`: list the trained models, show one (with its promotion gate's criteria),
+check, repair, promote, roll back, gc.
 
 Every verb checks the registry first and prints each problem as one line on stderr; an error is one
 line on stderr and exit code 2."""
@@ -20,6 +21,9 @@ def add_registry_cli(models_parser: argparse.ArgumentParser) -> None:
     registry.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="the registry folder (default registry/)")
     verbs = registry.add_subparsers(dest="registry_action", metavar="VERB")
     verbs.add_parser("list", help="every entry, newest last (the default)")
+    show = verbs.add_parser("show", help="one entry: what made it, how it measured, the promotion gate's criteria "
+                            "and verdicts")
+    show.add_argument("entry", help="the entry id")
     verbs.add_parser("check", help="report damaged, dangling and unknown entries and a broken promoted pointer; "
                      "exit 2 if there is any")
     verbs.add_parser("repair", help="rebuild the index from the valid entry files (damaged files go to damaged/)")
@@ -41,19 +45,54 @@ def _status(entry, promoted: str | None) -> str:
     return "retired" if entry.status == "promoted" else entry.status
 
 
+def _gate_summary(entry) -> str:
+    """'passed', 'failed: <criteria that failed>', or '-' for an entry without a gate decision."""
+    if entry.gate is None:
+        return "-"
+    failed = [c.name for c in entry.gate.criteria if not c.passed]
+    return f"failed: {','.join(failed)}" if failed else "passed"
+
+
 def list_entries(registry, promoted: str | None) -> str:
-    rows = [("id", "status", "created", "steps", "dataset", "multigen", "reason")]
+    rows = [("id", "status", "created", "steps", "dataset", "multigen", "gate", "reason")]
     for entry in registry.entries():
         result = entry.multigen
         score = f"{result.metric} {result.value:.2f} vs {result.baseline_value:.2f}" if result else "-"
         dataset = f"v{entry.dataset_version}" if entry.dataset_version is not None else "-"
         rows.append((entry.id, _status(entry, promoted), entry.created, str(entry.steps), dataset, score,
-                     entry.reason))
+                     _gate_summary(entry), entry.reason))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
     if len(rows) == 1:
         lines.append(f"(no entries in {registry.root})")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def show_entry(entry, promoted: str | None) -> str:
+    """One entry in full: its fields, its MultiGen means and the gate's criteria as an aligned table."""
+    from tokencompose.tasks.registry.promotion import GATE_COLUMNS, gate_rows, gate_settings_line
+
+    dataset = f"{entry.dataset_dir} v{entry.dataset_version}" if entry.dataset_version is not None else \
+        f"{entry.dataset_dir} (no version: trained again by the next run)"
+    lines = [f"id: {entry.id}", f"status: {_status(entry, promoted)}", f"created: {entry.created}",
+             f"pipeline: {entry.pipeline_dir or '-'}", f"trained from: {entry.parent or entry.base_model}",
+             f"dataset: {dataset}, {len(entry.dataset_shards)} shards", f"steps: {entry.steps}",
+             f"train config hash: {entry.train_config_hash}"]
+    result = entry.multigen
+    if result is not None:
+        means = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result.scores.items()))
+        lines.append(f"multigen: {result.metric} {result.value:.2f} vs {result.baseline_value:.2f} ({result.baseline})"
+                     + (f"; {means}" if means else "") + (f"; report {result.report}" if result.report else ""))
+    if entry.gate is None:
+        lines.append("gate: not recorded (not evaluated, or written before the promotion gate)")
+    else:
+        lines += [f"gate: {'passed' if entry.gate.promote else 'failed'}", f"  {gate_settings_line(entry.gate.settings)}"]
+        rows = [GATE_COLUMNS, *gate_rows(entry.gate)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(GATE_COLUMNS))]
+        lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+        lines += [f"  {c.name}: {c.reason}" for c in entry.gate.criteria]
+    lines.append(f"reason: {entry.reason}")
+    return "\n".join(lines)
 
 
 def _say(line: str) -> None:
@@ -80,6 +119,12 @@ def _run(args: argparse.Namespace) -> int:
     elif action == "repair":
         for line in registry.repair():
             print(f"repair: {line}")
+    elif action == "show":
+        try:
+            promoted = registry.index().promoted
+        except RegistryError:
+            promoted = None  # reported above
+        print(show_entry(registry.entry(args.entry), promoted))
     elif action == "promote":
         entry = registry.promote(args.entry)
         print(f"promoted {entry.id} ({entry.pipeline_dir})")

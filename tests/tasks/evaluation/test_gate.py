@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokencompose.tasks.evaluation.gate import (GateSettings, bootstrap_draws, composition_criterion,
-                                                composition_from_rows, decide)
+from tokencompose.schemas.retrain import GateSettings
+from tokencompose.tasks.evaluation.gate import bootstrap_draws, composition_criterion, composition_from_rows, decide
 
 SETTINGS = GateSettings(level=3, margin=0.0, confidence=0.95, bootstrap_samples=1000, seed=11,
                         fid_tolerance=0.5, clip_tolerance=0.5)

@@ -1,4 +1,5 @@
-"""The model registry: entries, promotion, rollback, crash safety, format refusal, and its CLI."""
+"""The model registry: entries, promotion, rollback, crash safety, format refusal, and its CLI (the gate's
+decisions: test_promotion_gate.py)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from tokencompose.cli import parser_for
 from tokencompose.schemas.registry import MultiGenResult, RegistryEntry, Status
 from tokencompose.tasks.registry import store as registry_module
 from tokencompose.tasks.registry.store import ModelRegistry, RegistryError
-from tokencompose.tasks.registry.promotion import decide
 
 
 def pipeline(tmp_path: Path, name: str) -> Path:
@@ -99,17 +99,6 @@ def test_a_registry_from_a_newer_format_is_refused(tmp_path):
     damaged = ModelRegistry(root)          # a damaged index is for check and repair, not a refusal
     with pytest.raises(RegistryError, match="registry.json: not valid JSON"):
         damaged.index()
-
-
-def test_decisions_from_crafted_evaluation_results():
-    base = {"MG2": {"mean": 90.0}, "MG3": {"mean": 50.0}}
-    better = {"MG2": {"mean": 91.0}, "MG3": {"mean": 52.5}}
-    assert decide(better, base, "MG3", 2.0, "promoted").promote
-    assert not decide(better, base, "MG3", 3.0, "promoted").promote          # gain 2.5 is not above 3
-    assert not decide(base, base, "MG3", 0.0, "promoted").promote            # a tie keeps the promoted model
-    worse = decide({"MG2": {"mean": 95.0}, "MG3": {"mean": 49.0}}, base, "MG3", 0.0, "base")
-    assert not worse.promote and worse.result.value == 49.0 and worse.result.baseline_value == 50.0
-    assert decide(better, base, "MG2", 0.5, "x").promote
 
 
 def test_cli_lists_promotes_and_rolls_back(tmp_path, capsys):

@@ -238,7 +238,7 @@ json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner,
 hostile_ids = st.one_of(st.sampled_from(["a", "b", "c", "d", "e", "zzz", "", "../a", "/etc", ".x", "x" * 300, "a\nb"]),
                         st.text(max_size=12), st.integers(), st.none())
 ENTRY_FIELDS = ["id", "status", "created", "pipeline_dir", "base_model", "parent", "dataset_dir", "dataset_version",
-                "dataset_shards", "train_config_hash", "steps", "multigen", "reason", "extra"]
+                "dataset_shards", "train_config_hash", "steps", "multigen", "gate", "reason", "extra"]
 INDEX_FIELDS = ["format", "promoted", "history", "extra"]
 EVENT_FIELDS = ["at", "action", "entry", "by", "detail", "extra"]
 TARGETS = ["registry.json", "entries/a.json", "entries/b.json", "entries/c.json", "entries/d.json", "entries/e.json"]
