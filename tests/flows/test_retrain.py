@@ -30,6 +30,9 @@ def test_nothing_new_a_kill_during_training_and_the_next_run(prefect_api, one_th
     assert first["status"] == "rejected" and first["dataset_version"] == 1
     entry = registry.entry(first["entry"])
     assert entry.multigen.metric == "MG1" and entry.dataset_version == 1 and entry.parent is None
+    gain = entry.gate.criteria[0]       # FID and CLIP score are not judged in this configuration
+    assert [c.name for c in entry.gate.criteria] == ["composition_MG1"] and not entry.gate.promote
+    assert gain.threshold == 1000.0 and not gain.passed and entry.reason.startswith("gate failed: composition_MG1")
     assert (Path(entry.pipeline_dir) / "model_index.json").is_file()
     registry.promote(entry.id, reason="promoted by the test")
 
