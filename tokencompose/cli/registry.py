@@ -95,6 +95,15 @@ def show_entry(entry, promoted: str | None) -> str:
     return "\n".join(lines)
 
 
+def _promoted_id(registry) -> str | None:
+    from tokencompose.tasks.registry.store import RegistryError
+
+    try:
+        return registry.index().promoted
+    except RegistryError:
+        return None  # reported by the check; the entries are still worth showing
+
+
 def _say(line: str) -> None:
     print(f"registry: {line}", file=sys.stderr)
 
@@ -120,11 +129,7 @@ def _run(args: argparse.Namespace) -> int:
         for line in registry.repair():
             print(f"repair: {line}")
     elif action == "show":
-        try:
-            promoted = registry.index().promoted
-        except RegistryError:
-            promoted = None  # reported above
-        print(show_entry(registry.entry(args.entry), promoted))
+        print(show_entry(registry.entry(args.entry), _promoted_id(registry)))
     elif action == "promote":
         entry = registry.promote(args.entry)
         print(f"promoted {entry.id} ({entry.pipeline_dir})")
@@ -135,11 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         for line in collect_runs(registry, args.runs, dry_run=args.dry_run):
             print(line)
     else:
-        try:
-            promoted = registry.index().promoted
-        except RegistryError:
-            promoted = None  # reported above; the entries are still worth listing
-        print(list_entries(registry, promoted))
+        print(list_entries(registry, _promoted_id(registry)))
     return 0
 
 
