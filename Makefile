@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python bench/bench_build.py
 	$(BIN)/python bench/bench_grounding.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_metrics.py
 
 view: demo
 	$(BIN)/tokencompose view out/demo
