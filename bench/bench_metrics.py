@@ -189,7 +189,9 @@ def measure(args, clock: Clock, scratch: Path) -> dict:
     light = dict(warmup=1, repeats=args.repeats)
     heavy = dict(warmup=args.heavy_warmup, repeats=1)
     out: dict = {}
-    pipe = sd14_pipeline().to(args.device)
+    from tokencompose.tasks.multigen.generation import resolve_dtype
+
+    pipe = sd14_pipeline(dtype=resolve_dtype(args.precision, args.device)).to(args.device)
     gen, array = generation(pipe, clock, args.resolution, args.steps)
     out["generation"] = gen
     image = Image.fromarray(array)
@@ -320,7 +322,8 @@ def log(line: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", help="the detector's precision (fp32, bf16, fp16, auto)")
+    parser.add_argument("--precision", default="fp32", help="generation's and OWLv2-L's precision (fp32, bf16, fp16, "
+                        "auto); the other metrics run fp32 as the evaluation does")
     parser.add_argument("--resolution", type=int, default=128, help="generation (and FID, grounding) px; paper 512")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps run (>= 2); the 50-step figure is "
                         "derived from their measured step time")
@@ -349,12 +352,12 @@ def main() -> int:
                f"OWLv2-L at {args.owlv2_size} px" if args.owlv2_size != 960 else ""]
     results = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(), "weights": "random (real architectures)",
-               "precision": "fp32" if args.device == "cpu" else args.precision,
+               "precision": args.precision,
                "reduced_settings": [r for r in reduced if r], "gpu": "not measured" if args.device == "cpu" else None,
                "measured": measured, "paper_protocol": paper,
                "command": "python bench/bench_metrics.py " + " ".join(sys.argv[1:])}
     rows = per_image_table(measured)
-    print(f"\n{results['device_name']}, {results['torch_threads']} threads, fp32, random weights; reduced: "
+    print(f"\n{results['device_name']}, {results['torch_threads']} threads, {args.precision}, random weights; reduced: "
           f"{', '.join(results['reduced_settings']) or 'none'}")
     print(f"generation: {gen['seconds']:.1f} s per image for {gen['steps']} steps at {gen['resolution']} px "
           f"({gen['step_seconds']:.2f} s per UNet call); {gen['seconds_at_50_steps']:.1f} s at 50 steps\n")
