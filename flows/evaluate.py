@@ -2,8 +2,9 @@
 
 The flow orchestrates :mod:`tokencompose.tasks.multigen.run`: the preflight runs first (a missing or
 wrong folder, a bad prompt file stops the run before any work), then one task per model generates
-its shards (and its attention maps), one task per model detects, and a last task scores and writes
-the report; a table artifact and the markdown report are left in Prefect. Shards already on disk
+its shards (its attention maps, and the images, latency and grounding of the metrics beside MultiGen),
+one task per model detects, one per model scores those metrics (VISOR, OptiGen, FID, CLIP score:
+:mod:`tokencompose.tasks.evaluation.suite`) and a last task scores MultiGen and writes the report; a table artifact and the markdown report are left in Prefect. Shards already on disk
 are skipped, so a flow run started again resumes. For several GPUs run
 ``accelerate launch -m tokencompose evaluate --no-prefect ...`` instead (every rank then runs
 :func:`~tokencompose.tasks.multigen.run.evaluate_models`).
@@ -46,6 +47,17 @@ def detect_task(plan, label: str, device: str) -> dict:
     return detect_model(plan, run, resolve_device(device), progress=logger.info)
 
 
+@task(name="score-metrics", task_run_name="score-metrics-{label}", tags={GPU_TAG}, cache_policy=NO_CACHE)
+def score_metrics_task(plan, label: str, device: str) -> dict:
+    """VISOR, OptiGen, FID and CLIP score of one model's images (its metrics.json)."""
+    from tokencompose.tasks.models.devices import resolve_device
+    from tokencompose.tasks.multigen.run import score_metrics
+
+    logger = get_run_logger()
+    run = next(r for r in plan.runs if r.label == label)
+    return score_metrics(plan, run, resolve_device(device), progress=logger.info)
+
+
 def run_stage(stage, plan, config: EvaluateConfig) -> dict[str, dict]:
     """Each model's generation (or detection). On the local runner one after the other (models
     sharing one GPU would not fit together); on Dask or Ray all submitted at once, so each model
@@ -67,7 +79,7 @@ def report_task(plan) -> MultiGenReport:  # plan: tasks.multigen.plan.Plan, pass
 @flow(name=FLOW_NAME, log_prints=False)
 def evaluate_multigen(config: EvaluateConfig) -> dict[str, Any]:
     """Generate MultiGen images with each model, detect the prompts' categories with OWLv2, score MG1-MG5
-    and compare the models on the same prompts and seeds."""
+    (and the configured metrics beside it) and compare the models on the same prompts and seeds."""
     from pathlib import Path
 
     from tokencompose.tasks.models.devices import resolve_device
@@ -80,7 +92,10 @@ def evaluate_multigen(config: EvaluateConfig) -> dict[str, Any]:
     (Path(config.out_dir) / EVALUATE_CONFIG_FILE).write_text(config.to_json())
     logger.info("MultiGen: %d prompts x %d images, %d model(s), %d shards on %s", len(plan.prompts),
                 config.generation.images_per_prompt, len(plan.runs), len(plan.shards), device)
-    for stage, what in ((generate_task, "generation"), (detect_task, "detection")):
+    stages = [(generate_task, "generation"), (detect_task, "detection")]
+    if config.metrics.enabled():
+        stages.append((score_metrics_task, "metrics"))
+    for stage, what in stages:
         for label, counts in run_stage(stage, plan, config).items():
             logger.info("%s: %s %s", label, what, counts)
     report = report_task(quote(plan))

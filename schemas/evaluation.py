@@ -98,6 +98,127 @@ class ReportConfig(StrictModel):
     hardest: int = Field(default=10, ge=1, description="categories and pairs listed in the markdown")
 
 
+VISOR_DETECTOR = "google/owlvit-base-patch32"      # VISOR's OWL-ViT
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"   # torch-fidelity's FID Inception
+GPT2 = "gpt2"
+
+
+class VisorConfig(StrictModel):
+    """VISOR (SR2D) object accuracy and spatial accuracy: its spatial prompts generated and detected with OWL-ViT."""
+
+    enabled: bool = Field(default=False, description="run VISOR", json_schema_extra={"cli_shortcut": "visor"})
+    limit: int | None = Field(default=None, ge=1, description="quick mode: a seeded sample of N of the 25,280 "
+                              "spatial prompts (every relation kept in VISOR's proportions)")
+    sample_seed: int = Field(default=0, description="seed of the quick-mode sample")
+    images_per_prompt: int = Field(default=4, ge=1, description="VISOR generates 4 (VISOR_1..4 count them)")
+    detector: str = Field(default=VISOR_DETECTOR, description="an OWL-ViT (or OWLv2) folder: path, or name under "
+                          "the models folder")
+    threshold: float = Field(default=0.1, ge=0, le=1, description="a box counts when it scores above this")
+
+
+class RealImagesConfig(StrictModel):
+    """Real images with captions: the captions are generated and the generations compared with the images."""
+
+    name: str = Field(min_length=1, description="coco (the paper's FID (C)), flickr30k (FID (F)) or any name")
+    images: Path = Field(description="the folder of real images (file names as the captions file gives them)")
+    captions: Path = Field(description="COCO captions JSON (captions_val2017.json) or JSON Lines of "
+                           '{"image": file name, "caption": text}')
+    limit: int | None = Field(default=None, ge=2, description="quick mode: the first N images (sorted by file name) "
+                              "and the first caption of each")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError(f"fid.real name {value!r} is used as a folder name")
+        return value
+
+
+class FidConfig(StrictModel):
+    """FID against folders of real images (torch-fidelity, Inception weights from the models folder)."""
+
+    real: list[RealImagesConfig] = Field(default=[], description="one entry per real set (none: no FID)")
+    inception: str = Field(default=INCEPTION_WEIGHTS, description="torch-fidelity's Inception weights file: path, "
+                           "or name under the models folder")
+    resize: int | None = Field(default=None, ge=64, description="real and generated images are resized on the short "
+                               "side and centre-cropped to this (default: the generation resolution)")
+    layer: Literal["64", "192", "768", "2048"] = Field(default="2048", description="Inception feature layer (2048: "
+                                                       "the standard FID, as the paper; smaller ones for quick tests)")
+    batch_size: int = Field(default=32, ge=1)
+    cache_dir: Path = Field(default=Path("~/.cache/tokencompose/fid"), description="real-image statistics, cached "
+                            "by the images' and weights' content")
+
+
+class ClipScoreConfig(StrictModel):
+    """CLIP score (open_clip) of the FID generations against their captions (MultiGen's images when no FID set)."""
+
+    enabled: bool = Field(default=False, description="compute the CLIP score",
+                          json_schema_extra={"cli_shortcut": "clip-score"})
+    model: str = Field(default="ViT-L-14", description="open_clip model name")
+    pretrained: str = Field(default="openai", description="open_clip pretrained tag (weights in the models folder or "
+                            "hub cache) or a checkpoint file path")
+    batch_size: int = Field(default=32, ge=1)
+
+
+class LatencyConfig(StrictModel):
+    """Seconds per image at the run's generation settings (the paper: 50 PNDM steps, guidance 7.5, 512 px)."""
+
+    enabled: bool = Field(default=False, description="measure latency", json_schema_extra={"cli_shortcut": "latency"})
+    prompts: int = Field(default=10, ge=1, description="timed images (batch 1), the first MultiGen prompts")
+    warmup: int = Field(default=2, ge=0, description="untimed calls first")
+    batch_size: int = Field(default=8, ge=1, description="the batched path's batch (1: no throughput figure)")
+
+
+class GroundingConfig(StrictModel):
+    """Cross-attention mIoU against human masks on grounded shards (our build of COCO val2017)."""
+
+    shards: list[str] = Field(default=[], description="grounded WebDataset shards (paths or brace patterns); none: "
+                              "not measured")
+    protocol: Literal["fast"] = Field(default="fast", description="fast: noise the real latent to fixed timesteps, one "
+                                      "UNet pass each, DAAM's aggregation. DAAM's null-text-inversion protocol is not "
+                                      "implemented")
+    timesteps: list[int] = Field(default=[100, 300, 500], min_length=1)
+    threshold: float = Field(default=0.4, gt=0, lt=1, description="DAAM's binarisation threshold")
+    max_samples: int | None = Field(default=None, ge=1, description="quick mode: the first N usable images")
+
+
+class OptiGenConfig(StrictModel):
+    """OptiGen (seeds/000): the category tuples a language model finds least likely, generated and detected."""
+
+    enabled: bool = Field(default=False, description="run OptiGen", json_schema_extra={"cli_shortcut": "optigen"})
+    language_model: str = Field(default=GPT2, description="a causal language model folder: path, or name under the "
+                                "models folder")
+    categories: Literal["coco", "ade20k"] = Field(default="coco", description="COCO-80 or ADE20K-100")
+    count: int = Field(default=100, ge=1, description="the N least likely tuples become prompts")
+    size: int = Field(default=2, ge=2, le=5, description="categories per prompt; accuracy is MG_size")
+
+
+class MetricsConfig(StrictModel):
+    """The metrics beside MultiGen; each runs on every model with the same seeds, resumable like MultiGen."""
+
+    visor: VisorConfig = VisorConfig()
+    fid: FidConfig = FidConfig()
+    clip_score: ClipScoreConfig = ClipScoreConfig()
+    latency: LatencyConfig = LatencyConfig()
+    grounding: GroundingConfig = GroundingConfig()
+    optigen: OptiGenConfig = OptiGenConfig()
+
+    @model_validator(mode="after")
+    def _distinct_sets(self) -> "MetricsConfig":
+        names = [r.name for r in self.fid.real]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metrics.fid.real names must differ, got {names}")
+        return self
+
+    def enabled(self) -> list[str]:
+        """The metrics this run measures, in report order."""
+        return [name for name, on in (("visor", self.visor.enabled), ("optigen", self.optigen.enabled),
+                                      ("fid", bool(self.fid.real)), ("clip_score", self.clip_score.enabled),
+                                      ("latency", self.latency.enabled), ("grounding", bool(self.grounding.shards)))
+                if on]
+
+
 class EvaluateConfig(StrictModel):
     """One MultiGen run: several models on the same prompts and seeds, one report."""
 
@@ -112,6 +233,8 @@ class EvaluateConfig(StrictModel):
     generation: GenerationConfig = GenerationConfig()
     detection: DetectionConfig = DetectionConfig()
     report: ReportConfig = ReportConfig()
+    metrics: MetricsConfig = Field(default=MetricsConfig(), description="VISOR, OptiGen, FID, CLIP score, latency "
+                                   "and grounding mIoU beside MultiGen (all off by default)")
     models: ModelsConfig = ModelsConfig()
     runner: RunnerConfig = Field(default=RunnerConfig(), description="where the generation and detection tasks run")
 

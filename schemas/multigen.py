@@ -33,6 +33,27 @@ class ModelScores(StrictRecord):
         return {level: float(value["mean"]) for level, value in self.mg.items()}
 
 
+class ModelMetrics(StrictRecord):
+    """One model's figures beside MultiGen (``<label>/metrics.json``); a metric not run is None / empty.
+
+    ``fid`` and ``clip_score`` are keyed by image set: a real set's name (``coco``, ``flickr30k``: its
+    captions' generations) or ``multigen`` (CLIP score of the MultiGen images when no real set is given).
+    """
+
+    visor: dict[str, Any] | None = Field(default=None, description="OA, OA_subject, OA_object, VISOR_cond, "
+                                         "VISOR_uncond, VISOR_1..4 (percent), images, scored, nan, prompts, "
+                                         "per_relation")
+    optigen: dict[str, Any] | None = Field(default=None, description='level ("MG2"), mean, std, rounds, pooled, '
+                                           "images, nan, categories, size, prompts")
+    fid: dict[str, dict[str, Any]] = Field(default_factory=dict, description='set -> {"fid", "real_images", '
+                                           '"generated_images", "real_cache_hit", "layer", "resize"}')
+    clip_score: dict[str, dict[str, Any]] = Field(default_factory=dict, description='set -> {"clip_score", "std", '
+                                                  '"images", "model", "per_prompt": {prompt id: mean}}')
+    latency: dict[str, Any] | None = Field(default=None, description="LatencyResult (tasks/evaluation/latency.py)")
+    grounding: dict[str, Any] | None = Field(default=None, description="protocol, miou, nouns, images, timesteps, "
+                                             "threshold, skipped_samples (per-noun IoUs in grounding.json)")
+
+
 class ModelReport(ModelScores):
     """A model's scores in the report, with its folder, its sample grid and attention grids (relative paths)."""
 
@@ -41,6 +62,7 @@ class ModelReport(ModelScores):
     model_id: str
     grid: str | None = None
     attention: list[str] = []
+    metrics: ModelMetrics = Field(default_factory=ModelMetrics)
 
 
 class Comparison(StrictRecord):
@@ -48,6 +70,11 @@ class Comparison(StrictRecord):
     model: str
     mg: dict[str, dict[str, float]] = Field(description='"MG3" -> {"diff", "low", "high", "prompts"}: the paired '
                                             'bootstrap of the model minus the baseline')
+    metrics: dict[str, dict[str, float | None]] = Field(default_factory=dict, description='"OA", "VISOR_cond", '
+                                                        '"OptiGen", "CLIP score (coco)", "FID (coco)", ... -> {"diff", '
+                                                        '"low", "high"}: model minus baseline on the same prompts and '
+                                                        'seeds (paired bootstrap over prompts; FID and latency have no '
+                                                        'interval)')
 
 
 class MultiGenReport(StrictRecord):

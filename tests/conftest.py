@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.testkit import SourceBuilder, demo_config
 
-pytest_plugins = ["tests.support.training_fixtures"]
+pytest_plugins = ["tests.support.training_fixtures", "tests.support.evaluation_fixtures"]
 
 @pytest.fixture
 def make_demo_config(tmp_path):

@@ -61,7 +61,7 @@ class ClipScorer:
         return out
 
 
-def per_prompt_means(prompt_ids: Sequence[int], scores: Sequence[float]) -> dict[int, float]:
+def per_prompt_means(prompt_ids: Sequence[int], scores: Sequence[float] | np.ndarray) -> dict[int, float]:
     """Mean CLIP score of each prompt's images, keyed by prompt id (ascending)."""
     sums: dict[int, list[float]] = {}
     for prompt_id, value in zip(prompt_ids, scores, strict=True):
@@ -69,7 +69,7 @@ def per_prompt_means(prompt_ids: Sequence[int], scores: Sequence[float]) -> dict
     return {pid: float(np.mean(values)) for pid, values in sorted(sums.items())}
 
 
-def summary(scores: Sequence[float]) -> dict:
+def summary(scores: Sequence[float] | np.ndarray) -> dict:
     values = np.asarray(scores, dtype=np.float64)
     return {"clip_score": float(values.mean()) if len(values) else float("nan"),
             "std": float(values.std(ddof=0)) if len(values) else float("nan"), "images": len(values)}

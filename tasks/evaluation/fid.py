@@ -137,11 +137,14 @@ def files_dataset(files: Sequence[Path], resize: int | None):
     return ImagesPathDataset([str(f) for f in files], image_transform(resize))
 
 
-def real_statistics(folder: Path, extractor: InceptionFeatures, cache_dir: Path, resize: int | None = None
-                    ) -> tuple[Statistics, bool]:
-    """The statistics of the real images in ``folder`` and whether they came from the cache."""
+def real_statistics(folder: Path, extractor: InceptionFeatures, cache_dir: Path, resize: int | None = None,
+                    files: Sequence[Path] | None = None) -> tuple[Statistics, bool]:
+    """The statistics of the real images in ``folder`` (or of ``files`` in it: the images whose captions
+    were generated) and whether they came from the cache."""
     folder = Path(folder)
-    files = list_images(folder)
+    files = list_images(folder) if files is None else sorted(Path(f) for f in files)
+    if len(files) < 2:
+        raise FidInputError(f"{folder}: FID needs at least 2 real images, got {len(files)}")
     key = content_key(folder, files, extractor.weights, extractor.layer, resize)
     cached = Path(cache_dir) / f"fid-real-{key[:40]}.npz"
     if cached.is_file():
@@ -162,14 +165,15 @@ def frechet_distance(real: Statistics, generated: Statistics) -> float:
     return float(fid_statistics_to_metric(real.as_fidelity(), generated.as_fidelity(), False)[KEY_METRIC_FID])
 
 
-def fid(real_folder: Path, generated, extractor: InceptionFeatures, cache_dir: Path, resize: int | None = None
-        ) -> dict:
-    """FID of ``generated`` (image files, or encoded image bytes) against ``real_folder``."""
+def fid(real_folder: Path, generated, extractor: InceptionFeatures, cache_dir: Path, resize: int | None = None,
+        real_files: Sequence[Path] | None = None) -> dict:
+    """FID of ``generated`` (image files, or encoded image bytes) against ``real_folder`` (or ``real_files``
+    in it)."""
     items = list(generated)
     if len(items) < 2:
         raise FidInputError(f"FID needs at least 2 generated images, got {len(items)}")
     dataset = bytes_dataset(items, resize) if isinstance(items[0], (bytes, bytearray)) else files_dataset(items, resize)
-    real, hit = real_statistics(real_folder, extractor, cache_dir, resize)
+    real, hit = real_statistics(real_folder, extractor, cache_dir, resize, real_files)
     generated_stats = extractor.statistics(dataset)
     return {"fid": frechet_distance(real, generated_stats), "real_images": real.count,
             "generated_images": generated_stats.count, "real_cache_hit": hit, "layer": extractor.layer,

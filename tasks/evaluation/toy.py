@@ -1,6 +1,6 @@
-"""Tiny random-weight models for the evaluation tests and benchmarks, built offline: a GPT-2 with a
+"""Random-weight models for the evaluation tests and benchmarks, built offline: a GPT-2 with a
 byte-level BPE tokenizer trained on the OptiGen template and category names, and torch-fidelity's
-InceptionV3 with random weights saved as a weights file."""
+InceptionV3 with random weights saved as a weights file, and an open_clip model saved as a checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,4 +49,18 @@ def save_random_inception(path: Path, seed: int = 0) -> Path:
     network = Unloaded("inception-random", ["2048"], feature_extractor_weights_path=str(empty))
     empty.unlink()
     torch.save(network.state_dict(), path)
+    return path
+
+
+def save_random_clip(path: Path, model_name: str = "ViT-S-32", seed: int = 0) -> Path:
+    """An open_clip model of ``model_name``'s architecture with random weights, saved as the state-dict
+    checkpoint file a CLIP score configuration names as ``pretrained``."""
+    import open_clip
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, pretrained=None)
+    torch.save(model.state_dict(), path)
     return path

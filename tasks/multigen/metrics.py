@@ -84,21 +84,52 @@ def paired_bootstrap(baseline: Sequence[dict], model: Sequence[dict], threshold:
     """Pooled MG_k of ``model`` minus ``baseline`` over their common prompts, with a percentile interval
     from resampling prompts with replacement (the same draws for both: a paired bootstrap)."""
     prompt_ids = sorted({r["prompt_id"] for r in baseline} & {r["prompt_id"] for r in model})
-    if not prompt_ids:
-        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "prompts": 0}
     sa, na = success_table(baseline, threshold, k, prompt_ids)
     sb, nb = success_table(model, threshold, k, prompt_ids)
+    return paired_rate_difference((sa, na), (sb, nb), samples, seed, confidence)
 
-    def rate(s, n):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return 100.0 * s / n
 
-    diff = float(rate(sb.sum(), nb.sum()) - rate(sa.sum(), na.sum()))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(prompt_ids), size=(samples, len(prompt_ids)))
-    weights = np.stack([np.bincount(d, minlength=len(prompt_ids)) for d in draws]).astype(np.float64)
-    diffs = rate(weights @ sb, weights @ nb) - rate(weights @ sa, weights @ na)
-    diffs = diffs[np.isfinite(diffs)]
+def _rate(success, scored):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100.0 * success / scored
+
+
+def _draws(prompts: int, samples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, prompts, size=(samples, prompts))
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
     tail = (1 - confidence) / 2 * 100
-    low, high = (np.percentile(diffs, [tail, 100 - tail]) if len(diffs) else (float("nan"), float("nan")))
-    return {"diff": diff, "low": float(low), "high": float(high), "prompts": len(prompt_ids)}
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired_rate_difference(baseline: tuple[Sequence[float], Sequence[float]] | tuple[np.ndarray, np.ndarray],
+                           model: tuple[Sequence[float], Sequence[float]] | tuple[np.ndarray, np.ndarray],
+                           samples: int, seed: int, confidence: float) -> dict:
+    """Pooled rate (percent) of ``model`` minus ``baseline`` from per-prompt (successes, scored images) aligned
+    by prompt, with the percentile interval of a paired bootstrap over prompts."""
+    (sa, na), (sb, nb) = (np.asarray(a, dtype=np.float64) for a in baseline), (np.asarray(a, dtype=np.float64)
+                                                                               for a in model)
+    if not len(sa):
+        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "prompts": 0}
+    diff = float(_rate(sb.sum(), nb.sum()) - _rate(sa.sum(), na.sum()))
+    draws = _draws(len(sa), samples, seed)
+    weights = np.stack([np.bincount(d, minlength=len(sa)) for d in draws]).astype(np.float64)
+    low, high = _interval(_rate(weights @ sb, weights @ nb) - _rate(weights @ sa, weights @ na), confidence)
+    return {"diff": diff, "low": low, "high": high, "prompts": len(sa)}
+
+
+def paired_mean_difference(baseline: Sequence[float], model: Sequence[float], samples: int, seed: int,
+                           confidence: float) -> dict:
+    """Mean of ``model`` minus mean of ``baseline`` over per-prompt values aligned by prompt (e.g. CLIP score),
+    with the percentile interval of a paired bootstrap over prompts."""
+    a, b = np.asarray(baseline, dtype=np.float64), np.asarray(model, dtype=np.float64)
+    if not len(a):
+        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "prompts": 0}
+    draws = _draws(len(a), samples, seed)
+    low, high = _interval(b[draws].mean(axis=1) - a[draws].mean(axis=1), confidence)
+    return {"diff": float(b.mean() - a.mean()), "low": low, "high": high, "prompts": len(a)}

@@ -8,10 +8,11 @@ the weights look-up.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokencompose.schemas.evaluation import EvaluateConfig
+from tokencompose.tasks.evaluation.sets import MetricsPlan, metrics_preflight
 from tokencompose.tasks.models.preflight import evaluate_problems
 from tokencompose.tasks.models.weights import (describe_missing, find_weights, hf_cache_dir, models_dir, owlv2_spec,
                                                stable_diffusion_spec)
@@ -78,6 +79,7 @@ class Plan:
     runs: list[ModelRun]
     detector: Path
     shards: list[gen.ShardPlan]
+    metrics: MetricsPlan = field(default_factory=MetricsPlan)    # what the metrics beside MultiGen need
 
 
 def preflight(config: EvaluateConfig) -> Plan:
@@ -109,6 +111,8 @@ def preflight(config: EvaluateConfig) -> Plan:
         problems.append(f"detector: {problem}")
     else:
         problems += [f"detector: {p}" for p in det.check_owlv2_folder(detector)]
+    metrics, metric_problems = metrics_preflight(config)
+    problems += metric_problems
     if not problems and detector is not None:
         problems += _prompt_window_problems(config, prompts, runs, detector)
     if not problems:
@@ -117,7 +121,7 @@ def preflight(config: EvaluateConfig) -> Plan:
     if problems or detector is None:
         raise EvaluationError("cannot start the MultiGen evaluation:\n" + "\n".join(f"  - {p}" for p in problems))
     shards = gen.plan_shards(prompts, config.generation.prompts_per_shard)
-    return Plan(config, prompts, fingerprint, runs, detector, shards)
+    return Plan(config, prompts, fingerprint, runs, detector, shards, metrics)
 
 
 def _prompt_window_problems(config: EvaluateConfig, prompts: list[Prompt], runs: list[ModelRun],

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tokencompose.schemas.evaluation import EVALUATE_CONFIG_FILE, EvaluateConfig
+from tokencompose.tasks.evaluation import suite
 from tokencompose.tasks.multigen import detection as det
 from tokencompose.tasks.multigen import generation as gen
 from tokencompose.tasks.multigen import integrity
@@ -83,8 +84,9 @@ def generate_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world:
     mine = gen.for_rank(plan.shards, rank, world)
     missing = [s for s in mine if not integrity.status(run.images_dir / f"{s.name}.tar")[0]]
     todo_attention = attention and rank == 0 and _attention_missing(plan, run)
+    todo_metrics = suite.missing_work(plan, run, device, rank, world)
     totals = {"shards_done": 0, "shards_skipped": len(mine) - len(missing), "images": 0, "nan": 0}
-    if not missing and not todo_attention:
+    if not missing and not todo_attention and not todo_metrics:
         return totals
     pipe = gen.load_pipeline(run.path, device, gen.resolve_dtype(g.precision, device), g.scheduler, g.compile)
 
@@ -99,6 +101,9 @@ def generate_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world:
     totals["shards_skipped"] += len(mine) - len(missing)
     if todo_attention:
         attention_for_model(plan, run, pipe)
+    if todo_metrics:
+        counts = suite.generate_sets(plan, run, pipe, rank, world, progress, _noting_redone(run, progress))
+        totals["metric_images"] = counts["images"]
     del pipe
     _free(device)
     return totals
@@ -168,6 +173,31 @@ def detect_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world: i
     return totals
 
 
+def score_metrics(plan: Plan, run: ModelRun, device: str, progress: Progress | None = None) -> dict:
+    """The metrics beside MultiGen of one model (VISOR, OptiGen, FID, CLIP score; latency and grounding were
+    measured while generating), written to its metrics.json; returns their headline figures."""
+    if not plan.config.metrics.enabled():
+        return {}
+    metrics = suite.score_model(plan, run, device, progress, _noting_redone(run, progress))
+    return headline(metrics)
+
+
+def headline(metrics) -> dict:
+    """One figure per metric, for logs and the CLI summary."""
+    figures: dict = {}
+    if metrics.visor:
+        figures["OA"] = round(metrics.visor["OA"], 2)
+    if metrics.optigen:
+        figures["OptiGen"] = round(metrics.optigen["mean"], 2)
+    figures.update({f"FID ({name})": round(value["fid"], 3) for name, value in metrics.fid.items()})
+    figures.update({f"CLIP ({name})": round(value["clip_score"], 3) for name, value in metrics.clip_score.items()})
+    if metrics.latency:
+        figures["latency_s"] = round(metrics.latency["seconds_per_image_mean"], 4)
+    if metrics.grounding:
+        figures["mIoU"] = round(metrics.grounding["miou"], 4)
+    return figures
+
+
 def _detections_missing(plan: Plan, run: ModelRun, rank: int, world: int) -> bool:
     for shard in gen.for_rank(plan.shards, rank, world):
         path = run.images_dir / f"{shard.name}.tar"
@@ -209,6 +239,11 @@ def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *,
     _barrier(world)
     if rank != 0:
         return None
+    for run in plan.runs:
+        figures = score_metrics(plan, run, device, say)
+        if figures:
+            say(f"{run.label}: metrics {figures}")
+    _free(device)
     report = build_report(plan)
     say(f"report: {report.markdown_path}")
     return report
@@ -216,7 +251,8 @@ def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *,
 
 def evaluate_cli_summary(report) -> dict:
     return {"report": str(report.markdown_path), "json": str(report.json_path),
-            "models": {m.label: {k: round(v["mean"], 2) for k, v in m.mg.items()} for m in report.models},
+            "models": {m.label: {**{k: round(v["mean"], 2) for k, v in m.mg.items()}, **headline(m.metrics)}
+                       for m in report.models},
             "nan_images": {m.label: m.nan for m in report.models}}
 
 
@@ -225,4 +261,4 @@ def rows_by_model(plan: Plan) -> dict[str, list[dict]]:
 
 
 __all__: Sequence[str] = ("EvaluationError", "Plan", "ModelRun", "preflight", "generate_model", "detect_model",
-                          "evaluate_models", "resolve_pipeline", "attention_for_model", "model_rows")
+                          "evaluate_models", "resolve_pipeline", "attention_for_model", "model_rows", "score_metrics")

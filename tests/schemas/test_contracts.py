@@ -73,7 +73,7 @@ def test_a_model_report_is_its_scores_with_where_the_model_is():
     scores = ModelScores(images=4, scored=3, nan=1, rounds=2, mg={"MG1": {"mean": 50.0, "std": 0.0, "rounds": [50, 50]}})
     report = ModelReport(label="sd", path="/m/sd", model_id="abc", **scores.model_dump())
     assert set(ModelReport.model_fields) - set(ModelScores.model_fields) == {"label", "path", "model_id", "grid",
-                                                                           "attention"}
+                                                                           "attention", "metrics"}
     assert report.model_dump(include=set(ModelScores.model_fields)) == scores.model_dump()
     assert report.means() == {"MG1": 50.0}
     assert RegistryEntry.model_fields["multigen"].annotation == MultiGenResult | None
