@@ -170,7 +170,7 @@ class LatencyConfig(StrictModel):
     batch_size: int = Field(default=8, ge=1, description="the batched path's batch (1: no throughput figure)")
 
 
-class GroundingConfig(StrictModel):
+class GroundingMiouConfig(StrictModel):
     """Cross-attention mIoU against human masks on grounded shards (our build of COCO val2017)."""
 
     shards: list[str] = Field(default=[], description="grounded WebDataset shards (paths or brace patterns); none: "
@@ -201,7 +201,7 @@ class MetricsConfig(StrictModel):
     fid: FidConfig = FidConfig()
     clip_score: ClipScoreConfig = ClipScoreConfig()
     latency: LatencyConfig = LatencyConfig()
-    grounding: GroundingConfig = GroundingConfig()
+    grounding: GroundingMiouConfig = GroundingMiouConfig()
     optigen: OptiGenConfig = OptiGenConfig()
 
     @model_validator(mode="after")
