@@ -319,6 +319,31 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def print_report(results: dict) -> None:
+    measured, paper = results["measured"], results["paper_protocol"]
+    gen = measured["generation"]
+    print(f"\n{results['device_name']}, {results['torch_threads']} threads, {results['precision']}, random weights; "
+          f"reduced: {', '.join(results['reduced_settings']) or 'none'}")
+    print(f"generation: {gen['seconds']:.1f} s per image for {gen['steps']} steps at {gen['resolution']} px "
+          f"({gen['step_seconds']:.2f} s per UNet call); {gen['seconds_at_50_steps']:.1f} s at 50 steps\n")
+    print("| metric | s/image | ratio to generation (50 steps) | note |\n|---|---:|---:|---|")
+    for name, seconds, note in per_image_table(measured):
+        ratio = seconds / gen["seconds_at_50_steps"]
+        print(f"| {name} | {seconds:.3f} | {ratio:.2%} | {note} |" if seconds == seconds else f"| {name} | - | - | {note} |")
+    print("\nThe paper's protocol per model:\n\n| part | images generated | evaluation s | against its own images' "
+          "generation | share of all generation |\n|---|---:|---:|---:|---:|")
+    for name, row in paper["parts"].items():
+        own = row["evaluation_seconds"] / (row["generated_images"] * paper["generation_seconds_per_image"]) \
+            if row["generated_images"] else None
+        print(f"| {name} | {row['generated_images']:,} | {row['evaluation_seconds']:,.0f} | "
+              f"{'-' if own is None else f'{own:.2%}'} | {row['evaluation_seconds'] / paper['generation_seconds']:.2%} |")
+    print(f"\nevaluation / generation = {paper['overhead']:.1%} (real statistics cached: "
+          f"{paper['overhead_with_cached_real_statistics']:.1%}); target <= {TARGET:.0%}: "
+          f"{'holds' if paper['holds'] else 'does not hold'} on this machine at these settings")
+    if results["device"] == "cpu":
+        print("GPU figures: not measured (no GPU in this run)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -335,7 +360,15 @@ def main() -> int:
                         "(the light parts always get one)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "metrics.json")
+    parser.add_argument("--report", type=Path, default=None, help="measure nothing: recompute the protocol totals of "
+                        "this results file from its measured figures, print its tables and rewrite it")
     args = parser.parse_args()
+    if args.report:
+        results = json.loads(args.report.read_text())
+        results["paper_protocol"] = protocol(results["measured"])
+        print_report(results)
+        args.report.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return 0
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the step time is measured between steps)")
     if args.threads:
@@ -343,10 +376,10 @@ def main() -> int:
     from tokencompose.tasks.evaluation.latency import device_name
 
     clock = Clock(args.device)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as scratch:
         measured = measure(args, clock, Path(scratch))
     paper = protocol(measured)
-    gen = measured["generation"]
     reduced = [f"generation at {args.resolution} px" if args.resolution != 512 else "",
                f"{args.steps} steps run, 50 derived from their step time" if args.steps != PAPER_STEPS else "",
                f"OWLv2-L at {args.owlv2_size} px" if args.owlv2_size != 960 else ""]
@@ -354,27 +387,10 @@ def main() -> int:
                "torch_threads": torch.get_num_threads(), "weights": "random (real architectures)",
                "precision": args.precision,
                "reduced_settings": [r for r in reduced if r], "gpu": "not measured" if args.device == "cpu" else None,
+               "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
                "measured": measured, "paper_protocol": paper,
                "command": "python bench/bench_metrics.py " + " ".join(sys.argv[1:])}
-    rows = per_image_table(measured)
-    print(f"\n{results['device_name']}, {results['torch_threads']} threads, {args.precision}, random weights; reduced: "
-          f"{', '.join(results['reduced_settings']) or 'none'}")
-    print(f"generation: {gen['seconds']:.1f} s per image for {gen['steps']} steps at {gen['resolution']} px "
-          f"({gen['step_seconds']:.2f} s per UNet call); {gen['seconds_at_50_steps']:.1f} s at 50 steps\n")
-    print("| metric | s/image | ratio to generation (50 steps) | note |\n|---|---:|---:|---|")
-    for name, seconds, note in rows:
-        ratio = seconds / gen["seconds_at_50_steps"]
-        print(f"| {name} | {seconds:.3f} | {ratio:.2%} | {note} |" if seconds == seconds else f"| {name} | - | - | {note} |")
-    print("\nThe paper's protocol per model:\n\n| part | images generated | evaluation s | share of all generation |\n"
-          "|---|---:|---:|---:|")
-    for name, row in paper["parts"].items():
-        print(f"| {name} | {row['generated_images']:,} | {row['evaluation_seconds']:,.0f} | "
-              f"{row['evaluation_seconds'] / paper['generation_seconds']:.2%} |")
-    print(f"\nevaluation / generation = {paper['overhead']:.1%} (real statistics cached: "
-          f"{paper['overhead_with_cached_real_statistics']:.1%}); target <= {TARGET:.0%}: "
-          f"{'holds' if paper['holds'] else 'does not hold'} on this machine at these settings")
-    if args.device == "cpu":
-        print("GPU figures: not measured (no GPU in this run)")
+    print_report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(f"written to {args.out}")
