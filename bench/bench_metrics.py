@@ -4,10 +4,11 @@ that image: measured in one run, on one machine.
 Every network has its real architecture at its real input size, with random weights built offline
 (speed does not depend on weights):
   generation   SD1.4 (UNet, VAE, CLIP ViT-L/14 text encoder; tasks/multigen/toy.py), PNDM, guidance 7.5,
-               batch 1, at --resolution px for --steps steps (the paper: 512 px, 50 steps; a 2-core CPU
-               cannot). The pipeline's per-step clock gives the step time (median of the steps after the
-               first); "at 50 steps" is this run's fixed part (text encoding, first-step overhead, VAE
-               decoding) plus 50 steps' UNet calls at that measured step time, at the same resolution.
+               --gen-batch images per call (1), at --resolution px for --steps steps (the paper: 512 px,
+               50 steps; a 2-core CPU cannot). The pipeline's per-step clock gives the UNet call's time
+               (median of the calls after the first); "at 50 steps" is this run's fixed part (text
+               encoding, first-call overhead, VAE decoding) plus the 51 UNet calls of PNDM's 50 steps at
+               that measured time, at the same resolution.
   MultiGen     OWLv2-L/14 (tasks/multigen/detection.Detector), five queries, at --owlv2-size px (paper 960).
   VISOR        OWL-ViT B/32 (google/owlvit-base-patch32's config, 768 px), two queries (visor.detect_boxes).
   OptiGen      detection as MultiGen's; plus GPT-2 small's config (12 layers, 768 wide, 50,257-token head)
@@ -27,8 +28,9 @@ The protocol table multiplies each by the paper's image counts and says whether 
 within 25 % of the generation. GPU figures are not measured by a CPU run; give --device cuda on a GPU.
 
     python bench/bench_metrics.py                                    # CPU default (about 5 minutes on 2 cores)
-    python bench/bench_metrics.py --resolution 512 --owlv2-size 960  # the paper's input sizes (CPU: ~15 min)
-    python bench/bench_metrics.py --device cuda --resolution 512 --steps 50 --owlv2-size 960
+    python bench/bench_metrics.py --resolution 512 --owlv2-size 960  # the paper's input sizes (2-core CPU: 11 min)
+    python bench/bench_metrics.py --device cuda --precision bf16 --resolution 512 --steps 50 --owlv2-size 960 \
+        --gen-batch 16 --batch 32
 """
 from __future__ import annotations
 
@@ -87,8 +89,9 @@ class Clock:
         return statistics.median(times)
 
 
-def generation(pipe, clock: Clock, resolution: int, steps: int) -> tuple[dict, np.ndarray]:
-    """One image at batch 1: total seconds, per-step median, and the 50-step figure from them."""
+def generation(pipe, clock: Clock, resolution: int, steps: int, batch: int) -> tuple[dict, np.ndarray]:
+    """One pipeline call of ``batch`` images: seconds per image, the UNet call's median time, and the
+    50-step figure per image from them."""
     from tokencompose.tasks.multigen.generation import initial_latents
 
     stamps: list[float] = []
@@ -98,12 +101,12 @@ def generation(pipe, clock: Clock, resolution: int, steps: int) -> tuple[dict, n
         stamps.append(time.perf_counter())
         return kwargs
 
-    latents = initial_latents(0, 0, 0, (4, resolution // 8, resolution // 8))[None].to(pipe.unet.device,
-                                                                                        pipe.unet.dtype)
+    shape = (4, resolution // 8, resolution // 8)
+    latents = torch.stack([initial_latents(0, i, 0, shape) for i in range(batch)]).to(pipe.unet.device, pipe.unet.dtype)
     clock.sync()
     start = time.perf_counter()
     with torch.inference_mode():
-        image = pipe(prompt=[CAPTION], latents=latents, num_inference_steps=steps, guidance_scale=7.5,
+        image = pipe(prompt=[CAPTION] * batch, latents=latents, num_inference_steps=steps, guidance_scale=7.5,
                      height=resolution, width=resolution, output_type="np", callback_on_step_end=on_step).images[0]
     clock.sync()
     total = time.perf_counter() - start
@@ -112,9 +115,9 @@ def generation(pipe, clock: Clock, resolution: int, steps: int) -> tuple[dict, n
     fixed = total - calls * step
     pipe.scheduler.set_timesteps(PAPER_STEPS)
     calls_50 = len(pipe.scheduler.timesteps)
-    return ({"resolution": resolution, "steps": steps, "unet_calls": calls, "seconds": total,
+    return ({"resolution": resolution, "steps": steps, "batch": batch, "unet_calls": calls, "seconds": total / batch,
              "step_seconds": step, "fixed_seconds": fixed, "unet_calls_at_50_steps": calls_50,
-             "seconds_at_50_steps": fixed + calls_50 * step},
+             "seconds_at_50_steps": (fixed + calls_50 * step) / batch},
             (image * 255).round().astype(np.uint8))
 
 
@@ -192,7 +195,7 @@ def measure(args, clock: Clock, scratch: Path) -> dict:
     from tokencompose.tasks.multigen.generation import resolve_dtype
 
     pipe = sd14_pipeline(dtype=resolve_dtype(args.precision, args.device)).to(args.device)
-    gen, array = generation(pipe, clock, args.resolution, args.steps)
+    gen, array = generation(pipe, clock, args.resolution, args.steps, args.gen_batch)
     out["generation"] = gen
     image = Image.fromarray(array)
     log(f"generation: {gen['seconds']:.1f} s for {gen['steps']} steps; {gen['seconds_at_50_steps']:.1f} s at 50")
@@ -325,7 +328,8 @@ def print_report(results: dict) -> None:
     print(f"\n{results['device_name']}, {results['torch_threads']} threads, {results['precision']}, random weights; "
           f"reduced: {', '.join(results['reduced_settings']) or 'none'}")
     print(f"generation: {gen['seconds']:.1f} s per image for {gen['steps']} steps at {gen['resolution']} px "
-          f"({gen['step_seconds']:.2f} s per UNet call); {gen['seconds_at_50_steps']:.1f} s at 50 steps\n")
+          f"in batches of {gen.get('batch', 1)} ({gen['step_seconds']:.2f} s per UNet call); "
+          f"{gen['seconds_at_50_steps']:.1f} s per image at 50 steps\n")
     print("| metric | s/image | ratio to generation (50 steps) | note |\n|---|---:|---:|---|")
     for name, seconds, note in per_image_table(measured):
         ratio = seconds / gen["seconds_at_50_steps"]
@@ -352,6 +356,8 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=128, help="generation (and FID, grounding) px; paper 512")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps run (>= 2); the 50-step figure is "
                         "derived from their measured step time")
+    parser.add_argument("--gen-batch", type=int, default=1, help="images per pipeline call (the evaluation's "
+                        "generation.batch_size, 16, on a GPU)")
     parser.add_argument("--owlv2-size", type=int, default=480, help="OWLv2-L input px (paper and MultiGen: 960)")
     parser.add_argument("--batch", type=int, default=4, help="images per Inception and CLIP call")
     parser.add_argument("--optigen-pairs", type=int, default=64, help="pairs timed of COCO-80's 6,320")
