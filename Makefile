@@ -1,7 +1,7 @@
 # Entry points for a fresh machine (Python 3.11 with venv; Debian for the browser test):
 #   make demo   sets everything up and builds the bundled sample into out/demo
 #   make check  lint, type check and the fast tests (no servers, clusters, paper-size models, browser, slow)
-#   make test   make check, then every other test: the whole suite, each test once (CI: .ci/run)
+#   make test   lint, type check and the whole suite, each test once, in one run (CI: .ci/run)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -37,11 +37,14 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy -p tokencompose
 
-check: lint typecheck
-	$(BIN)/python -m pytest -m "not ($(HEAVY_TESTS))"
+# Two pytest-xdist workers, one per core (tests/conftest.py gives each one intra-op thread).
+PYTEST := $(BIN)/python -m pytest -n 2 --dist worksteal
 
-test: check system-deps
-	$(BIN)/python -m pytest -m "$(HEAVY_TESTS)"
+check: lint typecheck
+	$(PYTEST) -m "not ($(HEAVY_TESTS))"
+
+test: lint typecheck system-deps
+	$(PYTEST)
 
 bench: setup
 	$(BIN)/python bench/bench_build.py

@@ -10,6 +10,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make check` and `make test` run two pytest-xdist workers on the two cores: one intra-op thread in each
+    # (and in the programs they start), or the thread pools oversubscribe the machine
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import sys
 
@@ -18,6 +23,15 @@ import pytest
 from tests.support.testkit import SourceBuilder, demo_config
 
 pytest_plugins = ["tests.support.training_fixtures", "tests.support.evaluation_fixtures"]
+
+HEAVY_MARKS = ("server", "cluster", "paper_size", "browser", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The marked (long) tests first, in their collected order: the workers start on them and the many short
+    tests fill the end, so neither worker is left alone with one long test at the end of the run."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(mark) for mark in HEAVY_MARKS))
+
 
 @pytest.fixture
 def make_demo_config(tmp_path):
