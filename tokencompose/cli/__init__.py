@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 # name -> (module with add_cli(subparsers), one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,15 +22,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "build": ("tokencompose build --demo --out out/demo",
+              "tokencompose build --source.images-dir coco/val2017 --source.captions-json coco/captions_val2017.json "
+              "--source.instances-json coco/instances_val2017.json --out out/coco --profile paper"),
+    "train": ("tokencompose train --demo --output-dir runs/demo",
+              "tokencompose train --pretrained-model models/CompVis/stable-diffusion-v1-4 --shards "
+              "'out/coco/shards/shard-{000000..000009}.tar' --max-steps 24000 --output-dir runs/tc"),
+    "evaluate": ("tokencompose evaluate --model models/CompVis/stable-diffusion-v1-4 --model runs/tc/pipeline "
+                 "--out eval/mg --prompts 100 --images 2",
+                 "tokencompose evaluate --config eval.yaml --visor --latency"),
+    "attention": ("tokencompose attention --model runs/tc/pipeline --prompt 'a cat and a dog' --out attention",),
+    "retrain": ("tokencompose retrain --config retrain.yaml",),
+}
+
+
+# configuration fields the short --help lists beside the shortcuts (flags of commands without shortcuts)
+COMMON_FLAGS: dict[str, tuple[str, ...]] = {
+    "build": ("--profile", "--workers"),
+    "train": ("--pretrained-model", "--shards", "--output-dir", "--max-steps", "--resolution", "--token-weight",
+              "--pixel-weight", "--mixed-precision", "--seed"),
+    "attention": ("--model", "--prompt", "--steps", "--resolution", "--seed"),
+    "retrain": ("--base-model", "--steps"),
+}
+
+
 def parser_for(chosen: str | None) -> argparse.ArgumentParser:
     from tokencompose import __version__
+    from tokencompose.cli.parsing import HumaneParser
 
-    parser = argparse.ArgumentParser(prog="tokencompose", description="Grounded COCO data for TokenCompose, and training with it.")
+    parser = HumaneParser(prog="tokencompose", description="Grounded COCO data for TokenCompose, and training with it.")
     parser.add_argument("--version", action="version", version=f"tokencompose {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HumaneParser)
     for name, (module, help_text) in COMMANDS.items():
         if name == chosen:
             importlib.import_module(module).add_cli(subparsers)
+            chosen_parser: Any = subparsers.choices[name]
+            chosen_parser.examples = list(EXAMPLES.get(name, ()))
+            chosen_parser.common_flags = set(COMMON_FLAGS.get(name, ()))
         else:
             subparsers.add_parser(name, help=help_text)
     return parser

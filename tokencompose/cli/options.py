@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Iterator, TypeVar, cast
+from typing import Any, Iterator, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource
@@ -26,6 +26,11 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
     source: CliSettingsSource[Any] = CliSettingsSource(
         cast(type[BaseSettings], model), root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
         cli_avoid_json=True, cli_hide_none_type=True, cli_use_class_docs_for_groups=True, cli_parse_none_str="null")
+    from tokencompose.cli.parsing import HumaneParser
+
+    if isinstance(parser, HumaneParser):
+        parser.has_config_fields = True
+        parser.config_flags |= {"--" + dotted.replace("_", "-") for dotted, _ in _fields(model)}
     shortcuts = parser.add_argument_group("shortcuts")
     taken: set[str] = set()
     for dotted, field in _fields(model):
@@ -33,8 +38,8 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) ->
         if not name or name in taken:  # a section met twice (retrain: build.models, evaluation.models): the first
             continue
         taken.add(name)
-        kwargs: dict[str, Any] = {"dest": SHORTCUT_PREFIX + dotted, "default": None, "metavar": name.upper(),
-                                  "help": f"same as --{dotted.replace('_', '-')}"}
+        kwargs: dict[str, Any] = {"dest": SHORTCUT_PREFIX + dotted, "default": None, "metavar": _metavar(field),
+                                  "help": _shortcut_help(dotted, field)}
         if field.annotation is bool:
             kwargs.update(action="store_const", const=True)
             kwargs.pop("metavar")
@@ -51,6 +56,26 @@ def _fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any
             yield from _fields(annotation, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", field
+
+
+def _shortcut_help(dotted: str, field: Any) -> str:
+    flag = "--" + dotted.replace("_", "-")
+    return f"{field.description} (= {flag})" if field.description else f"same as {flag}"
+
+
+def _metavar(field: Any) -> str:
+    """PATH, N, X, TEXT or the choices, from the field's type (a list shortcut is repeated: one item each)."""
+    from tokencompose.cli.parsing import human_metavar
+
+    annotation = field.annotation
+    if _is_list(annotation):
+        annotation = annotation.__args__[0]
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if getattr(annotation, "__origin__", None) is Literal:
+        return "{" + ",".join(str(a) for a in args) + "}"
+    if len(args) == 1:           # X | None
+        annotation = args[0]
+    return human_metavar(getattr(annotation, "__name__", str(annotation)))
 
 
 def _is_list(annotation: Any) -> bool:
