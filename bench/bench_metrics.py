@@ -27,7 +27,7 @@ The ratio is metric seconds per image / generation seconds per image, both at th
 The protocol table multiplies each by the paper's image counts and says whether all evaluation stays
 within 25 % of the generation. GPU figures are not measured by a CPU run; give --device cuda on a GPU.
 
-    python bench/bench_metrics.py                                    # CPU default (about 5 minutes on 2 cores)
+    python bench/bench_metrics.py                                    # CPU default (4 CPU-minutes on 2 cores)
     python bench/bench_metrics.py --resolution 512 --owlv2-size 960  # the paper's input sizes (2-core CPU: 11 min)
     python bench/bench_metrics.py --device cuda --precision bf16 --resolution 512 --steps 50 --owlv2-size 960 \
         --gen-batch 16 --batch 32
@@ -194,7 +194,8 @@ def measure(args, clock: Clock, scratch: Path) -> dict:
     out: dict = {}
     from tokencompose.tasks.multigen.generation import resolve_dtype
 
-    pipe = sd14_pipeline(dtype=resolve_dtype(args.precision, args.device)).to(args.device)
+    dtype = resolve_dtype(args.precision, args.device)
+    pipe = sd14_pipeline(dtype=None if dtype == torch.float32 else dtype).to(args.device)  # built in fp32
     gen, array = generation(pipe, clock, args.resolution, args.steps, args.gen_batch)
     out["generation"] = gen
     image = Image.fromarray(array)
