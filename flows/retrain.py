@@ -53,6 +53,9 @@ def _entry(config: RetrainConfig, entry_id: str, start: retraining.StartingPoint
 def retrain_tokencompose(config: RetrainConfig) -> dict[str, Any]:
     """Incremental build -> train from the promoted model -> quick evaluation of both -> the gate promotes or rejects."""
     logger = get_run_logger()
+    problems = retraining.evaluation_input_problems(config)
+    if problems:
+        raise ValueError("cannot start the retraining:\n" + "\n".join(f"  - {p}" for p in problems))
     registry = _sound_registry(config, logger)
     build_summary = build_grounded_coco(config=config.build)
     version = retraining.latest_dataset(config.build.output.out_dir)

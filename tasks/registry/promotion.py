@@ -20,7 +20,7 @@ from tokencompose.schemas.multigen import ModelReport, MultiGenReport
 from tokencompose.schemas.registry import (Criterion, GateDecision, MultiGenResult, RegistryEntry, RegistryEvent,
                                            entry_id_problem)
 from tokencompose.schemas.reports import DatasetVersion
-from tokencompose.schemas.retrain import GateSettings
+from tokencompose.schemas.retrain import GateSettings, RetrainConfig
 from tokencompose.tasks.evaluation import gate
 from tokencompose.tasks.registry.store import ModelRegistry, utc_now
 
@@ -83,6 +83,15 @@ def already_used(registry: ModelRegistry, dataset_dir: Path, version: int) -> Re
         if entry.dataset_version == version and Path(entry.dataset_dir).resolve() == target:
             return entry
     return None
+
+
+def evaluation_input_problems(config: RetrainConfig) -> list[str]:
+    """What the quick evaluation's metrics need (real image sets and their captions, the Inception and CLIP
+    weights, ...), checked before any work: a missing one would otherwise be found only after training."""
+    from tokencompose.tasks.evaluation.sets import metrics_preflight
+
+    evaluation = config.evaluate_config([str(config.base_model)], ["base"], config.runs_dir)
+    return [f"evaluation.metrics: {problem}" for problem in metrics_preflight(evaluation)[1]]
 
 
 def read_report(json_path: Path) -> MultiGenReport:

@@ -19,6 +19,7 @@ from tokencompose.tasks.registry.store import ModelRegistry
 
 from tests.support import prefect_processes
 from tests.support.retraining import BIN, REPO, VSR_LINES, free_port, settings, write_vsr
+from tokencompose.data import SAMPLE_DIR
 
 pytestmark = pytest.mark.server
 
@@ -82,6 +83,56 @@ def test_a_diverged_candidate_is_recorded_as_failed_and_not_evaluated(prefect_ap
     assert entry.status == "failed" and entry.pipeline_dir is None and entry.multigen is None
     assert not list((tmp_path / "runs").glob("*/multigen"))
     assert ModelRegistry(tmp_path / "registry").promoted() is None
+
+
+def test_the_gate_judges_fid_and_clip_score_measured_on_the_same_run(prefect_api, one_thread, tiny_sd, tiny_owl,
+                                                                      tmp_path):
+    """FID (random-weight Inception) against four real sample photos and CLIP score (random-weight ViT-S-32) of
+    both models' generations of their captions: the entry's criteria are the report's figures."""
+    from tokencompose.tasks.evaluation.toy import save_random_clip, save_random_inception
+    from tokencompose.tasks.registry.promotion import read_report
+
+    photos = sorted((SAMPLE_DIR / "images").glob("*.jpg"))[:4]
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"image": p.name, "caption": f"a photo number {i}"}) + "\n"
+                                for i, p in enumerate(photos)))
+    data = settings(tmp_path, tiny_sd, tiny_owl, write_vsr(tmp_path / "vsr_train.jsonl", 2))
+    data["gate"] = {"level": 1, "margin": 0.0, "bootstrap_samples": 200, "fid_tolerance": 1e6, "clip_tolerance": 0.0}
+    data["evaluation"]["metrics"] = {
+        "fid": {"real": [{"name": "coco", "images": str(SAMPLE_DIR / "images"), "captions": str(captions),
+                          "limit": 4}],
+                "inception": str(save_random_inception(tmp_path / "weights" / "inception.pth")),
+                "cache_dir": str(tmp_path / "fid-cache")},
+        "clip_score": {"enabled": True, "model": "ViT-S-32",
+                       "pretrained": str(save_random_clip(tmp_path / "weights" / "clip-vit-s-32.pt"))}}
+    result = retrain_tokencompose(config=RetrainConfig.model_validate(data))
+    entry = ModelRegistry(tmp_path / "registry").entry(result["entry"])
+    gain, fid, clip = entry.gate.criteria
+    assert (gain.name, fid.name, clip.name) == ("composition_MG1", "fid", "clip_score")
+    report = read_report(tmp_path / "runs" / entry.id / "multigen" / "report.json")
+    base, candidate = (next(m for m in report.models if m.label == label) for label in ("base", "candidate"))
+    assert (fid.baseline, fid.candidate) == (base.metrics.fid["coco"]["fid"], candidate.metrics.fid["coco"]["fid"])
+    assert fid.value == pytest.approx(fid.candidate - fid.baseline) and fid.passed      # tolerance 1e6
+    per_prompt = [m.metrics.clip_score["coco"]["per_prompt"] for m in (base, candidate)]
+    assert len(per_prompt[0]) == len(per_prompt[1]) == 4
+    assert clip.baseline == pytest.approx(sum(per_prompt[0].values()) / 4)
+    assert clip.candidate == pytest.approx(sum(per_prompt[1].values()) / 4)
+    assert clip.low <= clip.value <= clip.high and clip.passed == (clip.value >= 0.0)
+    assert entry.gate.promote == all(c.passed for c in entry.gate.criteria)
+    assert entry.status == ("promoted" if entry.gate.promote else "rejected") == result["status"]
+
+
+def test_missing_real_images_stop_the_run_before_any_work(prefect_api, one_thread, tiny_sd, tiny_owl, tmp_path):
+    data = settings(tmp_path, tiny_sd, tiny_owl, write_vsr(tmp_path / "vsr_train.jsonl", 2))
+    data["gate"]["fid_tolerance"] = 0.5
+    data["evaluation"]["metrics"] = {"fid": {"real": [{"name": "coco", "images": str(tmp_path / "val2017"),
+                                                       "captions": str(tmp_path / "captions.json")}],
+                                             "inception": str(tmp_path / "inception.pth")}}
+    with pytest.raises(ValueError, match="cannot start the retraining") as error:
+        retrain_tokencompose(config=RetrainConfig.model_validate(data))
+    assert f"evaluation.metrics: fid set coco: {tmp_path / 'val2017'}: the real-image folder" in str(error.value)
+    assert f"evaluation.metrics: fid inception: {tmp_path / 'inception.pth'} does not exist" in str(error.value)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "registry").exists()      # nothing built, no entry
 
 
 def test_a_scheduled_run_on_a_real_server_adds_a_registry_entry(tiny_sd, tiny_owl, tmp_path):

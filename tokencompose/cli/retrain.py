@@ -25,10 +25,12 @@ def run_retrain(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     from tokencompose.tasks.models.preflight import build_problems
+    from tokencompose.tasks.registry.promotion import evaluation_input_problems
 
     problems = build_problems(config.build)
     if not Path(config.base_model).is_dir():
         problems.append(f"base_model: {config.base_model} is not a folder")
+    problems += evaluation_input_problems(config)
     if problems:
         print("cannot start:\n  - " + "\n  - ".join(problems), file=sys.stderr)
         return 2
