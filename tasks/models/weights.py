@@ -222,16 +222,29 @@ def flair_spec(model: str = "flair/pos-english") -> WeightSpec:
         source=f"the hub repository {model} (file pytorch_model.bin)")
 
 
+def known_clip_pretrained(model: str, pretrained: str) -> dict | None:
+    """open_clip's pretrained config (``hf_hub``, ``url``) of common model/tag pairs, from the table bundled in
+    data/ (tests check it against open_clip), so a preflight answers without importing open_clip."""
+    from tokencompose.data import DATA_DIR
+
+    table = json.loads((DATA_DIR / "open_clip_pretrained.json").read_text())
+    return table.get(f"{model}/{pretrained}")
+
+
 def clip_spec(model: str = "ViT-L-14-336", pretrained: str = "openai") -> WeightSpec:
     """The CLIP checkpoint for an open_clip model and pretrained tag (or file path)."""
     path = Path(pretrained).expanduser()
     if path.is_file() or _looks_like_path(pretrained):
         return WeightSpec(key="clip", what=f"open_clip {model} checkpoint", candidates=(pretrained,),
                           source="an open_clip checkpoint (state dict)", explicit=path)
-    import open_clip
+    cfg = known_clip_pretrained(model, pretrained)
+    if cfg is None:
+        import open_clip     # seconds to import: only for a tag the bundled table does not know
 
-    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+        cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not cfg:
+        import open_clip
+
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
         return WeightSpec(key="clip", what="CLIP checkpoint", candidates=(f"{model}/{pretrained}",), source="",
                           explicit_problem=f"captions: open_clip has no pretrained tag {pretrained!r} for model "

@@ -153,3 +153,22 @@ def test_device_rules():
     assert not devices.uses_half("cpu", True) and devices.uses_half("cuda:0", True)
     with pytest.raises(ValueError):
         BuildConfig.model_validate({**demo_settings(), "output": {"out_dir": "x"}, "models": {"device": "gpu"}})
+
+
+def test_the_bundled_open_clip_table_matches_open_clip():
+    """clip_spec answers common model/tag pairs from data/open_clip_pretrained.json without importing
+    open_clip (seconds); the table must say what open_clip itself says."""
+    import json
+
+    import open_clip
+
+    from tokencompose.data import DATA_DIR
+    from tokencompose.tasks.models.weights import known_clip_pretrained
+
+    table = json.loads((DATA_DIR / "open_clip_pretrained.json").read_text())
+    assert "ViT-L-14-336/openai" in table and "ViT-L-14/openai" in table
+    for key, entry in table.items():
+        model, tag = key.split("/")
+        cfg = open_clip.get_pretrained_cfg(model, tag)
+        assert entry == {"hf_hub": cfg.get("hf_hub", ""), "url": cfg.get("url", "")}, key
+    assert known_clip_pretrained("ViT-L-14-336", "no-such-tag") is None
