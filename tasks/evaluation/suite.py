@@ -349,7 +349,7 @@ def score_optigen(plan: Plan, run: ModelRun, image_set: ImageSet, device: str, n
     shards = _shard_paths(plan, run, image_set)
     todo = [s for s in shards if not integrity.status(out_dir / det.detections_name(s.name), det.shard_sha256(s))[0]]
     if todo:
-        detector = det.Detector(plan.detector, device, config.detection.precision, config.detection.query_template)
+        detector = det.open_detector(plan.detector, device, config.detection.precision, config.detection.query_template)
         det.run_detection(detector, todo, out_dir, config.detection.batch_size, threshold=config.detection.threshold,
                           redone=note_redone)
     rows = [row for s in shards for row in det.read_detections(out_dir / det.detections_name(s.name))]

@@ -9,6 +9,10 @@ category's best score and box (also below the threshold). Results go to one
 JSON Lines file per image shard, written under a temporary name and renamed, its record beside it
 naming the image shard's sha256 (resumable like the images; redone when broken or when its images
 were generated again). Images whose generation gave NaNs are not detected; they are recorded as such.
+
+``detection.detector: "world"`` chooses :class:`WorldDetector` instead, the exact detector of the
+synthetic world (tasks/source/world.py): each category found from the pixels by its colour and shape,
+with no learned weights, behind the same ``score`` interface (:func:`open_detector` picks).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from tokencompose.tasks.multigen.generation import read_shard, resolve_dtype
 from tokencompose.tasks.shards.shard_io import file_sha256
 
 ARCHITECTURE = "Owlv2ForObjectDetection"
+WORLD_DETECTOR = "world"    # detection.detector naming the synthetic world's exact detector
 
 
 def check_owlv2_folder(path: Path) -> list[str]:
@@ -105,6 +110,71 @@ class Detector:
         return results
 
 
+class WorldDetector:
+    """The synthetic world's exact detector. A pixel is a category's when it is saturated (S > 0.5,
+    V > 0.35: no background is) and its hue is within ``hue_tolerance`` degrees of the category's; the
+    category's object is the largest 8-connected region of such pixels. Its score is
+    ``min(1, area / min_area) * max(0, 1 - |fill - expected fill| / fill_tolerance)``, where fill is
+    the region's area over its box's and the expected fill is that of the category's drawn shape: a
+    blob of the right colour but the wrong shape or too small scores low. Box: the region's
+    [x0, y0, x1, y1] in pixels (x1, y1 exclusive)."""
+
+    def __init__(self, hue_tolerance: float = 12.0, fill_tolerance: float = 0.25, min_area_fraction: float = 0.006):
+        from tokencompose.tasks.source.world import BY_NAME, shape_mask
+
+        self.categories = BY_NAME
+        self.hue_tolerance, self.fill_tolerance, self.min_area_fraction = hue_tolerance, fill_tolerance, min_area_fraction
+        self.expected_fill = {name: _fill(shape_mask(c.shape, 64)) for name, c in BY_NAME.items()}
+
+    def score(self, images: Sequence, categories: Sequence[Sequence[str]]) -> list[dict[str, dict]]:
+        """Per image: category -> {"score": 0..1 or None (nothing of its colour), "box": [x0, y0, x1, y1] or None}."""
+        import numpy as np
+
+        results = []
+        for image, names in zip(images, categories):
+            unknown = [n for n in names if n not in self.categories]
+            if unknown:
+                raise ValueError(f"the world detector knows {sorted(self.categories)}, not {unknown}")
+            hsv = np.asarray(image.convert("HSV"), dtype=np.float64)
+            hue, sat, val = hsv[..., 0] * 360.0 / 255.0, hsv[..., 1] / 255.0, hsv[..., 2] / 255.0
+            vivid = (sat > 0.5) & (val > 0.35)
+            min_area = self.min_area_fraction * hue.size
+            results.append({name: self._find(hue, vivid, name, min_area) for name in names})
+        return results
+
+    def _find(self, hue, vivid, name: str, min_area: float) -> dict:
+        import numpy as np
+        from scipy import ndimage
+
+        distance = np.abs((hue - self.categories[name].hue + 180.0) % 360.0 - 180.0)
+        labels, count = ndimage.label(vivid & (distance <= self.hue_tolerance), structure=np.ones((3, 3)))
+        if count == 0:
+            return {"score": None, "box": None}
+        areas = np.bincount(labels.ravel())[1:]
+        region = labels == int(areas.argmax()) + 1
+        fill = _fill(region)
+        score = min(1.0, areas.max() / min_area) * max(0.0, 1.0 - abs(fill - self.expected_fill[name]) / self.fill_tolerance)
+        ys, xs = np.nonzero(region)
+        return {"score": round(float(score), 6),
+                "box": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]}
+
+
+def _fill(mask) -> float:
+    """A region's area over its bounding box's."""
+    import numpy as np
+
+    ys, xs = np.nonzero(mask)
+    return float(mask.sum()) / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+
+
+def open_detector(detector: Path | str, device: str = "cpu", precision: str = "auto",
+                  query_template: str = "a photo of a {category}") -> "Detector | WorldDetector":
+    """The detector ``detection.detector`` names: the world's exact one, or an OWLv2 folder."""
+    if str(detector) == WORLD_DETECTOR:
+        return WorldDetector()
+    return Detector(Path(detector), device, precision, query_template)
+
+
 def detections_name(shard_name: str) -> str:
     return shard_name.replace(".tar", ".jsonl")
 
@@ -115,7 +185,7 @@ def detected_categories(categories: Sequence[str], scores: dict[str, dict] | Non
     return [c for c in categories if (scores.get(c) or {}).get("score") is not None and scores[c]["score"] > threshold]
 
 
-def detect_shard(detector: Detector, shard: Path, out: Path, batch_size: int, threshold: float = 0.1,
+def detect_shard(detector: "Detector | WorldDetector", shard: Path, out: Path, batch_size: int, threshold: float = 0.1,
                  made_from: str | None = None) -> dict:
     """Detect every image of ``shard`` and write its detections file (``made_from``: the shard's sha256)."""
     from PIL import Image
@@ -163,7 +233,7 @@ def shard_sha256(shard: Path) -> str:
     return record["sha256"] if record else file_sha256(shard)
 
 
-def run_detection(detector: Detector, shards: Sequence[Path], out_dir: Path, batch_size: int,
+def run_detection(detector: "Detector | WorldDetector", shards: Sequence[Path], out_dir: Path, batch_size: int,
                   progress: Callable[[str, dict], None] | None = None, threshold: float = 0.1,
                   redone: Callable[[Path, str], None] | None = None) -> dict:
     """Detections of every shard without intact ones made from its current images (broken or stale:

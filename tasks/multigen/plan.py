@@ -106,10 +106,11 @@ def preflight(config: EvaluateConfig) -> Plan:
             problems += [f"model {label}: {p}" for p in folder_problems]
             continue
         runs.append(ModelRun(label, found, gen.model_id(found), Path(config.out_dir) / label))
-    detector, problem = _locate(owlv2_spec(config.detection.detector), config)
+    detector, problem = (Path(det.WORLD_DETECTOR), None) if config.detection.detector == det.WORLD_DETECTOR else \
+        _locate(owlv2_spec(config.detection.detector), config)
     if detector is None:
         problems.append(f"detector: {problem}")
-    else:
+    elif str(detector) != det.WORLD_DETECTOR:
         problems += [f"detector: {p}" for p in det.check_owlv2_folder(detector)]
     metrics, metric_problems = metrics_preflight(config)
     problems += metric_problems
@@ -130,12 +131,14 @@ def _prompt_window_problems(config: EvaluateConfig, prompts: list[Prompt], runs:
     query against the detector's (identical lines from models sharing a tokenizer are given once)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    try:
-        query_tokenizer = AutoTokenizer.from_pretrained(detector, local_files_only=True)
-        text_config = AutoConfig.from_pretrained(detector, local_files_only=True).text_config
-    except (OSError, ValueError, KeyError, AttributeError) as error:
-        return [f"detector: {detector}: tokenizer or config cannot be loaded ({error})"]
-    query_window = min(query_tokenizer.model_max_length, text_config.max_position_embeddings)
+    query_tokenizer, query_window = None, 0     # the world's detector takes no text: queries are not checked
+    if str(detector) != det.WORLD_DETECTOR:
+        try:
+            query_tokenizer = AutoTokenizer.from_pretrained(detector, local_files_only=True)
+            text_config = AutoConfig.from_pretrained(detector, local_files_only=True).text_config
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            return [f"detector: {detector}: tokenizer or config cannot be loaded ({error})"]
+        query_window = min(query_tokenizer.model_max_length, text_config.max_position_embeddings)
     problems: dict[str, None] = {}
     for run in runs:
         try:
@@ -145,8 +148,8 @@ def _prompt_window_problems(config: EvaluateConfig, prompts: list[Prompt], runs:
             problems[f"model {run.label}: tokenizer or text encoder config cannot be loaded ({error})"] = None
             continue
         window = min(tokenizer.model_max_length, encoder.max_position_embeddings)
-        problems.update(dict.fromkeys(window_problems(prompts, tokenizer, window, query_tokenizer, query_window,
-                                                      config.detection.query_template)))
+        problems.update(dict.fromkeys(window_problems(prompts, tokenizer, window, query_tokenizer or tokenizer,
+                                                      query_window or window, config.detection.query_template)))
     return list(problems)
 
 

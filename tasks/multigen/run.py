@@ -156,7 +156,7 @@ def detect_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world: i
     if not todo:
         return {"shards_done": 0, "shards_skipped": len(shards), "images": 0}
     if detector is None:
-        detector = det.Detector(plan.detector, device, config.detection.precision, config.detection.query_template)
+        detector = det.open_detector(plan.detector, device, config.detection.precision, config.detection.query_template)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "detector.json").write_text(json.dumps(
@@ -231,7 +231,7 @@ def evaluate_models(config: EvaluateConfig, progress: Progress | None = None, *,
     detector = None
     for run in plan.runs:
         if detector is None and _detections_missing(plan, run, rank, world):
-            detector = det.Detector(plan.detector, device, config.detection.precision, config.detection.query_template)
+            detector = det.open_detector(plan.detector, device, config.detection.precision, config.detection.query_template)
         counts = detect_model(plan, run, device, rank, world, say, detector)
         say(f"{run.label}: detection {counts}")
     del detector

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wait-for-server": ("tokencompose.cli.server", "wait until the Prefect server at PREFECT_API_URL is up"),
     "evaluate": ("tokencompose.cli.evaluate", "MultiGen: generate, detect and score a model's images"),
     "attention": ("tokencompose.cli.attention", "cross-attention maps of each noun token for one prompt"),
+    "demo": ("tokencompose.cli.demo", "see the method work: the synthetic world, plain vs grounded, on a CPU"),
 }
 
 

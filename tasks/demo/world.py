@@ -1,0 +1,210 @@
+"""The world demo: generate the synthetic world, build it, train a tiny Stable Diffusion twice (L_LDM only,
+and with the grounding losses) from the same start, evaluate both with the normal MultiGen machinery
+(the world's exact detector, the attention-mask IoU on a held-out test world) and write a report.
+
+Every number of the protocol is in :class:`WorldProtocol` (docs/world.md lists them with their
+reasons); ``WorldProtocol()`` is the demo, :meth:`WorldProtocol.reduced` the CI test's 32 px world.
+Each step leaves its output in the folder and is skipped when found complete on a second run.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from tokencompose.tasks.demo.world_report import GROUNDED, PLAIN, write_report
+
+Progress = Callable[[str], None]
+
+PAPER_TOKEN_WEIGHT, PAPER_PIXEL_WEIGHT = 1e-3, 5e-5
+
+
+@dataclass(frozen=True)
+class WorldProtocol:
+    seed: int = 0                  # world, model, training and generation seeds
+    image_size: int = 64
+    train_images: int = 2000
+    test_images: int = 200         # a second world (seed + 1) with every pair, for the attention IoU
+    vae_steps: int = 300           # the random VAE fitted to the world (reconstruction), shared by both models
+    vae_batch: int = 16
+    train_steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    images_per_prompt: int = 4     # 56 prompts (every 5 of the 8 categories) x this, per model
+    generation_steps: int = 25
+    guidance_scale: float = 7.5
+    detector_threshold: float = 0.5
+    bootstrap_samples: int = 2000
+    threads: int = 1               # torch threads: on a shared 2-core machine one is far faster under load
+
+    @classmethod
+    def reduced(cls) -> "WorldProtocol":
+        """The CI test's world: 32 px, few images and steps, attention IoU only (no MultiGen)."""
+        return cls(image_size=32, train_images=400, test_images=60, vae_steps=0, train_steps=150,
+                   images_per_prompt=1, generation_steps=10)
+
+
+def say_to(progress: Progress | None) -> Progress:
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        line = f"[world {time.monotonic() - start:6.0f}s] {message}"
+        (progress or print)(line)
+    return say
+
+
+def make_sources(out: Path, protocol: WorldProtocol) -> tuple[Path, Path]:
+    from tokencompose.tasks.source.world import WORLD_FILE, write_world
+
+    train, test = out / "source" / "train", out / "source" / "test"
+    if not (train / WORLD_FILE).is_file():
+        write_world(train, protocol.train_images, protocol.seed, protocol.image_size)
+    if not (test / WORLD_FILE).is_file():
+        write_world(test, protocol.test_images, protocol.seed + 1, protocol.image_size, held_out=(), first_id=100001)
+    return train, test
+
+
+def build(source: Path, out: Path) -> Path:
+    """The normal offline build of a world source (PNG kept: its masks are the drawn pixels)."""
+    from tokencompose.schemas.config import BuildConfig
+    from tokencompose.schemas.reports import MANIFEST_FILE
+    from tokencompose.tasks.shards.dataset import build_directly
+
+    if not (out / MANIFEST_FILE).is_file():
+        build_directly(BuildConfig.model_validate({
+            "source": {"images_dir": str(source / "images"), "captions_json": str(source / "captions.json"),
+                       "instances_json": str(source / "instances.json")},
+            "output": {"out_dir": str(out), "shard_size": 500, "image_field": "png"}}))
+    return out
+
+
+def shard_pattern(dataset: Path) -> str:
+    return str(dataset / "shards" / "*.tar")
+
+
+def make_start_model(out: Path, source: Path, protocol: WorldProtocol, say: Progress) -> Path:
+    """The random tiny SD both models start from, its VAE fitted to the world first (else the images a
+    model generates decode through a random decoder into noise)."""
+    from tokencompose.tasks.training.toy import save_random_pipeline
+
+    model = out / "models" / "start"
+    if (model / "model_index.json").is_file():
+        return model
+    staging = out / "models" / ".start"
+    save_random_pipeline(staging, "tiny", seed=protocol.seed)
+    if protocol.vae_steps:
+        loss = fit_vae(staging / "vae", source / "images", protocol)
+        say(f"VAE fitted to the world: {protocol.vae_steps} steps, reconstruction MSE {loss:.4f}")
+    staging.rename(model)
+    return model
+
+
+def fit_vae(vae_dir: Path, images_dir: Path, protocol: WorldProtocol) -> float:
+    """Train the VAE to reconstruct the world's images (MSE + a small KL term); saved in place."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    torch.manual_seed(protocol.seed)
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    files = sorted(images_dir.glob("*.png"))
+    data = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).permute(0, 3, 1, 2)
+    data = data.float() / 127.5 - 1.0
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(protocol.seed)
+    recent: list[float] = []
+    vae.train()
+    for _ in range(protocol.vae_steps):
+        batch = data[torch.randint(0, len(data), (protocol.vae_batch,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        mse = torch.nn.functional.mse_loss(reconstruction, batch)
+        (mse + 1e-6 * posterior.kl().mean()).backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        recent = (recent + [float(mse)])[-20:]
+    vae.eval()
+    vae.save_pretrained(vae_dir)
+    return float(np.mean(recent))
+
+
+def train_model(name: str, start: Path, shards: str, out: Path, protocol: WorldProtocol, grounded: bool) -> Path:
+    """One training run; the two differ only in the grounding loss weights (0, or the paper's)."""
+    from tokencompose.schemas.training import TrainConfig
+    from tokencompose.tasks.training.trainer import train
+
+    run_dir = out / "runs" / name
+    pipeline = run_dir / "pipeline"
+    if (pipeline / "model_index.json").is_file():
+        return pipeline
+    config = TrainConfig(
+        pretrained_model=start, shards=[shards], output_dir=run_dir, resolution=protocol.image_size,
+        max_steps=protocol.train_steps, train_batch_size=protocol.batch_size, gradient_accumulation_steps=1,
+        learning_rate=protocol.learning_rate, num_workers=0, shuffle_buffer=256, gradient_checkpointing=False,
+        checkpoint_every=protocol.train_steps, log_every=10, export=True, seed=protocol.seed,
+        token_weight=PAPER_TOKEN_WEIGHT if grounded else 0.0, pixel_weight=PAPER_PIXEL_WEIGHT if grounded else 0.0)
+    result = train(config)
+    return result.pipeline_dir or pipeline
+
+
+def write_prompts(out: Path) -> Path:
+    from tokencompose.tasks.source.world import prompt_rows
+
+    path = out / "prompts.json"
+    path.write_text(json.dumps(prompt_rows(), indent=1))
+    return path
+
+
+def evaluate(out: Path, pipelines: dict[str, Path], prompts: Path, test_shards: str, protocol: WorldProtocol,
+             multigen: bool = True):
+    """The normal evaluation (tasks/multigen/run.py) of both models in one run: MultiGen over the
+    world's prompts with the world's detector, and the attention-mask IoU on the test world."""
+    from tokencompose.schemas.evaluation import EvaluateConfig
+    from tokencompose.tasks.multigen.detection import WORLD_DETECTOR
+    from tokencompose.tasks.multigen.run import evaluate_models
+
+    config = EvaluateConfig.model_validate({
+        "pipelines": [str(p) for p in pipelines.values()], "labels": list(pipelines), "out_dir": str(out / "evaluation"),
+        "benchmark": {"file": str(prompts), "limit": None if multigen else 1},
+        "generation": {"images_per_prompt": protocol.images_per_prompt, "seed": protocol.seed,
+                       "steps": protocol.generation_steps, "guidance_scale": protocol.guidance_scale,
+                       "resolution": protocol.image_size, "batch_size": 16, "prompts_per_shard": 8},
+        "detection": {"detector": WORLD_DETECTOR, "threshold": protocol.detector_threshold, "batch_size": 16},
+        "report": {"bootstrap_samples": protocol.bootstrap_samples, "grid_prompts": 4, "grid_images": 4,
+                   "attention_prompts": 2 if multigen else 0},
+        "metrics": {"grounding": {"shards": [test_shards]}},
+        "models": {"device": "cpu"}})
+    return config, evaluate_models(config, device="cpu")
+
+
+def run_world_demo(out: Path, protocol: WorldProtocol = WorldProtocol(), progress: Progress | None = None,
+                   multigen: bool = True) -> Path:
+    """The whole loop into ``out``; returns the report's path."""
+    import torch
+
+    torch.set_num_threads(protocol.threads)
+    say = say_to(progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.json").write_text(json.dumps(asdict(protocol), indent=1))
+    train_source, test_source = make_sources(out, protocol)
+    say(f"world generated: {protocol.train_images} training and {protocol.test_images} test images, "
+        f"{protocol.image_size} px")
+    train_data = build(train_source, out / "data" / "train")
+    test_data = build(test_source, out / "data" / "test")
+    say("world built with the offline build")
+    start = make_start_model(out, train_source, protocol, say)
+    pipelines = {}
+    for name, grounded in ((PLAIN, False), (GROUNDED, True)):
+        say(f"training {name} ({protocol.train_steps} steps of {protocol.batch_size})")
+        pipelines[name] = train_model(name, start, shard_pattern(train_data), out, protocol, grounded)
+    say("evaluating both models")
+    config, report = evaluate(out, pipelines, write_prompts(out), shard_pattern(test_data), protocol, multigen)
+    path = write_report(out, config, report, protocol, multigen)
+    say(f"report: {path}")
+    return path
+
