@@ -20,6 +20,7 @@ DEFAULT_ATTN_MODULE = "transformer_blocks.0.attn2"
 TRAIN_CONFIG_FILE = "train_config.json"  # in the output folder, every checkpoint and the export
 
 Aggregation = Literal["reference", "normalized"]
+ReportTo = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
 
 
 class TrainConfig(StrictModel):
@@ -94,6 +95,22 @@ class TrainConfig(StrictModel):
     resume: bool = Field(default=True, description="continue from the latest checkpoint in output_dir")
     log_every: int = Field(default=10, ge=1, description="optimizer steps between metrics.jsonl lines")
     export: bool = Field(default=True, description="write a StableDiffusionPipeline folder at the end")
+
+    # watching the run (docs/training.md "Watching a run")
+    report_to: ReportTo = Field(default="none", description="accelerate's experiment trackers: none, tensorboard "
+                                "(event files in output_dir/logs), wandb, mlflow or all; every log_every steps the "
+                                "loss terms (per resolution too), learning rate, samples/s and skipped-sample counts")
+    tracker_project: str = Field(default="tokencompose", description="the trackers' project (run) name")
+    validation_prompts: list[str] = Field(default_factory=list, description="prompts generated with the current "
+                                          "weights every validation_every steps and at the end, into "
+                                          "output_dir/validation/step-NNNNNN/ and the trackers; the first "
+                                          "prompt's noun cross-attention maps are saved beside them")
+    validation_nouns: list[str] | None = Field(default=None, description="the nouns of the first validation "
+                                               "prompt whose maps are saved; null: spaCy's noun phrases of it")
+    validation_every: int = Field(default=500, ge=1, description="optimizer steps between validations")
+    validation_inference_steps: int = Field(default=25, ge=1, description="denoising steps of a validation image")
+    validation_guidance_scale: float = Field(default=7.5, ge=0, description="classifier-free guidance scale of "
+                                             "the validation images")
 
     @field_validator("shards", "train_layers", mode="before")
     @classmethod

@@ -39,6 +39,9 @@ from tokencompose.tasks.training.losses import Targets, group_name, grounding_lo
 from tokencompose.tasks.training.samples import (FIRST_LOGGED, UNREADABLE_SHARD, DataError, DataQuality, DataScan, Skip,
                                                  TooMuchBadData, scan_shards)
 from tokencompose.tasks.training.components import Components, load_components
+from tokencompose.tasks.training.watch import (TRACKER_DIR, Validation, hyperparameters, log_validation, run_validation,
+                                               tracker_problems, tracker_values, trackers)
+from tokencompose.tasks.progress import Progress, run_logger, timed
 
 log = logging.getLogger("tokencompose.tasks.training")
 
@@ -48,6 +51,7 @@ PLAN_FILE = "memory_plan.json"
 METRICS_FILE = "metrics.jsonl"
 
 ProgressCallback = Callable[[int, int, dict], None]
+ValidationCallback = Callable[[Validation], None]
 
 
 @dataclass
@@ -175,12 +179,17 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 class Trainer:
     def __init__(self, config: TrainConfig, progress: ProgressCallback | None = None,
-                 accelerator: Accelerator | None = None):
+                 accelerator: Accelerator | None = None, validated: ValidationCallback | None = None):
         self.config = config
         self.progress = progress
+        self.validated = validated
+        problems = tracker_problems(config.report_to)
+        if problems:  # before anything loads
+            raise ModuleNotFoundError("; ".join(problems))
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=config.mixed_precision,
-            project_config=ProjectConfiguration(project_dir=str(config.output_dir)))
+            mixed_precision=config.mixed_precision, log_with=trackers(config.report_to) or None,
+            project_config=ProjectConfiguration(project_dir=str(config.output_dir),
+                                                logging_dir=str(Path(config.output_dir) / TRACKER_DIR)))
         self.state = TrainState()
         self._nonfinite_steps = 0
         self._data_wait = 0.0  # seconds spent waiting for the loader since the last log record
@@ -194,7 +203,8 @@ class Trainer:
         self.urls = expand_shards(cfg.shards)
         self.scan = self._scan_data()  # before any model loads: too much bad data costs seconds, not minutes
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
-        self.models: Components = load_components(cfg.pretrained_model)
+        with timed(f"loading the model to train from {cfg.pretrained_model}", run_logger(log)):
+            self.models: Components = load_components(cfg.pretrained_model)
         m = self.models
         latent = cfg.resolution // m.vae_scale_factor
         self.train_layers = cfg.train_layers or paper_layers(m.unet)
@@ -241,6 +251,8 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / TRAIN_CONFIG_FILE).write_text(cfg.to_json())
             (self.output_dir / PLAN_FILE).write_text(self.plan.to_json())
+        if trackers(cfg.report_to):
+            acc.init_trackers(cfg.tracker_project, config=hyperparameters(cfg))
         if cfg.resume:
             self._resume()
         if self.state.positions is None:
@@ -556,24 +568,57 @@ class Trainer:
         checkpoint = latest_checkpoint(self.output_dir)
         window_start, window_samples = time.perf_counter(), 0
         global_batch = self.batch_size * self.accumulation * acc.num_processes
-        while self.state.step < cfg.max_steps:
-            logs = self.train_step(batches)
-            window_samples += global_batch
-            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
-                elapsed = time.perf_counter() - window_start
-                last = self._record(logs, window_samples / max(elapsed, 1e-9))
-                last["data_wait_fraction"] = self._data_wait / max(elapsed, 1e-9)  # > ~0.05: add num_workers
-                self._data_wait = 0.0
-                window_start, window_samples = time.perf_counter(), 0
-                if acc.is_main_process:
-                    with open(metrics_path, "a") as handle:
-                        handle.write(json.dumps(last) + "\n")
-                    log.info(format_record(last))
-                    if self.progress:
-                        self.progress(self.state.step, cfg.max_steps, last)
-            if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
-                checkpoint = self.save_checkpoint()
+        bar = Progress("training", cfg.max_steps, "step", initial=self.state.step, logger=run_logger(log)) \
+            if acc.is_main_process else None
+        with bar or nullcontext():
+            while self.state.step < cfg.max_steps:
+                logs = self.train_step(batches)
+                window_samples += global_batch
+                if bar is not None:
+                    bar.advance(1)
+                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last = self._log_window(logs, metrics_path, window_samples / max(elapsed, 1e-9), elapsed)
+                    window_start, window_samples = time.perf_counter(), 0
+                    if bar is not None:
+                        bar.postfix = f"loss {last['loss']:.4g}"
+                if self.config.validation_prompts and (self.state.step % cfg.validation_every == 0
+                                                       or self.state.step == cfg.max_steps):
+                    self.validate()
+                if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
+                    checkpoint = self.save_checkpoint()
         return self.finish(checkpoint, last)
+
+    def _log_window(self, logs: dict[str, torch.Tensor], metrics_path: Path, samples_per_s: float,
+                    elapsed: float) -> dict:
+        """The metrics record of the steps since the last one: metrics.jsonl, the log, the trackers."""
+        acc = self.accelerator
+        last = self._record(logs, samples_per_s)
+        last["data_wait_fraction"] = self._data_wait / max(elapsed, 1e-9)  # > ~0.05: add num_workers
+        self._data_wait = 0.0
+        if acc.is_main_process:
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps(last) + "\n")
+            log.info(format_record(last))
+            if self.progress:
+                self.progress(self.state.step, self.config.max_steps, last)
+        if trackers(self.config.report_to):
+            acc.log(tracker_values(last), step=self.state.step)
+        return last
+
+    def validate(self) -> Validation | None:
+        """Validation images (and the first prompt's attention maps) with the current weights, on the
+        main process; the others wait."""
+        acc, validation = self.accelerator, None
+        if acc.is_main_process:
+            with timed(f"generating the validation images at step {self.state.step}", run_logger(log)):
+                validation = run_validation(self.config, self.models, acc.unwrap_model(self.unet), self.state.step,
+                                            acc.autocast())
+            log_validation(acc, validation, self.config.validation_prompts)
+            if self.validated:
+                self.validated(validation)
+        acc.wait_for_everyone()
+        return validation
 
     def finish(self, checkpoint: Path | None, last: dict) -> TrainResult:
         acc = self.accelerator
@@ -583,6 +628,8 @@ class Trainer:
             if self.config.export:  # processors are not part of the saved weights or config
                 pipeline_dir = export_pipeline(self.config, acc.unwrap_model(self.unet), self.output_dir / PIPELINE_DIR)
             curve = plot_loss_curves(read_metrics(self.output_dir / METRICS_FILE), self.output_dir / CURVE_FILE)
+        if trackers(self.config.report_to):
+            acc.end_training()
         acc.wait_for_everyone()
         return TrainResult(self.output_dir, self.state.step, pipeline_dir, curve, checkpoint,
                            dict(self.state.stats), last, self.quality.summary())
