@@ -34,6 +34,8 @@ def _locate(spec, config) -> tuple[Path | None, str | None]:
     with it); a name is looked up in the models folder and hub cache."""
     if spec.explicit is not None and spec.explicit.is_dir():
         return spec.explicit, None
+    if spec.explicit is not None:
+        return None, f"{spec.explicit}: no such folder (a local path; expected {spec.what}: {spec.source})"
     searched: list[str] = []
     root = models_dir(config)
     found = find_weights(spec, root, hf_cache_dir(config), searched)

@@ -118,15 +118,31 @@ def check_output(config: BuildConfig, config_hash: str) -> None:
         raise ConfigurationError(f"output.out_dir {out} exists and is not a folder")
     if previous.is_file():
         try:
-            old_hash = json.loads(previous.read_text())["config_hash"]
-        except (ValueError, KeyError) as error:
+            recorded = json.loads(previous.read_text())
+            old_hash = recorded["config_hash"]
+        except (ValueError, KeyError, TypeError) as error:
             raise ConfigurationError(f"{previous} is unreadable ({error}); remove it or choose another out_dir") from None
         if old_hash != config_hash and not config.output.overwrite:
+            changed = setting_changes(recorded.get("content"), config.content_dict())
             raise ConfigurationError(
-                f"{out} holds a dataset built with configuration {old_hash}, this run's is {config_hash}: "
-                f"choose another output.out_dir, or set output.overwrite to replace it")
+                f"{out} holds a dataset built with other settings ({'; '.join(changed) or f'configuration {old_hash}'}"
+                f"): build into another folder (--out), or add --overwrite (output.overwrite) to replace it")
     elif out.is_dir() and any(p.name not in (".cache", LOCK_FILE) for p in out.iterdir()):
         raise ConfigurationError(f"output.out_dir {out} is not empty and holds no tokencompose dataset")
+
+
+def setting_changes(before: object, now: dict, prefix: str = "") -> list[str]:
+    """``section.field: old -> new`` for each setting that decides the bytes and differs (nested sections walked)."""
+    if not isinstance(before, dict):
+        return []
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += setting_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {json.dumps(old)} -> {json.dumps(new)}")
+    return changes
 
 
 def clear_previous(config: BuildConfig) -> None:

@@ -87,3 +87,22 @@ def test_version_and_fast_help():
     assert result["code"] == 0 and result["heavy"] == []
     result = run_cli("build", "--help")
     assert result["code"] == 0 and result["heavy"] == []
+
+
+def test_an_evaluation_that_cannot_start_says_so_once_without_starting_prefect(tmp_path):
+    result = run_cli("evaluate", "--model", str(tmp_path / "absent"), "--detector", str(tmp_path / "no-owl"),
+                     "--out", str(tmp_path / "eval"))
+    assert result["code"] == 2
+    err = result["stderr"]
+    assert err.count("cannot start the MultiGen evaluation") == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'absent'}: no such folder (a local path" in err     # not "download it into the cache"
+    assert "prefect" not in result["heavy"]
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_changed_build_names_the_settings_that_differ_and_the_flag(tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("build", "--demo", "--no-prefect", "--limit", "2", "--out", str(out))["code"] == 0
+    result = run_cli("build", "--demo", "--no-prefect", "--limit", "2", "--out", str(out), "--shard-size", "1")
+    assert result["code"] == 2
+    assert "other settings (output.shard_size: 500 -> 1" in result["stderr"] and "--overwrite" in result["stderr"]

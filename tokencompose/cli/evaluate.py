@@ -40,8 +40,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print("cannot start:\n  - " + "\n  - ".join(problems), file=sys.stderr)
         return 2
     from tokencompose.tasks.multigen.generation import ModelFolderError
-    from tokencompose.tasks.multigen.run import EvaluationError, evaluate_cli_summary
+    from tokencompose.tasks.multigen.run import EvaluationError, evaluate_cli_summary, preflight
 
+    try:
+        preflight(config)   # a run that cannot start is told once, before Prefect logs a failed flow run
+    except (EvaluationError, ModelFolderError) as error:
+        print(str(error), file=sys.stderr)
+        return 2
     try:
         if args.no_prefect:
             import logging

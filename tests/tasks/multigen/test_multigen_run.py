@@ -67,7 +67,7 @@ def test_problems_stop_the_run_before_any_work(make_eval_config, tiny_owl, tmp_p
     text = str(error.value)
     assert f"{bad_prompts}: row 0: 1 categories" in text
     assert "tiny-owlv2: not a diffusers pipeline folder (no model_index.json)" in text
-    assert "absent" in text and "missing folder" in text and "detector: missing folder" in text
+    assert "absent: no such folder (a local path" in text and "no-owl: no such folder (a local path" in text
     assert not config.out_dir.exists()
 
 

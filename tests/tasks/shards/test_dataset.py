@@ -129,7 +129,7 @@ def test_an_existing_dataset_of_another_configuration_is_never_touched(make_demo
     build_directly(first)
     before = _files(first.output.out_dir)
     other = make_demo_config("same", output={"shard_size": 2})
-    with pytest.raises(ConfigurationError, match="choose another output.out_dir"):
+    with pytest.raises(ConfigurationError, match=r"other settings \(output.shard_size: \d+ -> 2\).*add --overwrite"):
         build_directly(other)
     assert _files(first.output.out_dir) == before
     replace = make_demo_config("same", output={"shard_size": 2, "overwrite": True})

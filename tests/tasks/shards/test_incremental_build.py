@@ -115,7 +115,7 @@ def test_a_source_that_lost_images_is_refused_with_the_list(tmp_path):
 def test_a_changed_configuration_is_still_refused_unless_overwrite(tmp_path):
     out = tmp_path / "out"
     build_directly(_config(tmp_path, VSR_LINES[:PART_1]))
-    with pytest.raises(ConfigurationError, match="holds a dataset built with configuration"):
+    with pytest.raises(ConfigurationError, match=r"holds a dataset built with other settings \(output.shard_size"):
         build_directly(_config(tmp_path, VSR_LINES, output={"shard_size": 3}))
     build_directly(_config(tmp_path, VSR_LINES, output={"shard_size": 3, "overwrite": True}))
     versions = dataset_versions(out)
