@@ -59,12 +59,13 @@ def test_second_run_reuses_shards_and_a_deleted_shard_is_rebuilt(prefect_api, tm
 
 
 def test_interrupted_run_resumed_gives_the_same_bytes(prefect_api, tmp_path):
-    source = replicate_sample(tmp_path / "source", copies=6)
+    source = replicate_sample(tmp_path / "source", copies=3)
     settings = {"source": source, "output": {"out_dir": str(tmp_path / "interrupted"), "shard_size": 2}}
     config_file = tmp_path / "config.json"
     config_file.write_text(BuildConfig.model_validate(settings).model_dump_json())
     shards_dir = tmp_path / "interrupted" / "shards"
-    env = {**os.environ, "PREFECT_API_URL": os.environ.get("PREFECT_API_URL", "")}
+    # The harness's API (a setting, not in os.environ): the CLI starts no server of its own.
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     command = os.path.join(os.path.dirname(sys.executable), "tokencompose")  # the installed console script
     process = subprocess.Popen([command, "build", "--config", str(config_file)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -74,7 +75,7 @@ def test_interrupted_run_resumed_gives_the_same_bytes(prefect_api, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     written = {p.name: p.stat().st_mtime_ns for p in shards_dir.glob("*.tar")}
-    assert 3 <= len(written) < 24, "the kill must land mid-run"
+    assert 3 <= len(written) < 12, "the kill must land mid-run"
     assert not (tmp_path / "interrupted" / "manifest.json").exists()
 
     build_grounded_coco(config=BuildConfig.model_validate(settings))
@@ -85,7 +86,7 @@ def test_interrupted_run_resumed_gives_the_same_bytes(prefect_api, tmp_path):
     uninterrupted = {**settings, "output": {**settings["output"], "out_dir": str(tmp_path / "straight")}}
     build_grounded_coco(config=BuildConfig.model_validate(uninterrupted))
     assert _dataset_bytes(tmp_path / "interrupted") == _dataset_bytes(tmp_path / "straight")
-    assert len(list(shards_dir.glob("*.tar"))) == 24
+    assert len(list(shards_dir.glob("*.tar"))) == 12
 
 
 def test_bad_configuration_fails_the_run_before_any_output(prefect_api, tmp_path):
