@@ -38,6 +38,15 @@ def _quality_rows(quality: dict[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
+def validation_markdown(validation, prompts: list[str]) -> str:
+    """The latest validation images (and the first prompt's attention maps) as a markdown table of paths."""
+    rows = [(prompt, f"`{path}`") for prompt, path in zip(prompts, validation.images)]
+    if validation.attention is not None:
+        rows.append((f"attention maps of {prompts[0]!r}", f"`{validation.attention}`"))
+    table = "| prompt | image |\n|---|---|\n" + "\n".join(f"| {p} | {i} |" for p, i in rows)
+    return f"**validation at step {validation.step}** ({validation.folder})\n\n{table}"
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     rows = [("steps", summary["steps"]), ("pipeline", summary["pipeline_dir"]), ("loss curve", summary["loss_curve"])]
     rows += [(f"count: {k}", v) for k, v in summary["stats"].items()]
@@ -62,8 +71,13 @@ def train_tokencompose(config: TrainConfig) -> dict[str, Any]:
         update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)
         logger.info(format_record(record))
 
+    def validated(validation) -> None:
+        create_markdown_artifact(markdown=validation_markdown(validation, config.validation_prompts),
+                                 key="train-tokencompose-validation",
+                                 description=f"validation images at step {validation.step}")
+
     try:
-        trainer = Trainer(config, progress)
+        trainer = Trainer(config, progress, validated=validated)
         if trainer.state.step:
             logger.info("resuming at step %d of %d", trainer.state.step, config.max_steps)
         result = trainer.train()

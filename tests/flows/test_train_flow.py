@@ -143,3 +143,47 @@ def test_too_much_bad_data_stops_the_flow_and_the_cli_in_one_line(prefect_api, m
     err = capsys.readouterr().err.strip()
     assert err.startswith("training failed: too much bad training data: 1 of 101 samples unusable") and "\n" not in err
     assert "shard-000000.tar (1 unusable: json_not_object 1)" in err
+
+
+def flow_run_logs(flow_run_id, wanted: str, timeout_s: float = 60.0) -> list[str]:
+    """The run's log messages read back through the Prefect client, once one contains ``wanted``
+    (the API handler ships them in the background: polled with a deadline)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        messages = [entry.message for entry in logs]
+        if any(wanted in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        APILogWorker.drain_all(timeout=5)
+
+
+@pytest.mark.server
+def test_the_flow_logs_progress_and_makes_a_validation_artifact(prefect_api, make_config):
+    config = make_config(max_steps=2, validation_prompts=["a cat to the left of a cup"], validation_nouns=["cat"],
+                         validation_every=2, validation_inference_steps=1)
+    state = train_tokencompose(config=config, return_state=True)
+    assert state.is_completed()
+    flow_run_id = state.state_details.flow_run_id
+    messages = flow_run_logs(flow_run_id, "training: done, 2/2 step in")
+    assert "training: 0/2 step" in messages
+    assert any(m.startswith("training: done, 2/2 step in") and "step/s" in m for m in messages), messages
+    assert any(m.startswith("loading the model to train from") for m in messages)
+    image = config.output_dir / "validation" / "step-000002" / "00.png"
+    assert image.exists()
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"key": {"any_": ["train-tokencompose-validation"]}, "flow_run_id": {"any_": [str(flow_run_id)]}},
+            "sort": "CREATED_DESC", "limit": 5, "offset": 0}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    response.raise_for_status()
+    (artifact,) = response.json()
+    assert "validation at step 2" in artifact["data"] and f"`{image}`" in artifact["data"]
