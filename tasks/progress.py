@@ -1,8 +1,8 @@
 """Progress of long work: rate and ETA as a tqdm bar on a terminal, as periodic log lines elsewhere.
 
 One :class:`Progress` per long step (training steps, generated or detected images, denoising steps).
-A bar is drawn only when stderr is a terminal and the process is not a Dask or Ray worker (their
-output is collected into logs a bar would garble); otherwise a line goes to the log when the step
+A bar is drawn only when stderr is a terminal and the process is neither a Dask or Ray worker (their
+output is collected into logs a bar would garble) nor one of several ranks; otherwise a line goes to the log when the step
 starts, every ``every_s`` seconds and when it ends. Inside a Prefect flow or task run the lines go to
 the run's logger, so they are in the run's logs. ``TOKENCOMPOSE_QUIET=1`` (the commands' ``--quiet``,
 inherited by worker processes) silences both. :func:`timed` frames a slow single call (loading big
@@ -67,9 +67,15 @@ def run_logger(default: logging.Logger | logging.LoggerAdapter | None = None):
     return default or log
 
 
+def several_processes() -> bool:
+    """One of several ranks (torchrun / accelerate launch): their bars would overwrite each other."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
 def bar_wanted(stream=None) -> bool:
     stream = stream if stream is not None else sys.stderr
-    return not is_quiet() and bool(getattr(stream, "isatty", lambda: False)()) and not in_worker()
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    return not is_quiet() and terminal and not in_worker() and not several_processes()
 
 
 def duration(seconds: float) -> str:
@@ -91,6 +97,8 @@ class Progress:
 
     def __init__(self, label: str, total: int | None, unit: str = "it", *, initial: int = 0,
                  every_s: float = DEFAULT_EVERY_S, logger=None, bar: bool | None = None):
+        if several_processes():
+            label = f"{label} (rank {os.environ.get('RANK', '?')})"
         self.label, self.total, self.unit = label, total, unit
         self.done = self.initial = initial
         self.every_s = every_s
@@ -149,6 +157,14 @@ class Progress:
         if now - self.last_line >= self.every_s and (self.total is None or self.done < self.total):
             self.last_line = now
             self.logger.info("%s: %s", self.label, self.line())
+
+    def skip(self, n: int) -> None:
+        """``n`` units already done (a shard intact on disk): toward the total, not the rate."""
+        self.done += n
+        self.initial += n
+        if self._bar is not None and self._bar.total is not None:  # the bar shows this run's work
+            self._bar.total -= n
+            self._bar.refresh()
 
     def close(self, failed: bool = False) -> None:
         if self._bar is not None:

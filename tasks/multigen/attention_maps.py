@@ -66,12 +66,17 @@ def cross_attention_layers(unet) -> dict[str, str]:
 
 
 def capture_maps(pipe, prompt: str, spans: Sequence[tuple[str, tuple[int, int]]], latents, *, steps: int,
-                 guidance_scale: float, resolution: int) -> NounMaps:
-    """Generate one image from ``latents`` (1 x C x h x w) and average each noun's cross-attention."""
+                 guidance_scale: float, resolution: int, progress_label: str | None = None) -> NounMaps:
+    """Generate one image from ``latents`` (1 x C x h x w) and average each noun's cross-attention
+    (``progress_label``: report the denoising steps' rate and ETA under that name)."""
+    from contextlib import nullcontext
+
     import torch
     import torch.nn.functional as F
     from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPTokenizerFast
+
+    from tokencompose.tasks.progress import Progress
 
     from tokencompose.tasks.training.attention import install_processors
     from tokencompose.tasks.training.data import noun_token_positions
@@ -104,12 +109,15 @@ def capture_maps(pipe, prompt: str, spans: Sequence[tuple[str, tuple[int, int]]]
             side = int(round(conditional.shape[0] ** 0.5))
             total[layer] = total.get(layer, 0) + conditional.T.reshape(len(columns), side, side)
         counted["steps"] += 1
+        if denoising is not None:
+            denoising.advance(1)
         store.begin(token_index)
         return kwargs
 
+    denoising = Progress(progress_label, steps, "step") if progress_label else None
     try:
         store.begin(token_index)
-        with torch.inference_mode():
+        with torch.inference_mode(), denoising or nullcontext():
             out = pipe(prompt=prompt, latents=latents.to(device=device, dtype=pipe.unet.dtype),
                        num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution, width=resolution,
                        output_type="np", callback_on_step_end=collect).images[0]
@@ -169,8 +177,14 @@ def attention_for_prompt(config) -> Path:
     from tokencompose.tasks.multigen.generation import initial_latents, load_pipeline, resolve_dtype
     from tokencompose.tasks.multigen.plan import resolve_pipeline
 
+    from tokencompose.tasks.progress import timed
+
     path = resolve_pipeline(config.model, config)
-    spans = spans_of(config.prompt, config.nouns) if config.nouns else spacy_nouns(config.prompt)
+    if config.nouns:
+        spans = spans_of(config.prompt, config.nouns)
+    else:
+        with timed("finding the prompt's nouns with spaCy"):
+            spans = spacy_nouns(config.prompt)
     if not spans:
         raise ValueError(f"no nouns found in {config.prompt!r}; name them with --noun")
     device = resolve_device(config.models.device)
@@ -179,5 +193,6 @@ def attention_for_prompt(config) -> Path:
     shape = (1, pipe.unet.config.in_channels, config.resolution // factor, config.resolution // factor)
     latents = initial_latents(config.seed, 0, 0, shape[1:])[None]
     result = capture_maps(pipe, config.prompt, spans, latents, steps=config.steps,
-                          guidance_scale=config.guidance_scale, resolution=config.resolution)
+                          guidance_scale=config.guidance_scale, resolution=config.resolution,
+                          progress_label="attention: denoising")
     return save_grid(result, config.out_dir, config.prompt)

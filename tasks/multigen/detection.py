@@ -186,8 +186,9 @@ def detected_categories(categories: Sequence[str], scores: dict[str, dict] | Non
 
 
 def detect_shard(detector: "Detector | WorldDetector", shard: Path, out: Path, batch_size: int, threshold: float = 0.1,
-                 made_from: str | None = None) -> dict:
-    """Detect every image of ``shard`` and write its detections file (``made_from``: the shard's sha256)."""
+                 made_from: str | None = None, advance: Callable[[int], None] | None = None) -> dict:
+    """Detect every image of ``shard`` and write its detections file (``made_from``: the shard's sha256);
+    ``advance(n)`` after each batch of n images scored."""
     from PIL import Image
 
     rows: list[dict] = []
@@ -200,6 +201,8 @@ def detect_shard(detector: "Detector | WorldDetector", shard: Path, out: Path, b
         for (meta, _), categories in zip(pending, scored):
             rows[meta["_row"]]["categories_scores"] = categories
             rows[meta["_row"]]["detected"] = detected_categories(meta["categories"], categories, threshold)
+        if advance:
+            advance(len(pending))
         pending.clear()
 
     for meta, png in read_shard(shard):
@@ -238,21 +241,24 @@ def run_detection(detector: "Detector | WorldDetector", shards: Sequence[Path], 
                   redone: Callable[[Path, str], None] | None = None) -> dict:
     """Detections of every shard without intact ones made from its current images (broken or stale:
     ``redone(path, why)`` once they are made again)."""
+    from tokencompose.tasks.progress import Progress
+
     totals = {"shards_done": 0, "shards_skipped": 0, "images": 0}
-    for shard in shards:
-        out = Path(out_dir) / detections_name(shard.name)
-        made_from = shard_sha256(shard)
-        done, reason = integrity.status(out, made_from)
-        if done:
-            totals["shards_skipped"] += 1
-            continue
-        counts = detect_shard(detector, shard, out, batch_size, threshold, made_from)
-        if reason is not None and redone:
-            redone(out, reason)
-        totals["shards_done"] += 1
-        totals["images"] += counts["images"]
-        if progress:
-            progress(shard.name, counts)
+    with Progress("detection", None, "image") as images:  # the shards' sizes are known only once read
+        for shard in shards:
+            out = Path(out_dir) / detections_name(shard.name)
+            made_from = shard_sha256(shard)
+            done, reason = integrity.status(out, made_from)
+            if done:
+                totals["shards_skipped"] += 1
+                continue
+            counts = detect_shard(detector, shard, out, batch_size, threshold, made_from, advance=images.advance)
+            if reason is not None and redone:
+                redone(out, reason)
+            totals["shards_done"] += 1
+            totals["images"] += counts["images"]
+            if progress:
+                progress(shard.name, counts)
     return totals
 
 

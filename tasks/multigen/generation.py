@@ -126,15 +126,18 @@ def load_pipeline(path: Path, device: str, dtype, scheduler: str = "pndm", compi
     SDPA attention (diffusers' default AttnProcessor2_0), PNDM unless asked for the folder's scheduler."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
+    from tokencompose.tasks.progress import timed
+
     problems = check_pipeline_folder(path)
     if problems:
         raise ModelFolderError("; ".join(problems))
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False,
-                                                   local_files_only=True)
-    if scheduler == "pndm":
-        pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
-    pipe = pipe.to(device)
+    with timed(f"loading the pipeline {path} onto {device}"):
+        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None,
+                                                       feature_extractor=None, requires_safety_checker=False,
+                                                       local_files_only=True)
+        if scheduler == "pndm":
+            pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if compile_unet:
         import torch
@@ -152,8 +155,10 @@ class GeneratedImage:
 
 
 def generate_images(pipe, items: Sequence[tuple[Prompt, int]], *, seed: int, steps: int, guidance_scale: float,
-                    resolution: int, batch_size: int) -> list[GeneratedImage]:
-    """Generate ``(prompt, image index)`` items in batches; each image's noise is its own (see module doc)."""
+                    resolution: int, batch_size: int, advance: Callable[[int], None] | None = None
+                    ) -> list[GeneratedImage]:
+    """Generate ``(prompt, image index)`` items in batches; each image's noise is its own (see module doc);
+    ``advance(n)`` after each batch of n images."""
     import torch
 
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -171,6 +176,8 @@ def generate_images(pipe, items: Sequence[tuple[Prompt, int]], *, seed: int, ste
             nan = bool(np.isnan(image).any())
             pixels = np.nan_to_num(image, nan=0.0)
             results.append(GeneratedImage(prompt, index, (pixels * 255).round().clip(0, 255).astype(np.uint8), nan))
+        if advance:
+            advance(len(batch))
     return results
 
 
@@ -195,11 +202,12 @@ def write_tar_atomic(path: Path, samples: Sequence[tuple[str, dict[str, bytes]]]
 
 
 def generate_shard(pipe, plan: ShardPlan, path: Path, *, images_per_prompt: int, seed: int, steps: int,
-                   guidance_scale: float, resolution: int, batch_size: int, model: dict) -> dict:
+                   guidance_scale: float, resolution: int, batch_size: int, model: dict,
+                   advance: Callable[[int], None] | None = None) -> dict:
     """Generate and write one shard; returns counts (images, nan)."""
     items = [(prompt, index) for prompt in plan.prompts for index in range(images_per_prompt)]
     generated = generate_images(pipe, items, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                                resolution=resolution, batch_size=batch_size)
+                                resolution=resolution, batch_size=batch_size, advance=advance)
     samples = []
     for item in generated:
         meta = {"prompt_id": item.prompt.id, "image_index": item.index, "prompt": item.prompt.text,
@@ -250,22 +258,26 @@ def run_generation(pipe, plans: Sequence[ShardPlan], out: Path, *, images_per_pr
                    progress: Callable[[str, dict], None] | None = None,
                    redone: Callable[[Path, str], None] | None = None) -> dict:
     """Every shard of ``plans`` not yet intact on disk (absent, or broken: then ``redone(path, why)``);
-    returns counts of this call."""
+    returns counts of this call. The images' rate and ETA are reported (:mod:`tokencompose.tasks.progress`)."""
+    from tokencompose.tasks.progress import Progress
+
     totals = {"shards_done": 0, "shards_skipped": 0, "images": 0, "nan": 0}
-    for plan in plans:
-        path = Path(out) / f"{plan.name}.tar"
-        done, reason = integrity.status(path)
-        if done:
-            totals["shards_skipped"] += 1
-            continue
-        if reason is not None and redone:
-            redone(path, reason)
-        counts = generate_shard(pipe, plan, path, images_per_prompt=images_per_prompt, seed=seed, steps=steps,
-                                guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
-                                model=model)
-        totals["shards_done"] += 1
-        totals["images"] += counts["images"]
-        totals["nan"] += counts["nan"]
-        if progress:
-            progress(plan.name, counts)
+    with Progress("generation", sum(len(p.prompts) for p in plans) * images_per_prompt, "image") as images:
+        for plan in plans:
+            path = Path(out) / f"{plan.name}.tar"
+            done, reason = integrity.status(path)
+            if done:
+                totals["shards_skipped"] += 1
+                images.skip(len(plan.prompts) * images_per_prompt)
+                continue
+            if reason is not None and redone:
+                redone(path, reason)
+            counts = generate_shard(pipe, plan, path, images_per_prompt=images_per_prompt, seed=seed, steps=steps,
+                                    guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
+                                    model=model, advance=images.advance)
+            totals["shards_done"] += 1
+            totals["images"] += counts["images"]
+            totals["nan"] += counts["nan"]
+            if progress:
+                progress(plan.name, counts)
     return totals

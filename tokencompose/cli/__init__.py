@@ -42,7 +42,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 COMMON_FLAGS: dict[str, tuple[str, ...]] = {
     "build": ("--profile", "--workers"),
     "train": ("--pretrained-model", "--shards", "--output-dir", "--max-steps", "--resolution", "--token-weight",
-              "--pixel-weight", "--mixed-precision", "--seed"),
+              "--pixel-weight", "--mixed-precision", "--seed", "--report-to", "--validation-prompts"),
     "attention": ("--model", "--prompt", "--steps", "--resolution", "--seed"),
     "retrain": ("--base-model", "--steps"),
 }

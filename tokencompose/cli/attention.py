@@ -17,6 +17,7 @@ def add_cli(subparsers) -> None:
                     "(middle block and decoder, averaged over the denoising steps), as in TokenCompose's "
                     "figures. Nouns: --noun (repeatable), else spaCy's noun phrases of the prompt.")
     parser.add_argument("--config", type=Path, help="a JSON, YAML or TOML file with AttentionConfig fields")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     source = add_config_flags(parser, AttentionConfig)
     parser.set_defaults(handler=run_attention, config_source=source)
 
@@ -25,6 +26,14 @@ def run_attention(args: argparse.Namespace) -> int:
     config = load_config(AttentionConfig, args, "attention configuration")
     if config is None:
         return 2
+    import logging
+
+    from tokencompose.tasks.progress import set_quiet
+
+    if args.quiet:
+        set_quiet()
+    if not logging.getLogger().handlers:  # the progress lines when stderr is not a terminal
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from tokencompose.tasks.multigen.attention_maps import INFO_FILE, attention_for_prompt
     from tokencompose.tasks.multigen.generation import ModelFolderError
     from tokencompose.tasks.multigen.run import EvaluationError

@@ -22,6 +22,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--no-prefect", action="store_true",
                         help="run the trainer directly (use this under `accelerate launch`)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     source = add_config_flags(parser, TrainConfig)
     parser.set_defaults(handler=run_train, config_source=source)
 
@@ -42,6 +43,10 @@ def demo_preset(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.quiet:
+        from tokencompose.tasks.progress import set_quiet
+
+        set_quiet()
     if args.demo:  # the demo writes its model and shards there before the configuration exists
         from tokencompose.tasks.models.preflight import output_problems
 
