@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 QUIET_ENV = "TOKENCOMPOSE_QUIET"
 DEFAULT_EVERY_S = 30.0
@@ -106,12 +106,16 @@ class Progress:
         self.logger = logger or run_logger()
         self.started = self.last_line = time.monotonic()
         self.postfix: str = ""
-        self._bar = None
+        self._bar: Any = None
+        self._redirect: Any = None
         if not self.quiet and (bar if bar is not None else bar_wanted()):
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # type: ignore[import-untyped]
+            from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
             self._bar = tqdm(total=total, initial=initial, unit=unit, desc=label, file=sys.stderr,
                              dynamic_ncols=True, leave=True)
+            self._redirect = logging_redirect_tqdm()  # the root logger's console lines print above the bar
+            self._redirect.__enter__()
         elif not self.quiet:
             self.logger.info("%s: %s", label, self._counts())
 
@@ -170,6 +174,8 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            if self._redirect is not None:
+                self._redirect.__exit__(None, None, None)
         elif self.quiet:
             return
         elapsed = time.monotonic() - self.started

@@ -159,13 +159,13 @@ def log_validation(accelerator, validation: Validation, prompts: list[str]) -> N
                 tracker.writer.add_image("validation_attention", grid, validation.step, dataformats="HWC")
             tracker.writer.flush()
         elif tracker.name == "wandb":
-            import wandb
+            import wandb  # type: ignore[import-not-found]
 
             logged = [wandb.Image(p, caption=c) for p, c in zip(pictures, prompts)]
             extra = {"validation_attention": wandb.Image(grid)} if grid is not None else {}
             tracker.log({"validation": logged, **extra}, step=validation.step)
         elif tracker.name == "mlflow":
-            import mlflow
+            import mlflow  # type: ignore[import-not-found]
 
             for path in [*validation.images, *([validation.attention] if validation.attention else [])]:
                 mlflow.log_artifact(str(path), artifact_path=f"{VALIDATION_DIR}/{validation.folder.name}")
