@@ -119,7 +119,7 @@ def test_the_wheel_check_names_a_folder_left_out(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_wheel_installs_only_tokencompose_and_builds_the_demo(wheel, tmp_path):
+def test_the_wheel_installs_only_tokencompose_and_builds_the_demo(prefect_api, wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"tokencompose", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
@@ -148,7 +148,11 @@ def test_the_wheel_installs_only_tokencompose_and_builds_the_demo(wheel, tmp_pat
     assert where[0].startswith(site)
     assert _inside(json.loads(where[1]), Path(site)) == {} and _inside(json.loads(where[1]), REPO) == {}
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    from prefect.settings import PREFECT_API_URL
+
+    # The flow reports to the session's test API, so the installed CLI starts no Prefect server of its own.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_API_URL": PREFECT_API_URL.value()}
     run = subprocess.run([str(venv / "bin" / "tokencompose"), "build", "--demo", "--out", str(workdir / "demo")],
                          cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
