@@ -187,3 +187,20 @@ def test_the_flow_logs_progress_and_makes_a_validation_artifact(prefect_api, mak
     response.raise_for_status()
     (artifact,) = response.json()
     assert "validation at step 2" in artifact["data"] and f"`{image}`" in artifact["data"]
+
+
+def test_quiet_flag_silences_progress_for_the_run(make_config, tmp_path, capsys, monkeypatch):
+    from tokencompose.tasks.progress import QUIET_ENV, is_quiet
+
+    monkeypatch.delenv(QUIET_ENV, raising=False)
+    config_file = tmp_path / "train.json"
+    config_file.write_text(make_config().to_json())
+    args = parser().parse_args(["train", "--config", str(config_file), "--quiet", "--print-config"])
+    assert args.handler(args) == 0 and is_quiet()
+    capsys.readouterr()
+    args = parser().parse_args(["train", "--config", str(config_file), "--report-to", "tensorboard",
+                                "--validation-prompts", '["a cat, sitting", "a cup"]', "--print-config"])
+    assert args.handler(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    # a prompt with a comma: the JSON list form (a bare comma separates list items on the command line)
+    assert printed["report_to"] == "tensorboard" and printed["validation_prompts"] == ["a cat, sitting", "a cup"]
