@@ -2,8 +2,8 @@
 same bytes as the local threads; GPU-tagged tasks ask for their GPUs; the shared-folder check.
 
 Real engines only: a ``distributed.LocalCluster`` of 2 worker processes, a local Ray, a real Prefect
-API (the ``prefect_api`` fixture) and real tars. The source is the bundled sample replicated to 240
-images (16 shards of 15).
+API (the ``prefect_api`` fixture) and real tars. The source is the bundled sample replicated to 64
+images (16 shards of 4: enough shards that a worker can be killed mid-run, few images each).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tokencompose.data.replicate import replicate_sample
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.runner import GPU_TAG, RunnerConfig, RunnerError
 
-COPIES, SHARD_SIZE = 30, 15  # 240 images, 210 samples in 16 shards
+COPIES, SHARD_SIZE = 8, 4  # 64 images, 56 samples in 16 shards
 
 
 def _dataset_bytes(out: Path) -> dict[str, bytes]:
