@@ -1,5 +1,6 @@
 # Entry points for a fresh machine (Python 3.11 with venv; Debian for the browser test):
 #   make demo   sets everything up and builds the bundled sample into out/demo
+#   make world  the synthetic world: build, train plain and grounded, evaluate, report (out/world)
 #   make check  lint, type check and the fast tests (no servers, clusters, paper-size models, browser, slow)
 #   make test   lint, type check and the whole suite, each test once, in one run (CI: .ci/run)
 VENV ?= .venv
@@ -12,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Tests with one of these marks (pyproject.toml describes them) stay out of `make check`.
 HEAVY_TESTS := server or cluster or paper_size or browser or slow
 
-.PHONY: setup demo train-demo lint typecheck check test system-deps bench view
+.PHONY: setup demo world train-demo lint typecheck check test system-deps bench view
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/tokencompose build --demo --out out/demo
+
+# the synthetic world end to end, plain vs grounded (docs/world.md): out/world/report.md
+world: setup
+	$(BIN)/tokencompose demo world --out out/world
 
 train-demo: setup
 	$(BIN)/tokencompose train --demo --output-dir runs/demo

@@ -126,7 +126,7 @@ def fit_vae(vae_dir: Path, images_dir: Path, protocol: WorldProtocol) -> float:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        recent = (recent + [float(mse)])[-20:]
+        recent = (recent + [mse.item()])[-20:]
     vae.eval()
     vae.save_pretrained(vae_dir)
     return float(np.mean(recent))

@@ -144,19 +144,46 @@ class WorldDetector:
 
     def _find(self, hue, vivid, name: str, min_area: float) -> dict:
         import numpy as np
-        from scipy import ndimage
 
         distance = np.abs((hue - self.categories[name].hue + 180.0) % 360.0 - 180.0)
-        labels, count = ndimage.label(vivid & (distance <= self.hue_tolerance), structure=np.ones((3, 3)))
-        if count == 0:
+        region = largest_region(vivid & (distance <= self.hue_tolerance))
+        if region is None:
             return {"score": None, "box": None}
-        areas = np.bincount(labels.ravel())[1:]
-        region = labels == int(areas.argmax()) + 1
-        fill = _fill(region)
-        score = min(1.0, areas.max() / min_area) * max(0.0, 1.0 - abs(fill - self.expected_fill[name]) / self.fill_tolerance)
+        area, fill = float(region.sum()), _fill(region)
+        score = min(1.0, area / min_area) * max(0.0, 1.0 - abs(fill - self.expected_fill[name]) / self.fill_tolerance)
         ys, xs = np.nonzero(region)
         return {"score": round(float(score), 6),
                 "box": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]}
+
+
+def largest_region(mask):
+    """The largest 8-connected region of a boolean mask (the first found among equals), or None."""
+    import numpy as np
+
+    height, width = mask.shape
+    unseen = mask.copy()
+    best: list[tuple[int, int]] = []
+    for start in zip(*np.nonzero(mask)):
+        if not unseen[start]:
+            continue
+        unseen[start] = False
+        region, frontier = [start], [start]
+        while frontier:
+            y, x = frontier.pop()
+            for ny in range(max(0, y - 1), min(height, y + 2)):
+                for nx in range(max(0, x - 1), min(width, x + 2)):
+                    if unseen[ny, nx]:
+                        unseen[ny, nx] = False
+                        region.append((ny, nx))
+                        frontier.append((ny, nx))
+        if len(region) > len(best):
+            best = region
+    if not best:
+        return None
+    out = np.zeros_like(mask)
+    ys, xs = zip(*best)
+    out[list(ys), list(xs)] = True
+    return out
 
 
 def _fill(mask) -> float:
@@ -167,8 +194,11 @@ def _fill(mask) -> float:
     return float(mask.sum()) / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
 
 
+AnyDetector = Detector | WorldDetector
+
+
 def open_detector(detector: Path | str, device: str = "cpu", precision: str = "auto",
-                  query_template: str = "a photo of a {category}") -> "Detector | WorldDetector":
+                  query_template: str = "a photo of a {category}") -> AnyDetector:
     """The detector ``detection.detector`` names: the world's exact one, or an OWLv2 folder."""
     if str(detector) == WORLD_DETECTOR:
         return WorldDetector()
@@ -185,7 +215,7 @@ def detected_categories(categories: Sequence[str], scores: dict[str, dict] | Non
     return [c for c in categories if (scores.get(c) or {}).get("score") is not None and scores[c]["score"] > threshold]
 
 
-def detect_shard(detector: "Detector | WorldDetector", shard: Path, out: Path, batch_size: int, threshold: float = 0.1,
+def detect_shard(detector: AnyDetector, shard: Path, out: Path, batch_size: int, threshold: float = 0.1,
                  made_from: str | None = None, advance: Callable[[int], None] | None = None) -> dict:
     """Detect every image of ``shard`` and write its detections file (``made_from``: the shard's sha256);
     ``advance(n)`` after each batch of n images scored."""
@@ -236,7 +266,7 @@ def shard_sha256(shard: Path) -> str:
     return record["sha256"] if record else file_sha256(shard)
 
 
-def run_detection(detector: "Detector | WorldDetector", shards: Sequence[Path], out_dir: Path, batch_size: int,
+def run_detection(detector: AnyDetector, shards: Sequence[Path], out_dir: Path, batch_size: int,
                   progress: Callable[[str, dict], None] | None = None, threshold: float = 0.1,
                   redone: Callable[[Path, str], None] | None = None) -> dict:
     """Detections of every shard without intact ones made from its current images (broken or stale:

@@ -142,7 +142,7 @@ def attention_for_model(plan: Plan, run: ModelRun, pipe) -> list[Path]:
 
 
 def detect_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world: int = 1,
-                 progress: Progress | None = None, detector: det.Detector | None = None) -> dict:
+                 progress: Progress | None = None, detector: det.AnyDetector | None = None) -> dict:
     """Detect this rank's shards of one model that have no detections yet."""
     config = plan.config
     shards = [run.images_dir / f"{s.name}.tar" for s in gen.for_rank(plan.shards, rank, world)]

@@ -176,7 +176,9 @@ def write_world(out_dir: Path, count: int, seed: int = 0, image_size: int = 64,
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     coco_ids = load_coco_categories()
     rng = np.random.default_rng(seed)
-    images, captions, instances = [], [], []
+    images: list[dict] = []
+    captions: list[dict] = []
+    instances: list[dict] = []
     for image_id in range(first_id, first_id + count):
         placed = place(rng, choose_categories(rng, held_out), image_size)
         image, masks = draw(rng, placed, image_size)
@@ -193,12 +195,15 @@ def write_world(out_dir: Path, count: int, seed: int = 0, image_size: int = 64,
                               "bbox": [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]})
     categories = [{"id": coco_ids[c.name], "name": c.name, "supercategory": c.shape} for c in CATEGORIES]
     info = {"description": f"tokencompose synthetic world, seed {seed}, {image_size} px"}
-    dump = {"indent": None, "separators": (",", ":"), "sort_keys": True}
-    (out_dir / "captions.json").write_text(json.dumps({"info": info, "images": images, "annotations": captions}, **dump))
-    (out_dir / "instances.json").write_text(json.dumps(
-        {"info": info, "images": images, "annotations": instances, "categories": categories}, **dump))
+    (out_dir / "captions.json").write_text(compact_json({"info": info, "images": images, "annotations": captions}))
+    (out_dir / "instances.json").write_text(compact_json(
+        {"info": info, "images": images, "annotations": instances, "categories": categories}))
     (out_dir / WORLD_FILE).write_text(json.dumps(world_metadata(seed, image_size, count, held_out), indent=1))
     return out_dir
+
+
+def compact_json(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
 def world_metadata(seed: int, image_size: int, count: int, held_out: Sequence[tuple[str, str]]) -> dict:
