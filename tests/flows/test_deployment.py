@@ -2,7 +2,6 @@
 prefect.yaml + work pool + worker commands exactly as written, and `tokencompose serve`."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ pytestmark = pytest.mark.server
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 README_PORT = "4200"
+DEPLOYMENTS = ("build-grounded-coco/local", "train-tokencompose/local", "retrain-tokencompose/weekly",
+               "build-grounded-coco-on-runner/dask")
 
 
 def readme_deployment_commands() -> str:
@@ -28,6 +29,21 @@ def readme_deployment_commands() -> str:
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- deployment-commands")[1].split("<!-- end deployment-commands -->")[0]
     return block.split("```sh\n")[1].split("```")[0]
+
+
+def _started_with(prefect_home: Path) -> list:
+    """The live processes whose environment names ``prefect_home`` (the block's server, worker and runs:
+    with job control on, they are in process groups of their own)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("PREFECT_HOME") == str(prefect_home) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def _free_port() -> int:
@@ -82,6 +98,7 @@ def test_deployment_run_builds_a_dataset(prefect_server, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Completed" in run.stdout + run.stderr
     manifest = Manifest.model_validate_json((out / "manifest.json").read_bytes())
+    _a_failing_run_says_why_in_its_state(env, tmp_path)
     assert manifest.samples == 8 and [s.name for s in manifest.shards] == ["shard-000000.tar", "shard-000001.tar"]
     serve_log.close()
 
@@ -103,40 +120,23 @@ def test_readme_deployment_commands_work_as_written(tmp_path):
     env.pop("PREFECT_API_URL", None)
     shell = subprocess.Popen(["bash", "-e", "-c", commands.replace(README_PORT, port)], cwd=workspace, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
-    api = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     try:
+        # the block's last lines stop the worker and the server: run as a script, it ends by itself
         output, _ = shell.communicate(timeout=600)
         assert shell.returncode == 0, output[-4000:]
         assert "Completed" in output
         manifest = Manifest.model_validate_json((workspace / "out" / "deployment" / "manifest.json").read_bytes())
         # prefect.yaml's default parameters are the whole demo (COCO, LVIS and COCO-Stuff annotations)
         assert manifest.samples == 8
+        _wait(lambda: not _started_with(env["PREFECT_HOME"]), 60, "the server and worker the block started to stop")
 
-        for name in ("build-grounded-coco/local", "train-tokencompose/local", "retrain-tokencompose/weekly",
-                     "build-grounded-coco-on-runner/dask"):
-            assert httpx.get(f"{api['PREFECT_API_URL']}/deployments/name/{name}").status_code == 200, name
-
-        # A failing run: its reason is in the flow run's state message.
-        bad = {"config": {"source": {"images_dir": str(tmp_path / "no-such-folder"),
-                                     "captions_json": "data/sample/captions.json"},
-                          "output": {"out_dir": "out/bad"}}}
-        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "build-grounded-coco/local",
-                              "--params", json.dumps(bad), "--watch", "--watch-timeout", "300"],
-                             env=api, capture_output=True, text=True, timeout=400)
-        assert run.returncode != 0 and "Failed" in run.stdout + run.stderr
-        flow_run_id = run.stdout.split("UUID:")[1].split()[0]
-        inspect = subprocess.run([str(BIN / "prefect"), "flow-run", "inspect", flow_run_id], env=api,
-                                 capture_output=True, text=True, timeout=120).stdout
-        assert "ConfigurationError" in inspect and "no-such-folder" in inspect
+        for name in DEPLOYMENTS:        # `prefect deploy --all` made each of them
+            assert f"Deployment '{name}' successfully created" in " ".join(output.split()), name
     finally:
         if shell.poll() is None:
             shell.kill()
-        os.killpg(shell.pid, signal.SIGTERM)
-        time.sleep(1)
-        try:
-            os.killpg(shell.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for process in _started_with(env["PREFECT_HOME"]):
+            process.kill()
 
 
 def test_serve_refuses_without_a_server_url(tmp_path):
@@ -147,3 +147,17 @@ def test_serve_refuses_without_a_server_url(tmp_path):
     assert run.returncode == 2 and "PREFECT_API_URL" in run.stderr and len(run.stderr.splitlines()) == 1
     assert time.monotonic() - started < 30
 
+
+def _a_failing_run_says_why_in_its_state(env: dict, tmp_path: Path) -> None:
+    """A failing run's reason is in the flow run's state message (`prefect flow-run inspect`)."""
+    bad = {"config": {"source": {"images_dir": str(tmp_path / "no-such-folder"),
+                                 "captions_json": "data/sample/captions.json"},
+                      "output": {"out_dir": str(tmp_path / "bad")}}}
+    run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "build-grounded-coco/local",
+                          "--params", json.dumps(bad), "--watch", "--watch-timeout", "300"],
+                         env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode != 0 and "Failed" in run.stdout + run.stderr
+    flow_run_id = run.stdout.split("UUID:")[1].split()[0]
+    inspect = subprocess.run([str(BIN / "prefect"), "flow-run", "inspect", flow_run_id], env=env,
+                             capture_output=True, text=True, timeout=120).stdout
+    assert "ConfigurationError" in inspect and "no-such-folder" in inspect
