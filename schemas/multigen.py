@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from tokencompose.schemas.base import StrictRecord
 
@@ -100,7 +100,10 @@ class MultiGenReport(StrictRecord):
 
 
 class MultiGenResult(StrictRecord):
-    """The quick MultiGen run a registry entry was judged on (both models used the same prompts and seeds)."""
+    """The quick MultiGen run a registry entry was judged on (both models used the same prompts and seeds).
+    A rate with no scored image is NaN, written as JSON's NaN so the entry reads back (null would not)."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     metric: str = Field(description="the deciding metric, e.g. mg3")
     value: float = Field(description="the entry's value of the metric, in percent")

@@ -123,3 +123,16 @@ def test_cli_lists_promotes_and_rolls_back(tmp_path, capsys):
     assert run("rollback")[0] == 0 and ModelRegistry(tmp_path / "registry").promoted().id == "first"
     code, out = run("promote", "missing")
     assert code == 2 and "no registry entry 'missing'" in out.err
+
+
+def test_an_entry_whose_rates_are_nan_reads_back(tmp_path):
+    """A candidate whose every image was NaN has NaN MultiGen means: the entry must still load (JSON null did not)."""
+    import math
+
+    registry = ModelRegistry(tmp_path / "registry")
+    nan = float("nan")
+    result = MultiGenResult(metric="MG3", value=nan, baseline="base", baseline_value=40.0, scores={"MG3": nan})
+    registry.register(entry(tmp_path, "e1", status="rejected").model_copy(update={"multigen": result}))
+    loaded = ModelRegistry(tmp_path / "registry").entry("e1")
+    assert math.isnan(loaded.multigen.value) and math.isnan(loaded.multigen.scores["MG3"])
+    assert loaded.multigen.baseline_value == 40.0
