@@ -101,6 +101,7 @@ class Progress:
             label = f"{label} (rank {os.environ.get('RANK', '?')})"
         self.label, self.total, self.unit = label, total, unit
         self.done = self.initial = initial
+        self._skipped = 0
         self.every_s = every_s
         self.quiet = is_quiet()
         self.logger = logger or run_logger()
@@ -162,10 +163,18 @@ class Progress:
             self.last_line = now
             self.logger.info("%s: %s", self.label, self.line())
 
+    def set_total(self, total: int) -> None:
+        """The total once it is known better (a scheduler's real number of timesteps)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total - self._skipped
+            self._bar.refresh()
+
     def skip(self, n: int) -> None:
         """``n`` units already done (a shard intact on disk): toward the total, not the rate."""
         self.done += n
         self.initial += n
+        self._skipped += n
         if self._bar is not None and self._bar.total is not None:  # the bar shows this run's work
             self._bar.total -= n
             self._bar.refresh()

@@ -110,6 +110,8 @@ def capture_maps(pipe, prompt: str, spans: Sequence[tuple[str, tuple[int, int]]]
             total[layer] = total.get(layer, 0) + conditional.T.reshape(len(columns), side, side)
         counted["steps"] += 1
         if denoising is not None:
+            if denoising.total != _pipe.num_timesteps:  # PNDM's warm-up adds timesteps to the steps asked for
+                denoising.set_total(_pipe.num_timesteps)
             denoising.advance(1)
         store.begin(token_index)
         return kwargs

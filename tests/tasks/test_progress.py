@@ -96,3 +96,16 @@ def test_the_bar_is_tqdms_and_the_end_is_still_logged(lines, capsys, monkeypatch
     drawn = capsys.readouterr().err
     assert "work: 100%" in drawn and "3/3" in drawn and "loss 0.5" in drawn
     assert lines() == [lines()[-1]] and lines()[-1].startswith("work: done, 3/3 image in ")
+
+
+def test_a_total_known_better_later_and_skipped_units_on_the_bar(lines, capsys, monkeypatch):
+    monkeypatch.delenv(QUIET_ENV, raising=False)
+    with Progress("denoising", 3, "step", bar=False) as progress:
+        progress.set_total(4)
+        progress.advance(4)
+    assert lines()[-1].startswith("denoising: done, 4/4 step in ")
+    with Progress("generation", 10, "image", bar=True) as progress:
+        progress.skip(4)
+        progress.set_total(12)
+        progress.advance(8)
+    assert "8/8" in capsys.readouterr().err and lines()[-1].startswith("generation: done, 12/12 image in ")
