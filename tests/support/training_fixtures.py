@@ -9,11 +9,28 @@ from pathlib import Path
 import pytest
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """``build(folder)``'s result, made once for the whole run: under pytest-xdist the workers share one copy
+    (the first builds it under a lock, into a temporary folder renamed when complete; as xdist's docs show)."""
+    if worker_id == "master":
+        return build(tmp_path_factory.mktemp(name) / name)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    done = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_dir():
+            partial = shared / f".{name}.partial"
+            built = build(partial / name)
+            built.rename(done)
+    return done
+
+
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
+def tiny_sd(tmp_path_factory, worker_id) -> Path:
     from tests.support.training_kit import build_tiny_sd
 
-    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+    return built_once(tmp_path_factory, worker_id, "tiny-sd", build_tiny_sd)
 
 
 @pytest.fixture(scope="session")
