@@ -57,3 +57,21 @@ def test_the_flow_stops_before_work_on_a_bad_folder(prefect_api, tiny_sd, tiny_o
     with pytest.raises(EvaluationError, match="owl-as-sd: .*no model_index.json"):
         state.result()
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_flow_scores_the_metrics_beside_multigen_in_their_own_task(prefect_api, one_thread, tiny_sd, tiny_owl,
+                                                                         tmp_path):
+    metrics = {"visor": {"enabled": True, "limit": 2, "images_per_prompt": 1, "detector": str(tiny_owl)},
+               "latency": {"enabled": True, "prompts": 1, "warmup": 0, "batch_size": 1}}
+    state = evaluate_multigen(config=config(tiny_sd, tiny_owl, tmp_path / "eval", metrics=metrics), return_state=True)
+    assert state.is_completed()
+    figures = state.result()["models"]["tiny-sd"]
+    assert 0 <= figures["OA"] <= 100 and figures["latency_s"] > 0
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 50, "offset": 0}
+    runs = httpx.post(f"{PREFECT_API_URL.value()}/task_runs/filter", json=body).json()
+    names = {run["name"]: run for run in runs}
+    assert names["score-metrics-tiny-sd"]["state"]["type"] == "COMPLETED" and "gpu" in names["score-metrics-tiny-sd"]["tags"]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Beside the paper's Table 1" in report and "| paper: SD1.4 | 29.86 |" in report
