@@ -42,8 +42,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy -p tokencompose
 
-# Two pytest-xdist workers, one per core (tests/conftest.py gives each one intra-op thread).
-PYTEST := $(BIN)/python -m pytest -n 2 --dist worksteal
+# Two pytest-xdist workers, one per core (tests/conftest.py gives each one intra-op thread); a test module
+# stays on one worker, so its module-scoped fixtures (reference builds, clusters, models) are made once.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope
 
 check: lint typecheck
 	$(PYTEST) -m "not ($(HEAVY_TESTS))"
