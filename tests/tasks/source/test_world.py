@@ -89,3 +89,19 @@ def test_prompts_are_every_five_of_the_eight_and_flag_held_out_pairs():
 def test_bad_sizes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 16 px"):
         write_world(tmp_path / "w", 5, image_size=8)
+
+
+def test_the_normal_offline_build_grounds_every_object_noun(tmp_path):
+    from tokencompose.schemas.config import BuildConfig
+    from tokencompose.tasks.shards.dataset import build_directly
+
+    folder = write_world(tmp_path / "w", 40, seed=0, image_size=32)
+    build_directly(BuildConfig.model_validate({
+        "source": {"images_dir": str(folder / "images"), "captions_json": str(folder / "captions.json"),
+                   "instances_json": str(folder / "instances.json")},
+        "output": {"out_dir": str(tmp_path / "built"), "image_field": "png"}}))
+    stats = json.loads((tmp_path / "built" / "stats.json").read_text())
+    _, by_image, _ = drawn(folder)
+    assert stats["samples"] == 40 and not stats["rejects_by_reason"]
+    assert sum(stats["noun_texts_with_mask"].values()) == sum(len(a) for a in by_image.values())
+    assert set(stats["noun_texts_without_mask"]) <= {"picture", "background"}     # the stop-list's words
