@@ -175,10 +175,14 @@ class GroundingMiouConfig(StrictModel):
 
     shards: list[str] = Field(default=[], description="grounded WebDataset shards (paths or brace patterns); none: "
                               "not measured")
-    protocol: Literal["fast"] = Field(default="fast", description="fast: noise the real latent to fixed timesteps, one "
-                                      "UNet pass each, DAAM's aggregation. DAAM's null-text-inversion protocol is not "
-                                      "implemented")
+    protocol: Literal["fast", "daam", "both"] = Field(default="fast", description="fast: noise the real latent "
+                                                      "to fixed timesteps, one UNet pass each; daam: DAAM's protocol "
+                                                      "after null-text inversion (the paper's Table 4; ~1,000 UNet "
+                                                      "passes per image); both")
     timesteps: list[int] = Field(default=[100, 300, 500], min_length=1, description="noise levels of the fast variant (one UNet pass each)")
+    daam_steps: int = Field(default=50, ge=1, description="DDIM steps of the null-text inversion (DAAM protocol)")
+    inner_steps: int = Field(default=10, ge=0, description="at most this many null-text optimisation steps per DDIM "
+                             "step (DAAM protocol)")
     threshold: float = Field(default=0.4, gt=0, lt=1, description="DAAM's binarisation threshold")
     max_samples: int | None = Field(default=None, ge=1, description="quick mode: the first N usable images")
 

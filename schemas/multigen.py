@@ -50,8 +50,11 @@ class ModelMetrics(StrictRecord):
     clip_score: dict[str, dict[str, Any]] = Field(default_factory=dict, description='set -> {"clip_score", "std", '
                                                   '"images", "model", "per_prompt": {prompt id: mean}}')
     latency: dict[str, Any] | None = Field(default=None, description="LatencyResult (tasks/evaluation/latency.py)")
-    grounding: dict[str, Any] | None = Field(default=None, description="protocol, miou, nouns, images, timesteps, "
-                                             "threshold, skipped_samples (per-noun IoUs in grounding.json)")
+    grounding: dict[str, Any] | None = Field(default=None, description="the fast variant: protocol, miou, nouns, "
+                                             "images, timesteps, threshold, skipped_samples (per-noun IoUs in "
+                                             "grounding.json)")
+    grounding_daam: dict[str, Any] | None = Field(default=None, description="DAAM's protocol after null-text "
+                                                  "inversion, the same fields (per-noun IoUs in grounding-daam.json)")
 
 
 class ModelReport(ModelScores):

@@ -8,10 +8,13 @@ Two protocols share one aggregation:
   captured, then aggregated with DAAM's code's rules. :class:`HeatMapAccumulator` (+ :func:`word_map`,
   :func:`binarise`, :func:`iou`) implements that aggregation so it can be fed from such a run
   (``add`` after each step, ``rows`` the conditional half of a classifier-free-guidance batch).
-  **Null-text inversion is not implemented here**; without it this module cannot produce that protocol's
-  figures. The paper's Table 4 figures (frozen SD1.4 0.5371, L_LDM-only 0.5412, TokenCompose 0.5876,
-  on COCO-Gen) are DAAM's protocol after null-text inversion, so they are not comparable with the fast
-  variant's numbers below; only differences between models measured the same way are.
+  :func:`daam_token_maps` runs it on a real image: Mokady et al.'s null-text inversion
+  (:func:`null_text_inversion`: DDIM inversion with the caption, then per step a null-text embedding
+  optimised so that the guided DDIM step lands on the inversion's trajectory), then the guided DDIM
+  reconstruction with those embeddings while the maps are captured. The paper's Table 4 figures (frozen
+  SD1.4 0.5371, L_LDM-only 0.5412, TokenCompose 0.5876, on COCO-Gen) are this protocol's; the fast
+  variant's numbers below are not comparable with them, only differences between models measured the
+  same way are.
 - **The fast variant** (:func:`evaluate_shards`): the real image is encoded by the VAE (the latent
   distribution's mean), noised with seeded noise to a few fixed timesteps (:data:`DEFAULT_TIMESTEPS`), and
   the UNet runs once per timestep on the caption alone (no guidance; the timesteps go as one batch); the
@@ -47,6 +50,13 @@ from pydantic import BaseModel, Field
 DAAM_THRESHOLD = 0.4
 DAAM_SKIPPED_FACTORS = (8,)
 DEFAULT_TIMESTEPS = (100, 300, 500)
+# Null-text inversion as Mokady et al.'s code runs it: 50 DDIM steps, guidance 7.5, at most 10 Adam steps per
+# timestep with learning rate 1e-2 x (1 - i/100), stopping early below 1e-5 + 2e-5 x i
+DAAM_STEPS = 50
+DAAM_GUIDANCE = 7.5
+NULL_INNER_STEPS = 10
+NULL_LEARNING_RATE = 1e-2
+NULL_EARLY_STOP = 1e-5
 # Table 4 of the paper: DAAM mIoU on COCO-Gen after null-text inversion (not the fast variant)
 PAPER_DAAM_MIOU = {"SD1.4 (frozen)": 0.5371, "L_LDM only": 0.5412, "TokenCompose": 0.5876}
 
@@ -151,9 +161,15 @@ class GroundingResult(BaseModel):
     nouns_without_mask: int = 0
     nouns_without_token: int = 0
     per_noun: list[NounIoU] = Field(default_factory=list)
+    daam_steps: int | None = None
     paper_daam_miou: dict[str, float] = Field(default_factory=lambda: dict(PAPER_DAAM_MIOU))
-    note: str = ("fast variant (noised real latents, one UNet pass per timestep); the paper's figures are DAAM's "
-                 "protocol after null-text inversion and are not directly comparable")
+
+    @property
+    def note(self) -> str:
+        if self.protocol == "daam":
+            return "DAAM's protocol after null-text inversion: the protocol of the paper's Table 4 figures"
+        return ("fast variant (noised real latents, one UNet pass per timestep); the paper's figures are DAAM's "
+                "protocol after null-text inversion and are not directly comparable")
 
 
 def noise_seed(seed: int, key: str, timestep: int) -> int:
@@ -196,6 +212,112 @@ def fast_token_maps(pipe, pixel_values, input_ids, columns: Sequence[int], *, ke
         pipe.unet.set_attn_processor(before)
 
 
+def _ddim(pipe, steps: int):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def _alpha(scheduler, timestep: int):
+    return scheduler.alphas_cumprod[timestep] if timestep >= 0 else scheduler.final_alpha_cumprod
+
+
+def _ddim_move(scheduler, eps, timestep: int, to_timestep: int, latent):
+    """The deterministic DDIM update of ``latent`` at ``timestep`` to ``to_timestep`` (up: inversion, down:
+    denoising) with the noise prediction ``eps``."""
+    a_from, a_to = _alpha(scheduler, timestep), _alpha(scheduler, to_timestep)
+    original = (latent - (1 - a_from) ** 0.5 * eps) / a_from ** 0.5
+    return a_to ** 0.5 * original + (1 - a_to) ** 0.5 * eps
+
+
+def _stride(scheduler) -> int:
+    return scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+
+
+def null_text_inversion(pipe, latent, cond, uncond, *, steps: int = DAAM_STEPS, guidance: float = DAAM_GUIDANCE,
+                        inner_steps: int = NULL_INNER_STEPS, learning_rate: float = NULL_LEARNING_RATE,
+                        early_stop: float = NULL_EARLY_STOP):
+    """Mokady et al.'s null-text inversion of a real image latent (1 x C x h x w) under its caption's embedding
+    ``cond``: (z_T, one optimised null-text embedding per DDIM step, the DDIM scheduler)."""
+    import torch
+
+    scheduler = _ddim(pipe, steps)
+    stride = _stride(scheduler)
+    trajectory = [latent.float()]
+    with torch.no_grad():
+        for t in reversed(scheduler.timesteps.tolist()):           # DDIM inversion, guidance 1
+            current = trajectory[-1]
+            eps = pipe.unet(current.to(pipe.unet.dtype), t, encoder_hidden_states=cond).sample.float()
+            trajectory.append(_ddim_move(scheduler, eps, t - stride, t, current))
+    nulls = []
+    current = trajectory[-1]
+    null = uncond.detach().clone()
+    for i, t in enumerate(scheduler.timesteps.tolist()):
+        target = trajectory[len(trajectory) - i - 2]
+        with torch.no_grad():
+            eps_cond = pipe.unet(current.to(pipe.unet.dtype), t, encoder_hidden_states=cond).sample.float()
+        null = null.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([null], lr=learning_rate * (1.0 - i / 100.0))
+        for _ in range(inner_steps):
+            eps_uncond = pipe.unet(current.to(pipe.unet.dtype), t, encoder_hidden_states=null).sample.float()
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+            loss = torch.nn.functional.mse_loss(_ddim_move(scheduler, eps, t, t - stride, current), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if loss.item() < early_stop + i * 2e-5:
+                break
+        null = null.detach()
+        nulls.append(null)
+        with torch.no_grad():
+            eps_uncond = pipe.unet(current.to(pipe.unet.dtype), t, encoder_hidden_states=null).sample.float()
+            current = _ddim_move(scheduler, eps_uncond + guidance * (eps_cond - eps_uncond), t, t - stride, current)
+    return trajectory[-1], nulls, scheduler
+
+
+def daam_token_maps(pipe, pixel_values, input_ids, columns: Sequence[int], *, steps: int = DAAM_STEPS,
+                    guidance: float = DAAM_GUIDANCE, inner_steps: int = NULL_INNER_STEPS,
+                    skipped_factors: Sequence[int] = DAAM_SKIPPED_FACTORS):
+    """(K, latent, latent) aggregated maps of the token ``columns`` for one real image under DAAM's protocol:
+    null-text inversion, then the guided DDIM reconstruction with every cross-attention map of the
+    conditional half captured at every step."""
+    import torch
+
+    from tokencompose.tasks.training.attention import install_processors
+
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    with torch.no_grad():
+        image = pixel_values[None].to(device=device, dtype=pipe.vae.dtype)
+        latent = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
+        cond = pipe.text_encoder(input_ids[None].to(device))[0].to(dtype)
+        empty = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                               return_tensors="pt").input_ids
+        uncond = pipe.text_encoder(empty.to(device))[0].to(dtype)
+    current, nulls, scheduler = null_text_inversion(pipe, latent, cond, uncond, steps=steps, guidance=guidance,
+                                                    inner_steps=inner_steps)
+    stride = _stride(scheduler)
+    before = dict(pipe.unet.attn_processors)
+    store = install_processors(pipe.unet, all_cross_attention(pipe.unet))
+    accumulator = HeatMapAccumulator(latent.shape[-1], skipped_factors)
+    index = torch.tensor([list(columns)] * 2, dtype=torch.long, device=device)
+    try:
+        with torch.no_grad():
+            for t, null in zip(scheduler.timesteps.tolist(), nulls):
+                store.begin(index)
+                eps = pipe.unet(current.to(dtype).expand(2, -1, -1, -1), t,
+                                encoder_hidden_states=torch.cat([null, cond])).sample.float()
+                accumulator.add(store.end(), rows=slice(1, 2))           # the conditional half
+                eps_uncond, eps_cond = eps.chunk(2)
+                current = _ddim_move(scheduler, eps_uncond + guidance * (eps_cond - eps_uncond), t, t - stride,
+                                     current)
+        return accumulator.token_maps()
+    finally:
+        store.end()
+        pipe.unet.set_attn_processor(before)
+
+
 def fast_tokenizer(pipe):
     """The pipeline's tokenizer as a fast one (character offsets, for the nouns' token positions)."""
     from transformers import CLIPTokenizerFast
@@ -208,9 +330,12 @@ def fast_tokenizer(pipe):
 
 def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size: int | None = None,
                     timesteps: Sequence[int] = DEFAULT_TIMESTEPS, threshold: float = DAAM_THRESHOLD, seed: int = 0,
-                    max_samples: int | None = None,
-                    skipped_factors: Sequence[int] = DAAM_SKIPPED_FACTORS) -> GroundingResult:
-    """The fast variant's mIoU over the samples of grounded shards (SampleRecord JSON + image, RLE masks).
+                    max_samples: int | None = None, skipped_factors: Sequence[int] = DAAM_SKIPPED_FACTORS,
+                    protocol: str = "fast", daam_steps: int = DAAM_STEPS, daam_guidance: float = DAAM_GUIDANCE,
+                    inner_steps: int = NULL_INNER_STEPS) -> GroundingResult:
+    """The mIoU over the samples of grounded shards (SampleRecord JSON + image, RLE masks), with the fast
+    variant (``protocol="fast"``: ``timesteps``, ``seed``) or DAAM's (``"daam"``: null-text inversion with
+    ``daam_steps`` DDIM steps, guidance ``daam_guidance`` and at most ``inner_steps`` per step).
 
     Images are read with the training's geometry at ``resolution``; the nouns kept are those with a mask
     and a token in the 77-token window; the masks are compared at ``output_size`` (default
@@ -221,6 +346,8 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
     from tokencompose.tasks.training.data import Preprocessor, expand_shards
     from tokencompose.tasks.training.samples import UNREADABLE_SHARD, SampleProblem, ShardUnreadable, read_shard
 
+    if protocol not in ("fast", "daam"):
+        raise ValueError(f"grounding protocol must be fast or daam, got {protocol!r}")
     if not timesteps:
         raise ValueError("the fast grounding variant needs at least one timestep")
     bad = [t for t in timesteps if not 0 <= t < pipe.scheduler.config.num_train_timesteps]
@@ -249,8 +376,13 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
                     continue
                 columns = sorted({p for tokens in example.noun_tokens for p in tokens})
                 column_of = {p: i for i, p in enumerate(columns)}
-                maps = fast_token_maps(pipe, example.pixel_values, example.input_ids, columns, key=example.key,
-                                       seed=seed, timesteps=timesteps, skipped_factors=skipped_factors)
+                if protocol == "daam":
+                    maps = daam_token_maps(pipe, example.pixel_values, example.input_ids, columns, steps=daam_steps,
+                                           guidance=daam_guidance, inner_steps=inner_steps,
+                                           skipped_factors=skipped_factors)
+                else:
+                    maps = fast_token_maps(pipe, example.pixel_values, example.input_ids, columns, key=example.key,
+                                           seed=seed, timesteps=timesteps, skipped_factors=skipped_factors)
                 images += 1
                 for text, tokens, mask in zip(example.noun_texts, example.noun_tokens, example.masks[size]):
                     predicted = binarise(word_map(maps, [column_of[p] for p in tokens]), size, threshold).cpu()
@@ -259,8 +391,11 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
                                             mask_pixels=int((mask > 0).sum())))
         except ShardUnreadable:  # the samples before the break were evaluated; the rest of the shard is lost
             skipped[UNREADABLE_SHARD] += 1
-    return GroundingResult(miou=mean_iou(n.iou for n in per_noun), nouns=len(per_noun), images=images,
-                           timesteps=list(timesteps), threshold=threshold, resolution=resolution, output_size=size,
+    daam = protocol == "daam"
+    return GroundingResult(protocol=protocol, miou=mean_iou(n.iou for n in per_noun), nouns=len(per_noun),
+                           images=images, timesteps=[] if daam else list(timesteps),
+                           daam_steps=daam_steps if daam else None, threshold=threshold, resolution=resolution,
+                           output_size=size,
                            seed=seed, skipped_factors=sorted(skipped_factors),
                            skipped_samples={k: v for k, v in sorted(skipped.items()) if v},
                            nouns_without_mask=stats["nouns_no_mask"], nouns_without_token=stats["nouns_no_token"],

@@ -37,7 +37,7 @@ log = logging.getLogger("tokencompose.evaluation")
 Progress = Callable[[str], None]
 METRICS_FILE = "metrics.json"
 LATENCY_FILE = "latency.json"
-GROUNDING_FILE = "grounding.json"
+GROUNDING_FILES = {"fast": "grounding.json", "daam": "grounding-daam.json"}
 OPTIGEN_SELECTION = "optigen-selection.json"
 MULTIGEN_SET = "multigen"
 
@@ -119,7 +119,8 @@ def missing_work(plan: Plan, run: ModelRun, device: str, rank: int = 0, world: i
         return False
     return ((plan.config.metrics.latency.enabled
              and _stale(run.folder / LATENCY_FILE, _latency_key(plan, run, _device_name(device))))
-            or (bool(plan.metrics.grounding_shards) and _stale(run.folder / GROUNDING_FILE, _grounding_key(plan, run))))
+            or any(_stale(run.folder / GROUNDING_FILES[protocol], _grounding_key(plan, run, protocol))
+                   for protocol in grounding_protocols(plan)))
 
 
 def generate_sets(plan: Plan, run: ModelRun, pipe, rank: int = 0, world: int = 1,
@@ -187,31 +188,44 @@ def measure_latency(plan: Plan, run: ModelRun, pipe, progress: Progress | None =
     return result
 
 
-def _grounding_key(plan: Plan, run: ModelRun) -> str:
+def grounding_protocols(plan: Plan) -> list[str]:
+    """The grounding protocols this run measures (none without shards)."""
+    if not plan.metrics.grounding_shards:
+        return []
+    chosen = plan.config.metrics.grounding.protocol
+    return ["fast", "daam"] if chosen == "both" else [chosen]
+
+
+def _grounding_key(plan: Plan, run: ModelRun, protocol: str) -> str:
     shards = [(s, Path(s).stat().st_size if Path(s).exists() else None) for s in plan.metrics.grounding_shards]
+    settings = plan.config.metrics.grounding.model_dump(mode="json", exclude={"shards", "protocol"})
     return _fingerprint({"model": run.model_id, "shards": shards, "resolution": plan.config.generation.resolution,
-                         "seed": plan.config.generation.seed,
-                         "grounding": plan.config.metrics.grounding.model_dump(mode="json", exclude={"shards"})})
+                         "seed": plan.config.generation.seed, "grounding": settings, "protocol": protocol})
 
 
-def measure_grounding(plan: Plan, run: ModelRun, pipe, progress: Progress | None = None) -> dict | None:
+def measure_grounding(plan: Plan, run: ModelRun, pipe, progress: Progress | None = None) -> dict[str, dict]:
+    """Each chosen protocol's mIoU (reused while what decides it is unchanged), by protocol."""
     from tokencompose.tasks.evaluation.grounding_miou import evaluate_shards
 
-    settings = plan.config.metrics.grounding
-    if not plan.metrics.grounding_shards:
-        return None
-    path, key = run.folder / GROUNDING_FILE, _grounding_key(plan, run)
-    saved = _read_json(path)
-    if saved is not None and saved.get("key") == key:
-        return saved["result"]
-    result = evaluate_shards(pipe, plan.metrics.grounding_shards, resolution=plan.config.generation.resolution,
-                             timesteps=settings.timesteps, threshold=settings.threshold,
-                             seed=plan.config.generation.seed, max_samples=settings.max_samples)
-    data = {"protocol": settings.protocol, **result.model_dump(mode="json")}
-    _write_json(path, {"key": key, "result": data})
-    if progress:
-        progress(f"{run.label}: grounding mIoU {result.miou:.4f} over {result.nouns} nouns of {result.images} images")
-    return data
+    settings, results = plan.config.metrics.grounding, {}
+    for protocol in grounding_protocols(plan):
+        path, key = run.folder / GROUNDING_FILES[protocol], _grounding_key(plan, run, protocol)
+        saved = _read_json(path)
+        if saved is not None and saved.get("key") == key:
+            results[protocol] = saved["result"]
+            continue
+        result = evaluate_shards(pipe, plan.metrics.grounding_shards, resolution=plan.config.generation.resolution,
+                                 timesteps=settings.timesteps, threshold=settings.threshold,
+                                 seed=plan.config.generation.seed, max_samples=settings.max_samples,
+                                 protocol=protocol, daam_steps=settings.daam_steps,
+                                 daam_guidance=plan.config.generation.guidance_scale,
+                                 inner_steps=settings.inner_steps)
+        results[protocol] = result.model_dump(mode="json")
+        _write_json(path, {"key": key, "result": results[protocol]})
+        if progress:
+            progress(f"{run.label}: grounding mIoU ({protocol}) {result.miou:.4f} over {result.nouns} nouns of "
+                     f"{result.images} images")
+    return results
 
 
 # ------------------------------------------------------------------ scoring stage
@@ -240,9 +254,13 @@ def score_model(plan: Plan, run: ModelRun, device: str, progress: Progress | Non
         say(f"{run.label}: CLIP score " + ", ".join(f"{k} {v['clip_score']:.3f}" for k, v in metrics.clip_score.items()))
     latency = _read_json(run.folder / LATENCY_FILE) if plan.config.metrics.latency.enabled else None
     metrics.latency = latency["result"] if latency else None
-    grounding = _read_json(run.folder / GROUNDING_FILE) if plan.metrics.grounding_shards else None
-    if grounding:
-        metrics.grounding = {k: v for k, v in grounding["result"].items() if k != "per_noun"}
+    for protocol in grounding_protocols(plan):
+        saved = _read_json(run.folder / GROUNDING_FILES[protocol])
+        summary = {k: v for k, v in saved["result"].items() if k != "per_noun"} if saved else None
+        if protocol == "fast":
+            metrics.grounding = summary
+        else:
+            metrics.grounding_daam = summary
     _write_json(run.folder / METRICS_FILE, metrics.model_dump(mode="json"))
     return metrics
 

@@ -220,6 +220,9 @@ def compare_metrics(base: ModelMetrics, other: ModelMetrics, settings: ReportCon
                           "low": None, "high": None}
     if base.grounding and other.grounding:
         out["mIoU"] = {"diff": other.grounding["miou"] - base.grounding["miou"], "low": None, "high": None}
+    if base.grounding_daam and other.grounding_daam:
+        out["mIoU (DAAM)"] = {"diff": other.grounding_daam["miou"] - base.grounding_daam["miou"], "low": None,
+                              "high": None}
     return out
 
 
@@ -236,7 +239,8 @@ def _model_cells(m: ModelReport, benchmark: str | None) -> dict[str, str]:
     cells["FID (other)"] = ", ".join(others) or "—"
     cells["latency"] = (f"{_fmt(metrics.latency['seconds_per_image_mean'])} ± "
                         f"{_fmt(metrics.latency['seconds_per_image_std'])}") if metrics.latency else "—"
-    cells["mIoU"] = _fmt(metrics.grounding["miou"], 4) if metrics.grounding else "—"
+    cells["mIoU"] = " / ".join([f"{_fmt(g['miou'], 4)} ({name})" for name, g in
+                                (("DAAM", metrics.grounding_daam), ("fast", metrics.grounding)) if g]) or "—"
     cells["OptiGen"] = _fmt(metrics.optigen["mean"]) if metrics.optigen else "—"
     cells["CLIP score"] = ", ".join(f"{_fmt(v['clip_score'])}" + (f" ({k})" if len(metrics.clip_score) > 1 else "")
                                     for k, v in metrics.clip_score.items()) or "—"
@@ -252,7 +256,8 @@ def render_table1(benchmark: str | None, models: list[ModelReport], comparisons:
     then the paired differences to the first model."""
     lines = ["## Beside the paper's Table 1", "",
              "Our rows: this run (OA = VISOR object accuracy; MG_k of the benchmark run; FID against the named real "
-             "sets; latency in s/image on this run's device and settings; mIoU = the fast grounding variant). The "
+             "sets; latency in s/image on this run's device and settings; mIoU: DAAM's protocol and/or the fast "
+             "grounding variant, as named). The "
              "paper's rows are its published figures (mIoU: DAAM after null-text inversion, Table 4), printed for "
              "reference: they compare with ours only where the protocol matches (docs/evaluation.md).", "",
              "| model | " + " | ".join(TABLE1_COLUMNS) + " |", "|---|" + "---:|" * len(TABLE1_COLUMNS)]

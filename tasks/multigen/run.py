@@ -195,6 +195,8 @@ def headline(metrics) -> dict:
         figures["latency_s"] = round(metrics.latency["seconds_per_image_mean"], 4)
     if metrics.grounding:
         figures["mIoU"] = round(metrics.grounding["miou"], 4)
+    if metrics.grounding_daam:
+        figures["mIoU (DAAM)"] = round(metrics.grounding_daam["miou"], 4)
     return figures
 
 

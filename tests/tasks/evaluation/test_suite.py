@@ -49,7 +49,8 @@ def metrics_config(models, real, tiny_owl, shard_dir, tmp_path) -> dict:
                     "layer": "64"},
             "clip_score": {"enabled": True, "model": "ViT-S-32", "pretrained": str(models["clip"])},
             "latency": {"enabled": True, "prompts": 2, "warmup": 1, "batch_size": 2},
-            "grounding": {"shards": [str(shard_dir / "shard-*.tar")], "timesteps": [100, 400], "max_samples": 2}}
+            "grounding": {"shards": [str(shard_dir / "shard-*.tar")], "timesteps": [100, 400], "max_samples": 2,
+                          "protocol": "both", "daam_steps": 2, "inner_steps": 1}}
 
 
 @pytest.mark.slow
@@ -67,11 +68,13 @@ def test_every_metric_runs_beside_multigen_and_resumes(make_eval_config, tiny_sd
         assert set(m.clip_score) == {"coco"} and len(m.clip_score["coco"]["per_prompt"]) == 4
         assert m.latency["prompts"] == 2 and m.latency["throughput"]["batch_size"] == 2
         assert m.grounding["protocol"] == "fast" and m.grounding["images"] == 2 and 0 <= m.grounding["miou"] <= 1
+        assert m.grounding_daam["protocol"] == "daam" and m.grounding_daam["daam_steps"] == 2
     assert report.models[0].metrics.fid["coco"]["real_cache_hit"] is False
     assert report.models[1].metrics.fid["coco"]["real_cache_hit"] is True      # real statistics computed once
     # the two models were judged on the same prompts: the comparison has every metric with its interval
     differences = report.comparisons[0].metrics
-    assert {"OA", "VISOR_uncond", "OptiGen", "CLIP score (coco)", "FID (coco)", "latency", "mIoU"} <= set(differences)
+    assert {"OA", "VISOR_uncond", "OptiGen", "CLIP score (coco)", "FID (coco)", "latency", "mIoU",
+            "mIoU (DAAM)"} <= set(differences)
     assert differences["OA"]["prompts"] == 3 and differences["CLIP score (coco)"]["prompts"] == 4
     assert differences["FID (coco)"]["diff"] == pytest.approx(report.models[1].metrics.fid["coco"]["fid"]
                                                               - report.models[0].metrics.fid["coco"]["fid"])
@@ -83,7 +86,7 @@ def test_every_metric_runs_beside_multigen_and_resumes(make_eval_config, tiny_sd
     # the same run again: every image, detection, latency and grounding file is reused, figures unchanged
     out = Path(config.out_dir)
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".tar", ".jsonl")
-             or p.name in ("latency.json", "grounding.json", "optigen-selection.json")}
+             or p.name in ("latency.json", "grounding.json", "grounding-daam.json", "optigen-selection.json")}
     said: list[str] = []
     again = evaluate_models(config, progress=said.append)
     assert {p: p.stat().st_mtime_ns for p in files} == files
