@@ -46,6 +46,13 @@ def source_builder(tmp_path) -> SourceBuilder:
 
 
 @pytest.fixture(autouse=True)
+def _progress_not_silenced(monkeypatch):
+    """`--quiet` silences progress through TOKENCOMPOSE_QUIET, which a CLI test run in-process leaves set
+    in the worker's environment: every test starts without it."""
+    monkeypatch.delenv("TOKENCOMPOSE_QUIET", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_accelerator_state():
     """Each Trainer builds its own Accelerator; accelerate keeps process-wide state between them (reset only
     once a test has loaded accelerate: importing it would load torch)."""
