@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokencompose.schemas.evaluation import EvaluateConfig, RealImagesConfig
-from tokencompose.tasks.models.weights import (WeightSpec, describe_missing, find_weights, hf_cache_dir, missing_files,
-                                               models_dir, read_folder_config)
+from tokencompose.tasks.models.weights import WeightSpec, locate_weights, missing_files, read_folder_config
 from tokencompose.tasks.multigen.prompts import Prompt
 
 VISOR_SET = "visor"
@@ -68,18 +67,6 @@ def _folder_spec(key: str, what: str, name: str, members: tuple[tuple[str, ...],
                           members=members, explicit=path)
     return WeightSpec(key=key, what=what, candidates=(name,), hub=((name, ()),), members=members,
                       source=f"the hub repository {name}")
-
-
-def _locate(spec: WeightSpec, config) -> tuple[Path | None, str | None]:
-    """A path given is used as is; a name is looked up in the models folder and hub cache."""
-    if spec.explicit is not None:
-        if spec.explicit.exists():
-            return spec.explicit, None
-        return None, f"{spec.explicit} does not exist ({spec.what})"
-    searched: list[str] = []
-    root = models_dir(config)
-    found = find_weights(spec, root, hf_cache_dir(config), searched)
-    return (found, None) if found is not None else (None, describe_missing(spec, searched, root))
 
 
 DETECTOR_MEMBERS = (("config.json",), ("preprocessor_config.json",), ("model.safetensors", "pytorch_model.bin"),
@@ -168,7 +155,7 @@ def metrics_preflight(config: EvaluateConfig) -> tuple[MetricsPlan, list[str]]:
         every = spatial_prompts()
         plan.visor_prompts = quick_prompts(every, metrics.visor.limit, metrics.visor.sample_seed) \
             if metrics.visor.limit else every
-        found, problem = _locate(_folder_spec("visor_detector", "VISOR's OWL-ViT detector", metrics.visor.detector,
+        found, problem = locate_weights(_folder_spec("visor_detector", "VISOR's OWL-ViT detector", metrics.visor.detector,
                                               DETECTOR_MEMBERS), config)
         problems += [f"visor detector: {problem}"] if problem else \
             [f"visor detector: {p}" for p in check_owl_folder(found)]  # type: ignore[arg-type]
@@ -179,7 +166,7 @@ def metrics_preflight(config: EvaluateConfig) -> tuple[MetricsPlan, list[str]]:
         except CaptionsError as error:
             problems.append(f"fid set {spec.name}: {error}")
     if metrics.fid.real:
-        plan.inception, problem = _locate(_file_spec("inception", "torch-fidelity's Inception weights",
+        plan.inception, problem = locate_weights(_file_spec("inception", "torch-fidelity's Inception weights",
                                                      metrics.fid.inception, "torch-fidelity's release "
                                                      "weights-inception-2015-12-05-6726825d.pth"), config)
         problems += [f"fid inception: {problem}"] if problem else []
@@ -187,7 +174,7 @@ def metrics_preflight(config: EvaluateConfig) -> tuple[MetricsPlan, list[str]]:
         plan.clip_checkpoint, problem = _clip_checkpoint(config)
         problems += [f"clip score: {problem}"] if problem else []
     if metrics.optigen.enabled:
-        found, problem = _locate(_folder_spec("optigen_lm", "OptiGen's language model", metrics.optigen.language_model,
+        found, problem = locate_weights(_folder_spec("optigen_lm", "OptiGen's language model", metrics.optigen.language_model,
                                               LANGUAGE_MODEL_MEMBERS), config)
         problems += [f"optigen language model: {problem}"] if problem else \
             [f"optigen language model: {p}" for p in check_language_model_folder(found)]  # type: ignore[arg-type]
@@ -204,7 +191,7 @@ def _clip_checkpoint(config: EvaluateConfig) -> tuple[Path | None, str | None]:
     spec = clip_spec(config.metrics.clip_score.model, config.metrics.clip_score.pretrained)
     if spec.explicit_problem:
         return None, spec.explicit_problem
-    return _locate(spec, config)
+    return locate_weights(spec, config)
 
 
 def _expand(patterns: list[str]) -> tuple[list[str], list[str]]:

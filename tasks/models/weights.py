@@ -428,3 +428,20 @@ def missing_files(folder: Path, needed: Iterable[Sequence[str]], subfolder: str 
     prefix = f"{subfolder}/" if subfolder else ""
     return [f"{folder}: missing {prefix}{' or '.join(options)}" for options in needed
             if not any((where / name).is_file() for name in options)]
+
+
+def locate_weights(spec: WeightSpec, config) -> tuple[Path | None, str | None]:
+    """(where ``spec``'s weights are, None) or (None, why not). A path given is used as is (a folder spec
+    needs a folder; its own check then says what is wrong inside it); a name is looked up in the models
+    folder and the hub cache."""
+    if spec.explicit is not None:
+        if spec.explicit.is_dir() if spec.is_folder else spec.explicit.exists():
+            return spec.explicit, None
+        if spec.is_folder:
+            return None, f"{spec.explicit}: no such folder (a local path; expected {spec.what}: {spec.source})"
+        return None, f"{spec.explicit} does not exist ({spec.what})"
+    searched: list[str] = []
+    root = models_dir(config)
+    found = find_weights(spec, root, hf_cache_dir(config), searched)
+    return (found, None) if found is not None else (None, describe_missing(spec, searched, root))
+

@@ -14,8 +14,7 @@ from pathlib import Path
 from tokencompose.schemas.evaluation import EvaluateConfig
 from tokencompose.tasks.evaluation.sets import MetricsPlan, metrics_preflight
 from tokencompose.tasks.models.preflight import evaluate_problems
-from tokencompose.tasks.models.weights import (describe_missing, find_weights, hf_cache_dir, models_dir, owlv2_spec,
-                                               stable_diffusion_spec)
+from tokencompose.tasks.models.weights import locate_weights, owlv2_spec, stable_diffusion_spec
 from tokencompose.tasks.multigen import detection as det
 from tokencompose.tasks.multigen import generation as gen
 from tokencompose.tasks.multigen import integrity
@@ -29,24 +28,9 @@ class EvaluationError(RuntimeError):
     """The run cannot start; the message lists every problem found before any work."""
 
 
-def _locate(spec, config) -> tuple[Path | None, str | None]:
-    """An existing folder given as a path is returned as is (its own check then says what is wrong
-    with it); a name is looked up in the models folder and hub cache."""
-    if spec.explicit is not None and spec.explicit.is_dir():
-        return spec.explicit, None
-    if spec.explicit is not None:
-        return None, f"{spec.explicit}: no such folder (a local path; expected {spec.what}: {spec.source})"
-    searched: list[str] = []
-    root = models_dir(config)
-    found = find_weights(spec, root, hf_cache_dir(config), searched)
-    if found is None:
-        return None, describe_missing(spec, searched, root)
-    return found, None
-
-
 def resolve_pipeline(name: str, config) -> Path:
     """A Stable Diffusion folder: a path, or a name under the models folder / hub cache."""
-    found, problem = _locate(stable_diffusion_spec(name), config)
+    found, problem = locate_weights(stable_diffusion_spec(name), config)
     if found is None:
         raise EvaluationError(problem)
     problems = gen.check_pipeline_folder(found)
@@ -99,7 +83,7 @@ def preflight(config: EvaluateConfig) -> Plan:
         problems.append(f"prompts: {error}")
     runs: list[ModelRun] = []
     for name, label in zip(config.pipelines, config.model_labels()):
-        found, problem = _locate(stable_diffusion_spec(name), config)
+        found, problem = locate_weights(stable_diffusion_spec(name), config)
         if found is None:
             problems.append(f"model {label}: {problem}")
             continue
@@ -109,7 +93,7 @@ def preflight(config: EvaluateConfig) -> Plan:
             continue
         runs.append(ModelRun(label, found, gen.model_id(found), Path(config.out_dir) / label))
     detector, problem = (Path(det.WORLD_DETECTOR), None) if config.detection.detector == det.WORLD_DETECTOR else \
-        _locate(owlv2_spec(config.detection.detector), config)
+        locate_weights(owlv2_spec(config.detection.detector), config)
     if detector is None:
         problems.append(f"detector: {problem}")
     elif str(detector) != det.WORLD_DETECTOR:

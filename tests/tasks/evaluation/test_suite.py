@@ -127,7 +127,7 @@ def test_metric_configuration_problems_stop_before_any_work(make_eval_config, ti
     with pytest.raises(EvaluationError) as raised:
         preflight(config)
     message = str(raised.value)
-    for expected in ("visor detector:", "no-owl does not exist", "optigen language model:", "fid set coco:",
+    for expected in ("visor detector:", "no-owl: no such folder (a local path", "optigen language model:", "fid set coco:",
                      "captions.jsonl: line 2: not JSON", "fid inception:", "none.pth does not exist",
                      "clip score:", "grounding: no shard matches"):
         assert expected in message, (expected, message)
