@@ -42,12 +42,30 @@ DEFAULT_STOP_LIST = (
 )
 
 
-class SourceConfig(StrictModel):
-    """A COCO-style source: an image folder and its captions JSON (instances JSON optional)."""
+DATASET_KINDS = ("hf", "wds", "folder")
 
-    images_dir: Path = Field(description="the image folder, e.g. train2017/", json_schema_extra={"cli_shortcut": "images-dir"})
-    captions_json: Path = Field(description="captions JSON, e.g. annotations/captions_train2017.json",
-                                json_schema_extra={"cli_shortcut": "captions-json"})
+
+class SourceConfig(StrictModel):
+    """The source: a COCO-style image folder and its captions JSON (instances JSON optional), or any
+    image-caption dataset named by ``dataset`` (tasks/source/streams.py)."""
+
+    images_dir: Path | None = Field(default=None, description="the image folder of a COCO source, e.g. train2017/",
+                                    json_schema_extra={"cli_shortcut": "images-dir"})
+    captions_json: Path | None = Field(default=None, description="captions JSON of a COCO source, e.g. "
+                                       "annotations/captions_train2017.json",
+                                       json_schema_extra={"cli_shortcut": "captions-json"})
+    dataset: str | None = Field(default=None, description="an image-caption dataset instead of a COCO source: "
+                                "hf:FOLDER_OR_HUB_NAME[#split] (Hugging Face datasets), wds:SHARDS (img2dataset "
+                                "WebDataset tars: a brace or glob pattern), folder:DIR_OR_CAPTIONS_FILE (images "
+                                "with a captions.csv or captions.jsonl)", json_schema_extra={"cli_shortcut": "source"})
+    image_column: str = Field(default="image", description="hf: the image column; folder: the captions file's "
+                              "column holding the image path")
+    caption_column: str = Field(default="caption", description="hf, folder: the caption column (a string or a list "
+                                "of candidates); wds: the .json key read when a sample has no .txt")
+    key_column: str | None = Field(default=None, description="a column of unique keys (duplicates rejected); null: "
+                                   "hf the row number, wds the sample key, folder the image path")
+    url_column: str | None = Field(default="url", description="a column of image URLs whose duplicates are rejected "
+                                   "(img2dataset's url); absent columns are ignored")
     instances_json: Path | None = Field(default=None, description="instances JSON: masks for the coco and hybrid "
                                         "grounding", json_schema_extra={"cli_shortcut": "instances-json"})
     lvis_json: list[Path] = Field(default=[], description="LVIS v1 annotation files (lvis_v1_train.json, "
@@ -56,6 +74,27 @@ class SourceConfig(StrictModel):
     stuff_json: list[Path] = Field(default=[], description="COCO-Stuff annotation files (stuff_train2017.json, "
                                    "stuff_val2017.json): human masks for walls, floors, sky, grass, water...",
                                    json_schema_extra={"cli_shortcut": "stuff"})
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self) -> "SourceConfig":
+        if self.dataset is None:
+            if self.images_dir is None or self.captions_json is None:
+                raise ValueError("give source.images_dir and source.captions_json (a COCO source), or "
+                                 "source.dataset (hf:..., wds:..., folder:...)")
+            return self
+        kind, _, location = self.dataset.partition(":")
+        if kind not in DATASET_KINDS or not location:
+            raise ValueError(f"source.dataset {self.dataset!r:.120} must be hf:NAME[#split], wds:PATTERN or folder:PATH")
+        named = [name for name in ("images_dir", "captions_json", "instances_json") if getattr(self, name)]
+        named += [name for name in ("lvis_json", "stuff_json") if getattr(self, name)]
+        if named:
+            raise ValueError(f"source.dataset reads its own images and captions: drop source.{', source.'.join(named)}")
+        return self
+
+    @property
+    def dataset_kind(self) -> str | None:
+        """hf, wds or folder for a dataset source; None for a COCO source."""
+        return self.dataset.partition(":")[0] if self.dataset else None
 
 
 class SelectionConfig(StrictModel):
@@ -212,7 +251,13 @@ class BuildConfig(StrictModel):
         data["models"] = {"device": self.models.device}
         data["nouns"]["stop_list"] = self.nouns.resolved_stop_list(self.profile)
         human_files = {k: [Path(p).name for p in data["source"].pop(k)] for k in ("lvis_json", "stuff_json")}
+        dataset_fields = ("dataset", "image_column", "caption_column", "key_column", "url_column")
+        dataset_source = {k: data["source"].pop(k) for k in dataset_fields}
         data["source"] = {k: (Path(v).name if v else v) for k, v in data["source"].items()}
+        if self.source.dataset:  # absent for a COCO source: the hash of every earlier configuration stays
+            kind, _, location = self.source.dataset.partition(":")
+            path, _, split = location.partition("#")
+            data["source"].update(dataset_source, dataset=f"{kind}:{Path(path).name}" + (f"#{split}" if split else ""))
         data["source"].update({k: v for k, v in human_files.items() if v})  # absent when empty: hashes kept
         if not any(human_files.values()):
             data["grounding"].pop("human_order")  # only the human grounding reads it

@@ -32,6 +32,9 @@ class RejectReason(StrEnum):
     BAD_IMAGE_ENTRY = "bad_image_entry"
     BAD_CAPTION_ENTRY = "bad_caption_entry"
     BAD_ANNOTATION = "bad_annotation"
+    NO_IMAGE = "no_image"
+    DUPLICATE_KEY = "duplicate_key"
+    DUPLICATE_URL = "duplicate_url"
     # the image selection (stage "selection")
     MALFORMED_VSR_LINE = "malformed_vsr_line"
     NOT_IN_SOURCE = "not_in_source"
@@ -68,6 +71,9 @@ REASON_HELP: dict[NounReason | RejectReason, str] = {
     RejectReason.BAD_IMAGE_ENTRY: "an entry of the captions file's images list is malformed",
     RejectReason.BAD_CAPTION_ENTRY: "an entry of the captions file's annotations list is malformed",
     RejectReason.BAD_ANNOTATION: "an instance (or LVIS image) entry is malformed; it is dropped",
+    RejectReason.NO_IMAGE: "a row of a dataset source (hf, wds, folder) has no image",
+    RejectReason.DUPLICATE_KEY: "a row of a dataset source repeats the key of an earlier row; the first is kept",
+    RejectReason.DUPLICATE_URL: "a row of a dataset source repeats the image URL of an earlier row; the first is kept",
     RejectReason.MALFORMED_VSR_LINE: "a line of a VSR file is not a JSON object with an image name",
     RejectReason.NOT_IN_SOURCE: "a VSR file names an image the captions file does not list",
     RejectReason.UNSAFE_FILE_NAME: "the file name is empty, holds a NUL byte or points outside the image folder",
@@ -81,7 +87,7 @@ REASON_HELP: dict[NounReason | RejectReason, str] = {
     RejectReason.UNSUPPORTED_MODE: "the image mode does not convert to 8-bit RGB",
     RejectReason.ABSURD_DIMENSIONS: "the image is smaller or larger than the image limits allow",
     RejectReason.NO_CAPTIONS: "the image has no caption",
-    RejectReason.NO_USABLE_CAPTION: "every caption is excluded (not text, empty, too long)",
+    RejectReason.NO_USABLE_CAPTION: "every caption is excluded (not text, empty, too long, not in the Latin script)",
     RejectReason.NO_NOUNS: "the chosen caption has no noun phrase",
     RejectReason.NO_MASKS: "no noun got a mask (output.require_mask)",
 }

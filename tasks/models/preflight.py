@@ -43,7 +43,11 @@ def output_problems(folder: Path, field: str) -> list[str]:
 def _path_problems(config: BuildConfig) -> list[str]:
     source = config.source
     problems = []
-    if not source.images_dir.is_dir():
+    if source.dataset:
+        from tokencompose.tasks.source.streams import dataset_problems
+
+        problems += dataset_problems(config)
+    elif source.images_dir is not None and not source.images_dir.is_dir():
         what = "does not exist" if not source.images_dir.exists() else "is not a folder"
         problems.append(f"source.images_dir: {source.images_dir} {what}")
     files: list[tuple[str, Path | None]] = [("source.captions_json", source.captions_json),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +21,7 @@ from tokencompose.schemas.sample import (JSON_FIELD, CaptionCandidate, Grounding
 from tokencompose.schemas.reasons import NounReason, RejectReason
 from tokencompose.tasks.captions import ranking as caption_stage
 from tokencompose.tasks.models.backends import Backends
-from tokencompose.tasks.source.images import ImageProblem, LoadedImage, image_path, load_image
+from tokencompose.tasks.source.images import ImageProblem, LoadedImage, decode_image, image_path, load_image
 from tokencompose.tasks.nouns.extraction import is_stop_listed, lookup_text
 from tokencompose.schemas.records import Caption, ImageRecord, NounPhrase
 from tokencompose.tasks.shards.shard_io import write_tar
@@ -86,14 +86,25 @@ class ShardBuilder:
                 rejects.append(self._reject(record, "captions", RejectReason.NO_USABLE_CAPTION, "; ".join(reasons)))
                 continue
             try:
-                path = image_path(self.config.source.images_dir, record.file_name)
-                image = load_image(path, record.width, record.height, self.config.output.image_field,
-                                   self.config.images)
+                image = self._load_image(record)
             except ImageProblem as problem:
                 rejects.append(self._reject(record, "image", problem.reason, problem.detail))
                 continue
+            if not record.width:  # a dataset source: the size is known once decoded
+                record = replace(record, width=image.rgb.width, height=image.rgb.height)
             pending.append(_Pending(record, image, ranked, excluded))
         return pending, rejects
+
+    def _load_image(self, record: ImageRecord) -> LoadedImage:
+        source = self.config.source
+        if source.dataset:
+            from tokencompose.tasks.source.streams import open_dataset
+
+            data = open_dataset(source).read_image(record.file_name)
+            return decode_image(data, Path(record.file_name), self.config.output.image_field, self.config.images)
+        assert source.images_dir is not None  # a COCO source (SourceConfig's validator)
+        path = image_path(source.images_dir, record.file_name)
+        return load_image(path, record.width, record.height, self.config.output.image_field, self.config.images)
 
     def _build_chunk(self, records: Sequence[ImageRecord]) -> tuple[list[tuple[SampleRecord, bytes]], list[Reject]]:
         with self._timed("images"):

@@ -56,6 +56,14 @@ class Plan:
 def batch_fingerprint(config: BuildConfig, records: Sequence[ImageRecord]) -> str:
     """Hash of a shard's inputs: the records and each image file's size and modification time."""
     digest = hashlib.sha256()
+    if config.source.dataset:
+        from tokencompose.tasks.source.streams import open_dataset
+
+        source = open_dataset(config.source)
+        for record in records:
+            digest.update(repr(record).encode() + source.fingerprint(record.file_name).encode())
+        return digest.hexdigest()
+    assert config.source.images_dir is not None  # a COCO source
     for record in records:
         digest.update(repr(record).encode())
         try:
@@ -77,6 +85,10 @@ def plan(config: BuildConfig) -> Plan:
     the shards hold is refused."""
     config_hash = config.config_hash()
     problems = backend_registry.preflight(config)
+    if config.source.dataset:
+        from tokencompose.tasks.source.streams import dataset_problems
+
+        problems += dataset_problems(config)
     if problems:
         raise ConfigurationError("the backends cannot run:\n  - " + "\n  - ".join(problems))
     check_output(config, config_hash)

@@ -63,14 +63,23 @@ def load_image(path: Path, width: int, height: int, image_field: str, limits: Im
         raise ImageProblem(RejectReason.MISSING_FILE, str(path)) from None
     except OSError as error:
         raise ImageProblem(RejectReason.UNREADABLE_FILE, f"{path}: {error.strerror or error}") from None
+    return decode_image(data, path, image_field, limits, (width, height))
+
+
+def decode_image(data: bytes, path: Path, image_field: str, limits: ImageLimits,
+                 size: tuple[int, int] | None = None) -> LoadedImage:
+    """Verify and decode an image's bytes (``path`` names it in messages); ``size``: what the source
+    says it is (None: a source that does not say, whose image then only has to fit the limits)."""
     if not data:
         raise ImageProblem(RejectReason.EMPTY_FILE, str(path))
     image = _decode(data, path, limits)
     field = FORMAT_FIELDS.get(image.format or "")
     if field != image_field:
         raise ImageProblem(RejectReason.FORMAT_MISMATCH, f"{image.format} file; this dataset stores {image_field}")
-    if image.size != (width, height):
-        raise ImageProblem(RejectReason.SIZE_MISMATCH, f"file is {image.size[0]}x{image.size[1]}, COCO says {width}x{height}")
+    if size is None:
+        check_dimensions(image.width, image.height, limits)
+    elif image.size != size:
+        raise ImageProblem(RejectReason.SIZE_MISMATCH, f"file is {image.size[0]}x{image.size[1]}, COCO says {size[0]}x{size[1]}")
     if image.mode not in CONVERTIBLE_MODES:
         raise ImageProblem(RejectReason.UNSUPPORTED_MODE, f"mode {image.mode} does not convert to 8-bit RGB")
     mode = image.mode

@@ -177,6 +177,12 @@ def read_keys_file(path: Path) -> set[str]:
 
 def select_images(config: BuildConfig) -> Selection:
     """The images to build, in a stable order, and a reject for every image dropped."""
+    if config.source.dataset:
+        from tokencompose.tasks.source.streams import select_dataset_rows
+
+        wanted = read_keys_file(config.selection.keys_file) if config.selection.keys_file is not None else None
+        rows = select_dataset_rows(config, wanted)
+        return Selection(images=rows.images, rejects=rows.rejects, seen=rows.seen)
     source = read_source(config.source)
     records = source.records
     rejects: list[Reject] = []

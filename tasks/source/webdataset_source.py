@@ -1,0 +1,156 @@
+"""WebDataset shards as img2dataset writes them as a build source (``wds:PATTERN``).
+
+PATTERN names the tars with braces (``data/{00000..00099}.tar``) or a glob (``data/*.tar``, sorted);
+every file it names must exist. A sample is the run of consecutive members sharing a key (the member
+name up to the first dot of its base name): the image (``jpg``, ``jpeg``, ``png`` or ``webp``), the
+caption (``txt``) and img2dataset's metadata (``json``: ``url``, ``caption``, ...). The caption is the
+``.txt``; the ``.json``'s ``source.caption_column`` is used when it holds a list of candidates, or when
+there is no ``.txt``. Tars are read as streams (only captions and metadata are read while listing);
+an image is read later from its offset, found by a scan of its tar's headers kept once per process.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from tokencompose.schemas.config import SourceConfig
+from tokencompose.schemas.reasons import RejectReason
+from tokencompose.tasks.source.coco_json import SourceError
+from tokencompose.tasks.source.images import ImageProblem
+from tokencompose.tasks.source.streams import RawRow
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """(key, extension) of a member: ``sub/000012.jpg`` -> (``sub/000012``, ``jpg``)."""
+    folder, _, base = name.rpartition("/")
+    stem, _, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), extension.lower()
+
+
+class WebDatasetShards:
+    """The samples of a list of tars, in the pattern's order; the locator is ``TAR/MEMBER``."""
+
+    def __init__(self, location: str, source: SourceConfig):
+        self.pattern = location
+        self.source = source
+        self.description = f"wds shards {location}"
+        self._tars: dict[str, Path] | None = None
+
+    def tars(self) -> dict[str, Path]:
+        """The tars by file name, in order."""
+        if self._tars is None:
+            from braceexpand import braceexpand
+
+            paths: list[Path] = []
+            for expanded in braceexpand(str(Path(self.pattern).expanduser())):
+                if glob.has_magic(expanded):
+                    paths += [Path(p) for p in sorted(glob.glob(expanded))]
+                elif not Path(expanded).is_file():
+                    raise SourceError(f"{self.description}: {expanded} does not exist")
+                else:
+                    paths.append(Path(expanded))
+            if not paths:
+                raise SourceError(f"{self.description}: the pattern names no file")
+            tars: dict[str, Path] = {}
+            for path in paths:
+                if tars.setdefault(path.name, path) != path:
+                    raise SourceError(f"{self.description}: two tars are named {path.name}; samples would collide")
+            self._tars = tars
+        return self._tars
+
+    def check(self) -> None:
+        first = next(iter(self.tars().values()))
+        try:
+            with tarfile.open(first, "r|") as stream:
+                stream.next()
+        except (tarfile.TarError, OSError) as error:
+            raise SourceError(f"{self.description}: {first} is not a readable tar ({error})") from None
+
+    def rows(self) -> Iterator[RawRow]:
+        position = 0
+        for name, path in self.tars().items():
+            for key, members in _samples(path):
+                yield self._row(position, name, key, members)
+                position += 1
+
+    def _row(self, position: int, tar_name: str, key: str, members: dict[str, tuple[str, bytes | None]]) -> RawRow:
+        image = next((members[e][0] for e in IMAGE_EXTENSIONS if e in members), None)
+        meta = _json_object(members["json"][1]) if "json" in members else {}
+        text = members["txt"][1] if "txt" in members else None
+        listed = meta.get(self.source.caption_column)
+        captions: tuple[object, ...] | None
+        if isinstance(listed, list):
+            captions = tuple(listed)
+        elif text is not None:
+            captions = (_text(text),)
+        else:
+            captions = None if listed is None else (listed,)
+        row_key = meta.get(self.source.key_column) if self.source.key_column else key
+        url = meta.get(self.source.url_column) if self.source.url_column else None
+        return RawRow(position, f"{tar_name}/{image or key}", image is not None, captions,
+                      None if row_key is None else str(row_key), url if isinstance(url, str) else None)
+
+    def read_image(self, locator: str) -> bytes:
+        tar_name, _, member = locator.partition("/")
+        path = self.tars().get(tar_name)
+        where = _member_offsets(path) if path is not None else {}
+        if member not in where or path is None:
+            raise ImageProblem(RejectReason.MISSING_FILE, f"{locator} is no longer in its tar")
+        offset, size = where[member]
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
+    def fingerprint(self, locator: str) -> str:
+        path = self.tars().get(locator.partition("/")[0])
+        stat = path.stat() if path is not None and path.exists() else None
+        return f"{stat.st_size}:{stat.st_mtime_ns}:{locator}" if stat else f"missing:{locator}"
+
+
+def _samples(path: Path) -> Iterator[tuple[str, dict[str, tuple[str, bytes | None]]]]:
+    """(key, {extension: (member name, bytes of a txt/json member)}) per sample, streamed."""
+    key: str | None = None
+    members: dict[str, tuple[str, bytes | None]] = {}
+    with tarfile.open(path, "r|") as stream:
+        for member in stream:
+            if not member.isfile():
+                continue
+            member_key, extension = _split_name(member.name)
+            if member_key != key:
+                if key is not None:
+                    yield key, members
+                key, members = member_key, {}
+            data = None
+            if extension in ("txt", "json"):
+                handle = stream.extractfile(member)
+                data = handle.read() if handle is not None else None
+            members.setdefault(extension, (member.name, data))
+    if key is not None:
+        yield key, members
+
+
+@functools.lru_cache(maxsize=64)
+def _member_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    with tarfile.open(path) as archive:
+        return {m.name: (m.offset_data, m.size) for m in archive.getmembers() if m.isfile()}
+
+
+def _json_object(data: bytes | None) -> dict:
+    try:
+        value = json.loads(data or b"")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _text(data: bytes | None) -> object:
+    try:
+        return (data or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return data  # kept as bytes: the caption stage excludes it as "not text"
