@@ -38,12 +38,18 @@ class WorldProtocol:
     detector_threshold: float = 0.5
     bootstrap_samples: int = 2000
     threads: int = 1               # torch threads: on a shared 2-core machine one is far faster under load
+    # the retraining round (tasks/demo/world_retrain.py): the world grows, a candidate trains from the current model
+    grow_images: int = 500
+    retrain_steps: int = 100
+    retrain_images_per_prompt: int = 2
+    retrain_prompts: int | None = None   # the first n of the 56 prompts; None: all
 
     @classmethod
     def reduced(cls) -> "WorldProtocol":
         """The CI test's world: 32 px, few images and steps, attention IoU only (no MultiGen)."""
         return cls(image_size=32, train_images=400, test_images=60, vae_steps=0, train_steps=150,
-                   images_per_prompt=1, generation_steps=10)
+                   images_per_prompt=1, generation_steps=10, grow_images=100, retrain_steps=20,
+                   retrain_images_per_prompt=1, retrain_prompts=16)
 
 
 def say_to(progress: Progress | None) -> Progress:
@@ -66,17 +72,23 @@ def make_sources(out: Path, protocol: WorldProtocol) -> tuple[Path, Path]:
     return train, test
 
 
-def build(source: Path, out: Path) -> Path:
-    """The normal offline build of a world source (PNG kept: its masks are the drawn pixels)."""
+def build_config(source: Path, out: Path):
+    """The BuildConfig of a world source (PNG kept: its masks are the drawn pixels)."""
     from tokencompose.schemas.config import BuildConfig
+
+    return BuildConfig.model_validate({
+        "source": {"images_dir": str(source / "images"), "captions_json": str(source / "captions.json"),
+                   "instances_json": str(source / "instances.json")},
+        "output": {"out_dir": str(out), "shard_size": 500, "image_field": "png"}})
+
+
+def build(source: Path, out: Path) -> Path:
+    """The normal offline build of a world source."""
     from tokencompose.schemas.reports import MANIFEST_FILE
     from tokencompose.tasks.shards.dataset import build_directly
 
     if not (out / MANIFEST_FILE).is_file():
-        build_directly(BuildConfig.model_validate({
-            "source": {"images_dir": str(source / "images"), "captions_json": str(source / "captions.json"),
-                       "instances_json": str(source / "instances.json")},
-            "output": {"out_dir": str(out), "shard_size": 500, "image_field": "png"}}))
+        build_directly(build_config(source, out))
     return out
 
 
@@ -141,14 +153,19 @@ def train_model(name: str, start: Path, shards: str, out: Path, protocol: WorldP
     pipeline = run_dir / "pipeline"
     if (pipeline / "model_index.json").is_file():
         return pipeline
-    config = TrainConfig(
-        pretrained_model=start, shards=[shards], output_dir=run_dir, resolution=protocol.image_size,
-        max_steps=protocol.train_steps, train_batch_size=protocol.batch_size, gradient_accumulation_steps=1,
-        learning_rate=protocol.learning_rate, num_workers=0, shuffle_buffer=256, gradient_checkpointing=False,
-        checkpoint_every=protocol.train_steps, log_every=10, export=True, seed=protocol.seed,
-        token_weight=PAPER_TOKEN_WEIGHT if grounded else 0.0, pixel_weight=PAPER_PIXEL_WEIGHT if grounded else 0.0)
+    config = TrainConfig(pretrained_model=start, shards=[shards], output_dir=run_dir, max_steps=protocol.train_steps,
+                         checkpoint_every=protocol.train_steps, **train_settings(protocol, grounded))
     result = train(config)
     return result.pipeline_dir or pipeline
+
+
+def train_settings(protocol: WorldProtocol, grounded: bool) -> dict:
+    """The TrainConfig fields of a world training besides the model, data, output and length."""
+    return {"resolution": protocol.image_size, "train_batch_size": protocol.batch_size,
+            "gradient_accumulation_steps": 1, "learning_rate": protocol.learning_rate, "num_workers": 0,
+            "shuffle_buffer": 256, "gradient_checkpointing": False, "log_every": 10, "export": True,
+            "seed": protocol.seed, "token_weight": PAPER_TOKEN_WEIGHT if grounded else 0.0,
+            "pixel_weight": PAPER_PIXEL_WEIGHT if grounded else 0.0}
 
 
 def write_prompts(out: Path) -> Path:
@@ -164,21 +181,27 @@ def evaluate(out: Path, pipelines: dict[str, Path], prompts: Path, test_shards: 
     """The normal evaluation (tasks/multigen/run.py) of both models in one run: MultiGen over the
     world's prompts with the world's detector, and the attention-mask IoU on the test world."""
     from tokencompose.schemas.evaluation import EvaluateConfig
-    from tokencompose.tasks.multigen.detection import WORLD_DETECTOR
     from tokencompose.tasks.multigen.run import evaluate_models
 
     config = EvaluateConfig.model_validate({
         "pipelines": [str(p) for p in pipelines.values()], "labels": list(pipelines), "out_dir": str(out / "evaluation"),
-        "benchmark": {"file": str(prompts), "limit": None if multigen else 1},
-        "generation": {"images_per_prompt": protocol.images_per_prompt, "seed": protocol.seed,
-                       "steps": protocol.generation_steps, "guidance_scale": protocol.guidance_scale,
-                       "resolution": protocol.image_size, "batch_size": 16, "prompts_per_shard": 8},
-        "detection": {"detector": WORLD_DETECTOR, "threshold": protocol.detector_threshold, "batch_size": 16},
-        "report": {"bootstrap_samples": protocol.bootstrap_samples, "grid_prompts": 4, "grid_images": 4,
-                   "attention_prompts": 2 if multigen else 0},
-        "metrics": {"grounding": {"shards": [test_shards]}},
-        "models": {"device": "cpu"}})
+        **evaluation_settings(prompts, protocol, protocol.images_per_prompt, multigen),
+        "metrics": {"grounding": {"shards": [test_shards]}}})
     return config, evaluate_models(config, device="cpu")
+
+
+def evaluation_settings(prompts: Path, protocol: WorldProtocol, images_per_prompt: int, multigen: bool = True) -> dict:
+    """The EvaluateConfig sections of a world evaluation: the world's prompts and its exact detector."""
+    from tokencompose.tasks.multigen.detection import WORLD_DETECTOR
+
+    return {"benchmark": {"file": str(prompts), "limit": None if multigen else 1},
+            "generation": {"images_per_prompt": images_per_prompt, "seed": protocol.seed,
+                           "steps": protocol.generation_steps, "guidance_scale": protocol.guidance_scale,
+                           "resolution": protocol.image_size, "batch_size": 16, "prompts_per_shard": 8},
+            "detection": {"detector": WORLD_DETECTOR, "threshold": protocol.detector_threshold, "batch_size": 16},
+            "report": {"bootstrap_samples": protocol.bootstrap_samples, "grid_prompts": 4, "grid_images": 4,
+                       "attention_prompts": 2 if multigen else 0},
+            "models": {"device": "cpu"}}
 
 
 def run_world_demo(out: Path, protocol: WorldProtocol = WorldProtocol(), progress: Progress | None = None,

@@ -3,7 +3,8 @@
 Composition: MG2..MG5 of each model and the paired-bootstrap difference (from the MultiGen report),
 then the same over the prompts that ask for a held-out pair and over the others, apart. Grounding:
 the attention-mask IoU of each (test image, noun) for both models (the evaluation's grounding.json),
-their mean difference with a paired-bootstrap interval over (image, noun) pairs. Pictures: each
+their mean difference with a paired-bootstrap interval over (image, noun) pairs; the same for the
+specificity (the IoU minus the mean IoU against the image's other nouns' masks). Pictures: each
 model's sample grid and attention grids (made by the evaluation) and both loss curves.
 """
 from __future__ import annotations
@@ -21,14 +22,19 @@ PLAIN, GROUNDED = "plain", "grounded"     # the two models' labels in the evalua
 REPORT_FILE = "report.md"
 
 
-def noun_ious(evaluation: Path, label: str) -> dict[tuple[str, str], float]:
-    """(sample key, noun and its tokens) -> IoU, from the evaluation's grounding.json of one model."""
+def noun_ious(evaluation: Path, label: str, specificity: bool = False) -> dict[tuple[str, str], float]:
+    """(sample key, noun and its tokens) -> IoU (or specificity: IoU minus the mean IoU against the image's
+    other nouns' masks; nouns without another noun left out), from one model's grounding.json."""
     result = json.loads((evaluation / label / "grounding.json").read_text())["result"]
+    if specificity:
+        return {(n["key"], f"{n['noun']}@{n['tokens']}"): float(n["iou"]) - float(n["other_iou"])
+                for n in result["per_noun"] if n.get("other_iou") is not None}
     return {(n["key"], f"{n['noun']}@{n['tokens']}"): float(n["iou"]) for n in result["per_noun"]}
 
 
-def iou_comparison(evaluation: Path, samples: int, seed: int, confidence: float) -> dict:
-    plain, grounded = noun_ious(evaluation, PLAIN), noun_ious(evaluation, GROUNDED)
+def iou_comparison(evaluation: Path, samples: int, seed: int, confidence: float, specificity: bool = False) -> dict:
+    """Both models' mean IoU (or specificity) and grounded - plain with its paired bootstrap over (image, noun)."""
+    plain, grounded = noun_ious(evaluation, PLAIN, specificity), noun_ious(evaluation, GROUNDED, specificity)
     common = sorted(set(plain) & set(grounded))
     a, b = [plain[k] for k in common], [grounded[k] for k in common]
     compared = paired_mean_difference(a, b, samples, seed, confidence)
@@ -74,7 +80,9 @@ def write_report(out: Path, config, report, protocol, multigen: bool = True) -> 
     evaluation = Path(config.out_dir)
     settings = config.report
     iou = iou_comparison(evaluation, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence)
-    figures: dict = {"protocol": dict(vars(protocol)), "attention_iou": iou}
+    specific = iou_comparison(evaluation, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
+                              specificity=True)
+    figures: dict = {"protocol": dict(vars(protocol)), "attention_iou": iou, "specificity": specific}
     lines = ["# The synthetic world: plain vs grounded", "",
              f"Protocol (docs/world.md): world seed {protocol.seed}, {protocol.image_size} px, "
              f"{protocol.train_images} training images (held-out pairs: "
@@ -86,7 +94,13 @@ def write_report(out: Path, config, report, protocol, multigen: bool = True) -> 
              "| model | mIoU |", "|---|---|",
              f"| plain | {iou['plain']:.4f} |", f"| grounded | {iou['grounded']:.4f} |", "",
              f"grounded - plain: {interval(iou, 4)} ({settings.confidence:.0%} paired bootstrap over "
-             f"{iou['pairs']} (image, noun) pairs of {iou['images']} images)", ""]
+             f"{iou['pairs']} (image, noun) pairs of {iou['images']} images)", "",
+             "## Specificity (a noun's map on its own mask versus the image's other nouns' masks)", "",
+             "IoU(own mask) - mean IoU(the other nouns' masks), per (image, noun), averaged (docs/world.md).", "",
+             "| model | specificity |", "|---|---|",
+             f"| plain | {specific['plain']:.4f} |", f"| grounded | {specific['grounded']:.4f} |", "",
+             f"grounded - plain: {interval(specific, 4)} ({settings.confidence:.0%} paired bootstrap over "
+             f"{specific['pairs']} (image, noun) pairs of {specific['images']} images)", ""]
     if multigen:
         plan = preflight(config)
         split = held_out_split(config, rows_by_model(plan))

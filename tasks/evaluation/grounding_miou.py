@@ -37,6 +37,11 @@ the caption (the training's :func:`~tokencompose.tasks.training.data.noun_token_
 occurrence of the word's tokens; the real image and its masks get the training geometry (resize the short
 side, centre crop; masks resized per resolution and ``> 0``, :class:`~tokencompose.tasks.training.data.
 Preprocessor`), with the output size the image resolution by default (DAAM: 512 px generated images).
+
+**Specificity** (ours, not DAAM's; docs/world.md): each noun's binarised map is also compared with the masks
+of the other nouns of the same image that differ from its own; ``specificity = IoU(own) - mean IoU(others)``
+per noun, averaged over the nouns that have another noun. A map of "objects in general" has a high IoU but
+a specificity near 0.
 """
 from __future__ import annotations
 
@@ -144,6 +149,14 @@ class NounIoU(BaseModel):
     iou: float
     predicted_pixels: int
     mask_pixels: int
+    # the mean IoU of this noun's binarised map against the other nouns' masks of the same image (those that
+    # differ from its own); None when the image has no such noun
+    other_iou: float | None = None
+
+    @property
+    def specificity(self) -> float | None:
+        """How much better the map fits its own mask than the other nouns' masks: ``iou - other_iou``."""
+        return None if self.other_iou is None else self.iou - self.other_iou
 
 
 class GroundingResult(BaseModel):
@@ -161,6 +174,8 @@ class GroundingResult(BaseModel):
     nouns_without_mask: int = 0
     nouns_without_token: int = 0
     per_noun: list[NounIoU] = Field(default_factory=list)
+    specificity: float = float("nan")   # the mean of the nouns' specificity (those with another noun in the image)
+    specific_nouns: int = 0             # how many nouns it is the mean of
     daam_steps: int | None = None
     paper_daam_miou: dict[str, float] = Field(default_factory=lambda: dict(PAPER_DAAM_MIOU))
 
@@ -384,15 +399,20 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
                     maps = fast_token_maps(pipe, example.pixel_values, example.input_ids, columns, key=example.key,
                                            seed=seed, timesteps=timesteps, skipped_factors=skipped_factors)
                 images += 1
-                for text, tokens, mask in zip(example.noun_texts, example.noun_tokens, example.masks[size]):
+                truths = [mask > 0 for mask in example.masks[size]]
+                for index, (text, tokens) in enumerate(zip(example.noun_texts, example.noun_tokens)):
                     predicted = binarise(word_map(maps, [column_of[p] for p in tokens]), size, threshold).cpu()
+                    truth = truths[index]
+                    others = [iou(predicted, other) for other in truths if not bool((other == truth).all())]
                     per_noun.append(NounIoU(key=example.key, noun=text, tokens=list(tokens),
-                                            iou=iou(predicted, mask > 0), predicted_pixels=int(predicted.sum()),
-                                            mask_pixels=int((mask > 0).sum())))
+                                            iou=iou(predicted, truth), predicted_pixels=int(predicted.sum()),
+                                            mask_pixels=int(truth.sum()), other_iou=mean_iou(others) if others else None))
         except ShardUnreadable:  # the samples before the break were evaluated; the rest of the shard is lost
             skipped[UNREADABLE_SHARD] += 1
     daam = protocol == "daam"
+    specific = [n.specificity for n in per_noun if n.specificity is not None]
     return GroundingResult(protocol=protocol, miou=mean_iou(n.iou for n in per_noun), nouns=len(per_noun),
+                           specificity=mean_iou(specific), specific_nouns=len(specific),
                            images=images, timesteps=[] if daam else list(timesteps),
                            daam_steps=daam_steps if daam else None, threshold=threshold, resolution=resolution,
                            output_size=size,

@@ -146,6 +146,11 @@ def test_fast_variant_end_to_end_on_a_tiny_random_sd(tiny_pipe, shard_dir):
     assert 0.0 <= first.miou <= 1.0
     # "coffee cup" has two tokens: both columns are the noun's
     assert len(first.per_noun[4].tokens) == 2
+    # specificity: every noun but the last photo's lone "rocket" has another noun (with its own mask) to compare with
+    assert [n.other_iou is None for n in first.per_noun] == [False] * 7 + [True]
+    assert all(0.0 <= n.other_iou <= 1.0 for n in first.per_noun[:7])
+    assert first.specific_nouns == 7
+    assert first.specificity == pytest.approx(sum(n.iou - n.other_iou for n in first.per_noun[:7]) / 7)
     # the UNet's processors are restored
     assert {k: type(v) for k, v in tiny_pipe.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
     again = evaluate_shards(tiny_pipe, shards, resolution=RESOLUTION, timesteps=(100, 400), seed=0)
