@@ -87,7 +87,7 @@ def test_sample_page(client):
     assert re.findall(r'class="noun-toggle" data-noun="(\d)"', html) == ["0", "2", "3"]
     assert 'type="range" id="opacity"' in html
     # boxes (the demo's human annotations give boxes, no scores): the cup (COCO), the saucer (LVIS), the spoon
-    assert html.count('class="box" data-noun=') == 3 and "172, 18, 240, 280" in html and "77, 95, 403, 300" in html
+    assert html.count('class="box" data-noun=') == 3 and "172.0, 18.0, 240.0, 280.0" in html and "77.0, 95.0, 403.0, 300.0" in html
     # nouns without a mask with their reason
     without = html[html.index('id="without-mask"'):]
     assert "<strong>coffee</strong>: <span class=\"reason\">category_not_annotated_in_image</span>" in without

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from tokencompose.viewer.catalog import SampleError
-from tokencompose.viewer.filters import GalleryFilters
+from tokencompose.viewer.filters import GalleryFilters, matching
 from tokencompose.viewer.state import Sample, State
 
 router = APIRouter()
@@ -23,7 +23,7 @@ def record_json(entry: Sample, state: State) -> Response:
 
 
 def _keys(state: State, filters) -> list[str]:
-    return [entry.key for entry in state.searches.search(filters.query)]
+    return [entry.key for entry in matching(state, filters)]
 
 
 @router.get("/export/keys.txt")

@@ -13,14 +13,16 @@ from typing import Annotated
 from fastapi import Depends
 from fastapi import Query as Param
 
-from tokencompose.viewer.catalog import SORTS, Query
-from tokencompose.viewer.state import BadRequest, NotFound, State
+from tokencompose.viewer.catalog import SORTS, Entry, Query
+from tokencompose.viewer.state import BadRequest, Conflict, NotFound, State
 
 PER_PAGE = (24, 48, 96)
 TEXT_LIMIT = 200
 # the query parameters the gallery keeps in its links, in this order
 FIELDS = ("q", "category", "source", "reason", "min_area", "max_area", "min_nouns", "max_nouns", "unmasked",
-          "errors", "shard", "sort", "per_page")
+          "errors", "flagged", "shard", "sort", "per_page")
+FLAGGED = {"any": "a flag (the sample or a mask)", "sample": "the sample flagged", "mask": "a mask flagged",
+           "none": "no flag"}
 
 
 def int_or_none(value: str | None, low: int = 0, high: int = 10_000) -> int | None:
@@ -47,6 +49,8 @@ class Filters:
     form: dict[str, str]  # the parameters given, as given (for the form and the links)
     size: int  # per page
     page: int  # as asked (clamped later to the pages there are)
+    flagged: str = ""  # a key of FLAGGED, or "" for no flag filter (flags change while the viewer runs:
+    #                    applied after the cached catalogue search, see matching())
 
     def url(self, path: str = "/", **extra) -> str:
         from urllib.parse import urlencode
@@ -57,7 +61,7 @@ class Filters:
 
 def gallery_filters(state: State, q: str = "", category: str = "", source: str = "", reason: str = "",
                     min_area: str = "", max_area: str = "", min_nouns: str = "", max_nouns: str = "",
-                    unmasked: str = "", errors: str = "", shard: str = "", sort: str = "",
+                    unmasked: str = "", errors: str = "", flagged: str = "", shard: str = "", sort: str = "",
                     page: str = Param("1"), per_page: str = "24") -> Filters:
     catalog = state.catalog
     shard_number = None
@@ -74,16 +78,34 @@ def gallery_filters(state: State, q: str = "", category: str = "", source: str =
             codes[kind] = code
     if sort not in SORTS:
         raise BadRequest("Unknown sort order.")
+    if flagged and flagged not in FLAGGED:
+        raise BadRequest("Unknown flag filter.")
     query = Query(text=q[:TEXT_LIMIT], unmasked=bool(unmasked), errors=bool(errors),
                   min_nouns=int_or_none(min_nouns), max_nouns=int_or_none(max_nouns), shard=shard_number,
                   category=codes.get("category"), source=codes.get("source"), reason=codes.get("reason"),
                   min_area=percent_or_none(min_area), max_area=percent_or_none(max_area), sort=sort)
     given = dict(q=q[:TEXT_LIMIT], category=category, source=source, reason=reason, min_area=min_area,
                  max_area=max_area, min_nouns=min_nouns, max_nouns=max_nouns, unmasked=unmasked, errors=errors,
-                 shard=shard, sort=sort, per_page=per_page)
+                 flagged=flagged, shard=shard, sort=sort, per_page=per_page)
     form = {name: given[name] for name in FIELDS if given[name]}
     size = int_or_none(per_page, 1, 200) or PER_PAGE[0]
-    return Filters(query=query, form=form, size=size, page=int_or_none(page, 1, 10**9) or 1)
+    return Filters(query=query, form=form, size=size, page=int_or_none(page, 1, 10**9) or 1, flagged=flagged)
+
+
+def matching(state: State, filters: Filters) -> list[Entry]:
+    """The entries the filters match, in the gallery's order: the catalogue search, then the flag filter
+    (read from the flags file on each request; one that cannot be read is a 409 naming its line)."""
+    found = state.searches.search(filters.query)
+    if not filters.flagged:
+        return found
+    flags, problem = state.flag_index()
+    if problem:
+        raise Conflict(f"The flag filter cannot be applied: {problem}")
+    if filters.flagged == "none":
+        return [e for e in found if e.key not in flags]
+    wanted = {"any": lambda marks: True, "sample": lambda marks: None in marks,
+              "mask": lambda marks: any(noun is not None for noun in marks)}[filters.flagged]
+    return [e for e in found if e.key in flags and wanted(flags[e.key])]
 
 
 GalleryFilters = Annotated[Filters, Depends(gallery_filters)]

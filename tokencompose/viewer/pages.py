@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from tokencompose.viewer import render
 from tokencompose.viewer.catalog import SORTS, Entry, SampleError
-from tokencompose.viewer.filters import PER_PAGE, GalleryFilters, int_or_none
+from tokencompose.viewer.filters import FLAGGED, PER_PAGE, GalleryFilters, int_or_none, matching
 from tokencompose.viewer.state import BadRequest, NotFound, Sample, State, plain_number
 
 router = APIRouter(default_response_class=HTMLResponse)
@@ -21,20 +21,22 @@ REJECTS_PER_PAGE = 50
 @router.get("/")
 def gallery(state: State, filters: GalleryFilters) -> HTMLResponse:
     catalog = state.catalog
-    found = state.searches.search(filters.query)
+    found = matching(state, filters)
+    flags, flags_problem = state.flag_index()
     size = filters.size
     pages = max(1, math.ceil(len(found) / size))
     number = min(filters.page, pages)
     shown = found[(number - 1) * size:number * size]
-    cards = [{"entry": e, "nouns": list(enumerate(e.noun_texts)), "shard": catalog.shards[e.shard].name}
-             for e in shown]
+    cards = [{"entry": e, "nouns": list(enumerate(e.noun_texts)), "shard": catalog.shards[e.shard].name,
+              "flags": flags.get(e.key, {})} for e in shown]
     return state.pages.render(
         "gallery.html", title="Samples", cards=cards, total=len(catalog.entries), matched=len(found),
         page_number=number, pages=pages, page_url=lambda n: filters.url("/", page=n), form=filters.form,
         shards=catalog.shards, per_page_choices=PER_PAGE, size=size, error_count=catalog.error_count,
         labels={kind: sorted(values[1:]) for kind, values in catalog.labels.items()}, sorts=SORTS,
         export_txt=filters.url("/export/keys.txt"), export_json=filters.url("/export/keys.json"),
-        noun_level=filters.query.noun_level)
+        noun_level=filters.query.noun_level, flagged_choices=FLAGGED, flags_problem=flags_problem,
+        form_token=state.form_token)
 
 
 @router.get("/sample/{key}")
@@ -49,6 +51,8 @@ def sample(entry: Sample, state: State) -> HTMLResponse:
         return state.pages.render("sample.html", error=str(error), image_readable=catalog.image_readable(entry),
                                   **context)
     problems = sample_problems(state, entry, record)
+    flags, flags_problem = state.flag_index()
+    marks = flags.get(entry.key, {})
     nouns = []
     for index, noun in enumerate(record.nouns):
         box_rows = [{"box": b, "score": s} for b, s in
@@ -60,7 +64,7 @@ def sample(entry: Sample, state: State) -> HTMLResponse:
             except render.RenderError as problem:
                 damaged = str(problem)
         nouns.append({"index": index, "noun": noun, "colour": render.colour(index), "area": area,
-                      "damaged": damaged,
+                      "damaged": damaged, "flag": marks.get(index),
                       "box_style": box_style(noun.box, record.width, record.height) if noun.box else None,
                       "boxes": [dict(row, style=box_style(row["box"], record.width, record.height))
                                 for row in box_rows]})
@@ -73,7 +77,8 @@ def sample(entry: Sample, state: State) -> HTMLResponse:
     return state.pages.render(
         "sample.html", error=None, record=record, nouns=nouns, segments=caption_segments(record),
         candidates=candidates, pixels=record.width * record.height, training=training,
-        training_problem=training_problem, problems=problems,
+        training_problem=training_problem, problems=problems, sample_flag=marks.get(None), flags_problem=flags_problem,
+        flagged_nouns=[n for n in nouns if n["flag"] is not None], form_token=state.form_token,
         provenance=json.dumps(record.provenance.model_dump(mode="json"), indent=1, sort_keys=True), **context)
 
 

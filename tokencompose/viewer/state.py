@@ -4,6 +4,7 @@ is looked up in the catalogue's dictionary, never joined into a path.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tokencompose.schemas.curation import CurationFileError
+from tokencompose.tasks.curation.store import FlagStore, ViewStore
 from tokencompose.viewer import render
 from tokencompose.viewer.catalog import Catalog, Entry, SearchCache
 from tokencompose.viewer.rejects import RejectList
@@ -21,6 +24,13 @@ from tokencompose.viewer.training_view import TrainingView
 class NotFound(StarletteHTTPException):
     def __init__(self, what: str = "not found"):
         super().__init__(status_code=404, detail=what)
+
+
+class Conflict(StarletteHTTPException):
+    """A change the viewer cannot make as things stand (e.g. a corrupt flags file, named with its line)."""
+
+    def __init__(self, what: str):
+        super().__init__(status_code=409, detail=what)
 
 
 class BadRequest(StarletteHTTPException):
@@ -37,10 +47,14 @@ class ViewerState:
     static: dict[str, tuple[bytes, str]]
     training: TrainingView
     rejects: RejectList
+    flags: FlagStore
+    views: ViewStore
     thumbs: render.ByteLRU = field(default_factory=lambda: render.ByteLRU(max_bytes=64 * 1024 * 1024))
     masks: render.ByteLRU = field(default_factory=lambda: render.ByteLRU(max_bytes=32 * 1024 * 1024))
     derived: dict = field(default_factory=dict)  # stats counted from the catalogue, once
     searches: SearchCache = field(init=False)
+    # what every form that changes something carries (the pages put it in; a page of another site cannot read it)
+    form_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def __post_init__(self) -> None:
         self.searches = SearchCache(self.catalog)
@@ -49,7 +63,19 @@ class ViewerState:
     def open(cls, shard_dir: Path, *, tokenizer_dir: Path | None = None) -> "ViewerState":
         catalog = Catalog(Path(shard_dir))
         return cls(catalog=catalog, pages=Pages(catalog), static=Pages.static_files(),
-                   training=TrainingView(tokenizer_dir), rejects=RejectList(catalog.root))
+                   training=TrainingView(tokenizer_dir), rejects=RejectList(catalog.root),
+                   flags=FlagStore(catalog.root), views=ViewStore(catalog.root))
+
+    def flag_index(self) -> tuple[dict[str, dict[int | None, str]], str | None]:
+        """(key -> {noun index or None for the sample: reason}, None), or ({}, why the flags file cannot be read)."""
+        try:
+            flags = self.flags.read()
+        except CurationFileError as error:
+            return {}, str(error)
+        index: dict[str, dict[int | None, str]] = {}
+        for flag in flags:
+            index.setdefault(flag.key, {})[flag.noun] = flag.reason
+        return index, None
 
 
 def viewer_state(request: Request) -> ViewerState:

@@ -41,7 +41,7 @@ def environment() -> Environment:
     env.filters["pct"] = lambda part, whole: f"{100.0 * part / whole:.1f}%" if whole else "–"
     env.filters["num"] = lambda value: f"{value:,}" if isinstance(value, int) else value
     env.filters["score"] = lambda value: "–" if value is None else f"{value:.3f}"
-    env.filters["box"] = lambda box: ", ".join(f"{v:g}" if abs(v) >= 1 else f"{v:.2f}" for v in box)
+    env.filters["box"] = lambda box: ", ".join(f"{v:.1f}" for v in box)  # pixels, one decimal for every number
     env.globals["colour"] = render.colour
     env.globals["box_kind"] = box_kind
     env.globals["noun_reason_help"] = partial(reason_help, kind=NounReason)

@@ -2,10 +2,14 @@
 noun's mask at the attention resolutions, all computed by the training data code itself
 (:class:`tokencompose.tasks.training.data.Preprocessor`), not re-implemented here.
 
-The tokenizer is a training folder's (a diffusers Stable Diffusion folder, or a folder holding a
-CLIPTokenizerFast) when one is given; otherwise CLIP's real BPE vocabulary as open_clip bundles it,
-built the way :func:`tokencompose.tasks.training.toy.clip_tokenizer` builds it (identical tokens
-and character offsets to SD1.x's tokenizer), cached under ``$XDG_CACHE_HOME/tokencompose``.
+The tokenizer and the geometry are a training folder's when one is given: a training run or an
+exported pipeline (the model's tokenizer; the run's resolution, trained layers and mask resize from its
+train_config.json), a diffusers Stable Diffusion folder (its tokenizer; the model's own resolution and
+the paper's layers, :func:`tokencompose.tasks.training.layout.folder_layout`), or a folder holding only a
+CLIPTokenizerFast. Without a model the geometry is SD1.4's (512 px, maps 8-64) and the tokenizer CLIP's
+real BPE vocabulary as open_clip bundles it, built the way :func:`tokencompose.tasks.training.toy.clip_tokenizer`
+builds it (identical tokens and character offsets to SD1.x's tokenizer), cached under
+``$XDG_CACHE_HOME/tokencompose``.
 
 torch and transformers are imported on first use, so the viewer starts without them.
 """
@@ -26,8 +30,9 @@ from PIL import Image
 from tokencompose.schemas.sample import SampleRecord
 from tokencompose.viewer import render
 
-TRAIN_RESOLUTION = 512  # TrainConfig.resolution's default (SD1.4)
-ATTENTION_RESOLUTIONS = (8, 16, 32, 64)  # SD1.4's cross-attention maps at 512 px (latent 64)
+# the geometry shown when no model or run says otherwise: SD1.4's 512 px and its maps (latent 64)
+TRAIN_RESOLUTION = 512
+ATTENTION_RESOLUTIONS = (8, 16, 32, 64)
 CACHE_SAMPLES = 16
 
 
@@ -79,6 +84,21 @@ def folder_tokenizer(folder: Path):
     return CLIPTokenizerFast.from_pretrained(str(folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder))
 
 
+def holds_layout(folder: Path) -> bool:
+    """A training run, an exported pipeline or a diffusers folder (not a bare tokenizer folder)."""
+    from tokencompose.schemas.training import TRAIN_CONFIG_FILE
+
+    return (Path(folder) / TRAIN_CONFIG_FILE).is_file() or (Path(folder) / "unet" / "config.json").is_file()
+
+
+def run_antialias(folder: Path) -> bool | None:
+    """A run's (or an exported pipeline's) mask_antialias; None for a plain model folder."""
+    from tokencompose.schemas.training import TRAIN_CONFIG_FILE, TrainConfig
+
+    path = Path(folder) / TRAIN_CONFIG_FILE
+    return TrainConfig.from_file(path).mask_antialias if path.is_file() else None
+
+
 @dataclass
 class Token:
     position: int
@@ -122,6 +142,8 @@ class TrainingView:
 
     def __init__(self, tokenizer_dir: Path | None = None, resolution: int = TRAIN_RESOLUTION,
                  resolutions: tuple[int, ...] = ATTENTION_RESOLUTIONS, antialias: bool = False):
+        """``tokenizer_dir``: a run, pipeline or model folder (its geometry replaces the arguments once
+        the tokenizer loads) or a tokenizer folder (the arguments' geometry)."""
         self.tokenizer_dir = tokenizer_dir
         self.resolution = resolution
         self.resolutions = tuple(sorted(set(resolutions)))
@@ -139,12 +161,27 @@ class TrainingView:
     def tokenizer(self):
         if self._tokenizer is None and self._problem is None:
             try:
-                self._tokenizer = folder_tokenizer(self.tokenizer_dir) if self.tokenizer_dir else default_tokenizer()
+                self._tokenizer = self._load() if self.tokenizer_dir else default_tokenizer()
             except Exception as error:  # noqa: BLE001 - shown on the page instead of failing it
                 self._problem = f"the tokenizer cannot be loaded: {type(error).__name__}: {error}"[:500]
         if self._problem:
             raise RuntimeError(self._problem)
         return self._tokenizer
+
+    def _load(self):
+        """The folder's tokenizer, and its geometry when it is a run, a pipeline or a model."""
+        assert self.tokenizer_dir is not None
+        if not holds_layout(self.tokenizer_dir):
+            return folder_tokenizer(self.tokenizer_dir)
+        from tokencompose.tasks.training.layout import folder_layout
+
+        layout = folder_layout(self.tokenizer_dir)
+        tokenizer = folder_tokenizer(layout.model)
+        self.resolution, self.resolutions = layout.resolution, layout.resolutions
+        antialias = run_antialias(self.tokenizer_dir)
+        if antialias is not None:
+            self.antialias = antialias
+        return tokenizer
 
     def warm(self) -> threading.Thread:
         """Load the tokenizer in a thread; until it is loaded, :attr:`loading` is true and sample
@@ -183,7 +220,8 @@ class TrainingView:
 
         from tokencompose.tasks.training.data import Preprocessor, noun_token_positions
 
-        preprocess = Preprocessor(self.tokenizer(), self.resolution, self.resolutions, self.antialias)
+        tokenizer = self.tokenizer()  # first: loading it sets a run's or model's geometry
+        preprocess = Preprocessor(tokenizer, self.resolution, self.resolutions, self.antialias)
         input_ids, offsets, special = preprocess.tokenize(record.caption)
         names = preprocess.tokenizer.convert_ids_to_tokens(input_ids.tolist())
         end_token = preprocess.tokenizer.eos_token_id
