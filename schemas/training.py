@@ -31,7 +31,9 @@ class TrainConfig(StrictModel):
     output_dir: Path = Field(description="the run folder: checkpoints, metrics.jsonl, the exported pipeline")
 
     # data
-    resolution: Resolution = Field(default=512, description="square center crop fed to the VAE")
+    resolution: Resolution | None = Field(default=None, description="square center crop fed to the VAE; null: the "
+                                          "model's own (UNet sample_size x VAE factor: 512 for SD1.x and "
+                                          "SD2-base, 768 for SD2/2.1), resolved and written at the run's start")
     image_field: str | None = Field(default=None, description="null: the record's own image_field")
     shuffle_buffer: int = Field(default=256, ge=0, description="samples; 0 keeps the shard order")
     num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes (0: in the training process)")

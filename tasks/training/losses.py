@@ -34,6 +34,20 @@ class Targets:
     relation_valid: torch.Tensor | None = None  # B x R
 
 
+def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict (L_LDM's target), by the scheduler's prediction type: the noise
+    (SD1.x, SD2-base), the velocity ``sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * latents`` (SD2/2.1
+    768 px) or the clean latents."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"prediction_type {kind!r} has no training target")
+
+
 def group_name(resolution: int) -> str:
     return f"{resolution}x{resolution}"
 

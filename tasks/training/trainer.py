@@ -35,7 +35,7 @@ from tokencompose.tasks.training.attention import install_processors, layer_reso
 from tokencompose.schemas.training import TRAIN_CONFIG_FILE, TrainConfig
 from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
 from tokencompose.tasks.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
-from tokencompose.tasks.training.losses import Targets, group_name, grounding_losses
+from tokencompose.tasks.training.losses import Targets, diffusion_target, group_name, grounding_losses
 from tokencompose.tasks.training.samples import (FIRST_LOGGED, UNREADABLE_SHARD, DataError, DataQuality, DataScan, Skip,
                                                  TooMuchBadData, scan_shards)
 from tokencompose.tasks.training.components import Components, load_components
@@ -206,9 +206,16 @@ class Trainer:
         with timed(f"loading the model to train from {cfg.pretrained_model}", run_logger(log)):
             self.models: Components = load_components(cfg.pretrained_model)
         m = self.models
-        latent = cfg.resolution // m.vae_scale_factor
+        if cfg.resolution is None:  # the model's own; resolved here so that every file of the run names it
+            self.config = cfg = cfg.model_copy(update={"resolution": m.native_resolution})
+        assert cfg.resolution is not None
+        if cfg.resolution % m.vae_scale_factor:
+            raise ValueError(f"resolution {cfg.resolution} is not a multiple of the VAE's factor {m.vae_scale_factor} "
+                             f"({cfg.pretrained_model})")
+        self.latent_size = cfg.resolution // m.vae_scale_factor
+        # which blocks train and their map sides come from this UNet's layout, not from SD1.4's
         self.train_layers = cfg.train_layers or paper_layers(m.unet)
-        self.resolutions = layer_resolutions(m.unet, self.train_layers, latent)
+        self.resolutions = layer_resolutions(m.unet, self.train_layers, self.latent_size)
         # with every grounding weight at 0 this is plain fine-tuning: the fused attention everywhere
         self.grounding = bool(cfg.token_weight or cfg.pixel_weight or cfg.spatial_weight)
         self.store = install_processors(m.unet, cfg.processor_targets(self.train_layers) if self.grounding else {}, self.resolutions)
@@ -338,7 +345,7 @@ class Trainer:
             unet.enable_gradient_checkpointing()
         else:
             unet.disable_gradient_checkpointing()
-        latent = self.config.resolution // m.vae_scale_factor
+        latent = self.latent_size
         peaks = {}
         for batch in (1, 1, 2):  # the first pass allocates the gradients
             noisy = torch.randn(batch, unet.config.in_channels, latent, latent, device=acc.device)
@@ -419,10 +426,7 @@ class Trainer:
             timesteps, vae_noise, noise = self._draws(tuple(posterior.mean.shape[1:]), batch.size)
             latents = (posterior.mean.float() + posterior.std.float() * vae_noise) * m.vae.config.scaling_factor
             noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
-            if m.noise_scheduler.config.prediction_type == "v_prediction":
-                target = m.noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
+            target = diffusion_target(m.noise_scheduler, latents, noise, timesteps)
         grounded = self.grounding and batch.token_index.shape[1] > 0
         self.store.begin(batch.token_index if grounded else None)
         with self.accelerator.autocast():

@@ -112,8 +112,8 @@ def run_validation(config: TrainConfig, models, unet, step: int, autocast) -> Va
     folder.mkdir(parents=True, exist_ok=True)
     pipe = validation_pipeline(models, unet)
     processors, training = dict(unet.attn_processors), unet.training
-    shape = (unet.config.in_channels, config.resolution // models.vae_scale_factor,
-             config.resolution // models.vae_scale_factor)
+    resolution = config.resolution or models.native_resolution  # the trainer has resolved it already
+    shape = (unet.config.in_channels, resolution // models.vae_scale_factor, resolution // models.vae_scale_factor)
     images, grid = [], None
     unet.eval()
     try:
@@ -125,7 +125,7 @@ def run_validation(config: TrainConfig, models, unet, step: int, autocast) -> Va
                              else spacy_nouns(prompt))
                     maps = capture_maps(pipe, prompt, spans, latents, steps=config.validation_inference_steps,
                                         guidance_scale=config.validation_guidance_scale,
-                                        resolution=config.resolution)
+                                        resolution=resolution)
                     unet.set_attn_processor(dict(processors))  # it empties the dict it is given
                     grid = save_grid(maps, folder / ATTENTION_SUBDIR, prompt)
                     image = maps.image
@@ -133,8 +133,8 @@ def run_validation(config: TrainConfig, models, unet, step: int, autocast) -> Va
                     with torch.inference_mode():
                         out = pipe(prompt=prompt, latents=latents.to(unet.device, unet.dtype),
                                    num_inference_steps=config.validation_inference_steps,
-                                   guidance_scale=config.validation_guidance_scale, height=config.resolution,
-                                   width=config.resolution, output_type="np").images[0]
+                                   guidance_scale=config.validation_guidance_scale, height=resolution,
+                                   width=resolution, output_type="np").images[0]
                     image = (np.nan_to_num(out, nan=0.0) * 255).round().clip(0, 255).astype(np.uint8)
                 path = folder / f"{index:02d}.png"
                 Image.fromarray(image).save(path)
