@@ -97,7 +97,7 @@ async def save_view(state: State, request: Request) -> RedirectResponse:
     if not re.fullmatch(VIEW_NAME_PATTERN, name):
         raise BadRequest("A view name is 1 to 64 letters, digits, '-' or '_', starting with a letter or digit.")
     given = {k: v for k, v in fields.items() if k in FIELDS}
-    filters = gallery_filters(state, **given)  # refuses names the dataset does not have, as the gallery does
+    filters = gallery_filters(state, **given, page="1")  # refuses names the dataset does not have, as the gallery does
     written(lambda: state.views.save(name, filters.form))
     return RedirectResponse("/views", status_code=303)
 
@@ -131,4 +131,4 @@ def open_view(name: str, state: State) -> RedirectResponse:
 
 
 def filters_text(filters: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in filters.items() if k in FIELDS) or "all samples"
+    return ", ".join(f"{k}={filters[k]}" for k in FIELDS if filters.get(k)) or "all samples"
