@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tokencompose.schemas.base import StrictModel
+from tokencompose.schemas.curation import CurationFileError, flagged_samples_digest
 from tokencompose.schemas.runner import RunnerConfig
 from tokencompose.schemas.types import AutocastDtype
 
@@ -106,6 +107,9 @@ class SelectionConfig(StrictModel):
     keys_file: Path | None = Field(default=None, description="keep only the images listed here: sample keys "
                                    "(zero-padded COCO ids) or file names, one a line, or the viewer's keys.json",
                                    json_schema_extra={"cli_shortcut": "keys"})
+    exclude_flagged: Path | None = Field(default=None, description="leave out the samples flagged in this flags "
+                                         "file (the viewer's flags.jsonl; a flagged mask alone does not)",
+                                         json_schema_extra={"cli_shortcut": "exclude-flagged"})
 
     @model_validator(mode="after")
     def _vsr_needs_files(self) -> "SelectionConfig":
@@ -266,6 +270,13 @@ class BuildConfig(StrictModel):
             data["selection"]["keys_file"] = Path(data["selection"]["keys_file"]).name
         else:
             data["selection"].pop("keys_file", None)  # absent: the hash of every earlier configuration stays
+        if self.selection.exclude_flagged is not None:  # what it excludes, not where the file is
+            try:
+                data["selection"]["exclude_flagged"] = flagged_samples_digest(self.selection.exclude_flagged)
+            except CurationFileError:  # preflight names the problem; no build starts with it
+                data["selection"]["exclude_flagged"] = "unreadable"
+        else:
+            data["selection"].pop("exclude_flagged", None)
         if data["grounding"]["noun_table"]:
             data["grounding"]["noun_table"] = Path(data["grounding"]["noun_table"]).name
         for stage in ("captions", "nouns", "grounding"):

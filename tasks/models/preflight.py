@@ -57,10 +57,25 @@ def _path_problems(config: BuildConfig) -> list[str]:
         files.append(("grounding.noun_table", config.grounding.noun_table))
     if config.selection.keys_file is not None:
         files.append(("selection.keys_file", config.selection.keys_file))
+    if config.selection.exclude_flagged is not None:
+        files.append(("selection.exclude_flagged", config.selection.exclude_flagged))
     for field, path in files:
         if path is not None and not path.is_file():
             problems.append(f"{field}: {path} {'does not exist' if not path.exists() else 'is not a file'}")
+    if config.selection.exclude_flagged is not None and config.selection.exclude_flagged.is_file():
+        problems += flags_file_problems("selection.exclude_flagged", config.selection.exclude_flagged)
     return problems
+
+
+def flags_file_problems(field: str, path: Path) -> list[str]:
+    """A flags file (schemas/curation.py) that does not read as one: its file and line named."""
+    from tokencompose.schemas.curation import CurationFileError, read_exclusions
+
+    try:
+        read_exclusions(path)
+    except CurationFileError as error:
+        return [f"{field}: {error}"]
+    return []
 
 
 def build_problems(config: BuildConfig) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokencompose.schemas.config import BuildConfig, SourceConfig
+from tokencompose.schemas.curation import CurationFileError, read_exclusions
 from tokencompose.schemas.reports import Reject
 from tokencompose.schemas.sample import sample_key
 from tokencompose.schemas.reasons import RejectReason
@@ -207,6 +208,12 @@ def select_images(config: BuildConfig) -> Selection:
     if config.selection.keys_file is not None:
         wanted = read_keys_file(config.selection.keys_file)
         chosen = [r for r in chosen if sample_key(r.image_id) in wanted or r.file_name in wanted]
+    if config.selection.exclude_flagged is not None:
+        try:
+            flagged = read_exclusions(config.selection.exclude_flagged).samples
+        except CurationFileError as error:
+            raise SourceError(f"selection.exclude_flagged: {error}") from None
+        chosen = [r for r in chosen if sample_key(r.image_id) not in flagged]
     if config.selection.limit is not None:
         chosen = chosen[: config.selection.limit]
     chosen_ids = {record.image_id for record in chosen}
