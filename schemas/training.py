@@ -43,6 +43,9 @@ class TrainConfig(StrictModel):
     max_bad_sample_fraction: float = Field(default=0.01, ge=0, le=1, description="unusable samples (any reason, "
                                            "each counted once) the shards may hold, as a fraction of all samples; "
                                            "more stops the run, before training when the pre-scan finds them")
+    exclude_flagged: Path | None = Field(default=None, description="a flags file (the viewer's flags.jsonl): its "
+                                         "flagged samples are skipped (counted as 'flagged'), a flagged mask's "
+                                         "token loss is skipped", json_schema_extra={"cli_shortcut": "exclude-flagged"})
     max_unreadable_shards: int = Field(default=0, ge=0, description="shards that do not read as a tar to their end "
                                        "(skipped when allowed); more stops the run")
 

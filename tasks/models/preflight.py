@@ -105,6 +105,9 @@ def train_problems(config) -> list[str]:
             check(value)
         except FileNotFoundError as error:
             problems.append(str(error))
+    if config.exclude_flagged is not None:
+        problems += (flags_file_problems("exclude_flagged", config.exclude_flagged) if config.exclude_flagged.is_file()
+                     else [f"exclude_flagged: {config.exclude_flagged} does not exist"])
     return problems + output_problems(Path(config.output_dir), "output_dir")
 
 

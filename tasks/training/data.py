@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tokencompose.schemas.config import ImageLimits
 from tokencompose.schemas.sample import SampleRecord
 from tokencompose.tasks.grounding.masks import SegmentationProblem, decode as decode_rle
-from tokencompose.tasks.training.samples import (UNEXPECTED_ERROR, UNREADABLE_SHARD, DataError, SampleProblem, Skip,
+from tokencompose.schemas.curation import Exclusions
+from tokencompose.tasks.training.samples import (FLAGGED, UNEXPECTED_ERROR, UNREADABLE_SHARD, DataError, SampleProblem, Skip,
                                                  ShardUnreadable, check_sample, read_shard)
 from tokencompose.tasks.training.spatial import parse_relations
 
@@ -54,7 +55,7 @@ MAX_TOKENS = 77
 # Per-sample counters, summed over a batch and over the run.
 # ``samples_skipped`` counts every time the stream skips an unusable sample (again in each epoch).
 STAT_KEYS = ("samples", "nouns", "nouns_used", "nouns_no_mask", "nouns_no_token", "nouns_bad_mask", "relations",
-             "samples_skipped")
+             "samples_skipped", "samples_flagged", "nouns_flagged")
 
 
 def expand_shards(patterns: Sequence[str]) -> list[str]:
@@ -153,7 +154,8 @@ class Preprocessor:
     """One raw WebDataset sample (bytes) -> :class:`Example`; picklable, runs in DataLoader workers."""
 
     def __init__(self, tokenizer, resolution: int, mask_resolutions: Sequence[int], mask_antialias: bool = False,
-                 image_field: str | None = None, image_limits: ImageLimits = ImageLimits()):
+                 image_field: str | None = None, image_limits: ImageLimits = ImageLimits(),
+                 exclusions: Exclusions = Exclusions()):
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError("the training data needs a fast tokenizer (character offsets); load CLIPTokenizerFast")
         self.tokenizer = tokenizer
@@ -162,6 +164,7 @@ class Preprocessor:
         self.mask_antialias = mask_antialias
         self.image_field = image_field
         self.image_limits = image_limits
+        self.exclusions = exclusions  # flagged samples are skipped, flagged nouns lose their token loss
 
     def tokenize(self, caption: str) -> tuple[torch.Tensor, list[tuple[int, int]], list[int]]:
         encoded = self.tokenizer(caption, max_length=min(self.tokenizer.model_max_length, MAX_TOKENS),
@@ -172,6 +175,8 @@ class Preprocessor:
 
     def __call__(self, raw: dict) -> Example:
         """Raises :class:`SampleProblem` for a sample the training must skip (its reason says why)."""
+        if raw.get("__key__") in self.exclusions.samples:  # before decoding anything
+            raise SampleProblem(FLAGGED, f"flagged in {self.exclusions.source}")
         record, image = check_sample(raw, self.image_field, self.image_limits)
         try:
             example = self.from_record(record, image)
@@ -185,10 +190,13 @@ class Preprocessor:
         input_ids, offsets, special = self.tokenize(record.caption)
         stats: Counter = Counter(samples=1)
         kept_tokens, kept_masks, kept_texts, kept_spans = [], [], [], []
-        for noun in record.nouns:
+        for index, noun in enumerate(record.nouns):
             stats["nouns"] += 1
             if noun.mask is None:
                 stats["nouns_no_mask"] += 1
+                continue
+            if self.exclusions.noun_flagged(record.key, index):
+                stats["nouns_flagged"] += 1
                 continue
             positions = noun_token_positions(offsets, special, noun.span)
             if not positions:  # beyond the 77-token window, or a span no token covers
@@ -274,6 +282,7 @@ def collate(examples: Sequence[Example]) -> Batch:
         stats.update(example.stats)
     skipped = [skip for e in examples for skip in e.skipped]
     stats["samples_skipped"] += len(skipped)
+    stats["samples_flagged"] += sum(1 for skip in skipped if skip.reason == FLAGGED)
     return Batch([e.key for e in examples], torch.stack([e.pixel_values for e in examples]),
                  torch.stack([e.input_ids for e in examples]), token_index, slot_noun, noun_valid, masks,
                  relations, relation_valid, dict(stats), skipped, examples[-1].role,

@@ -37,10 +37,12 @@ from tokencompose.tasks.source.images import CONVERTIBLE_MODES, FORMAT_FIELDS, I
 UNREADABLE_SHARD = "unreadable_shard"
 DUPLICATE_KEY = "duplicate_key"
 UNEXPECTED_ERROR = "unexpected_error"
+# A sample the run leaves out on purpose (TrainConfig.exclude_flagged): counted by reason, never against the ceiling.
+FLAGGED = "flagged"
 # In the order the checks run; a sample gets the first that applies.
 SAMPLE_REASONS = (DUPLICATE_KEY, "missing_json", "json_invalid", "json_not_object", "record_invalid", "key_mismatch",
                   "span_mismatch", "mask_size_mismatch", "missing_image", "not_an_image", "absurd_dimensions",
-                  "size_mismatch", "format_mismatch", "unsupported_mode", "corrupt_image", UNEXPECTED_ERROR)
+                  "size_mismatch", "format_mismatch", "unsupported_mode", "corrupt_image", UNEXPECTED_ERROR, FLAGGED)
 FIRST_LOGGED = 3            # samples named in the log (and the summary) per reason
 WORST_SHARDS = 3            # shards a ceiling message names
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")   # webdataset's key / extension split
@@ -385,14 +387,19 @@ class DataQuality:
             parts.append(f"{len(self.unreadable)} shard(s) unreadable as tar, max_unreadable_shards allows "
                          f"{max_unreadable}: {names}")
         allowed = math.floor(max_fraction * self.samples + 1e-9)   # 0.3 * 10 is 2.9999999999999996
-        if len(self.bad) > allowed:
-            parts.append(f"{len(self.bad)} of {self.samples} samples unusable "
-                         f"({100 * len(self.bad) / max(self.samples, 1):.2f}%), max_bad_sample_fraction "
+        unusable = self.unusable()
+        if unusable > allowed:
+            parts.append(f"{unusable} of {self.samples} samples unusable "
+                         f"({100 * unusable / max(self.samples, 1):.2f}%), max_bad_sample_fraction "
                          f"{max_fraction:g} allows {allowed}; worst shards: {self.worst_shards()}")
         return "too much bad training data: " + "; ".join(parts) if parts else None
 
+    def unusable(self) -> int:
+        """Samples skipped because they break the contract (flagged ones are left out on purpose)."""
+        return sum(1 for skip in self.bad.values() if skip.reason != FLAGGED)
+
     def summary(self) -> dict[str, Any]:
-        return {"samples": self.samples, "unusable": len(self.bad), "by_reason": self.counts(),
+        return {"samples": self.samples, "unusable": self.unusable(), "by_reason": self.counts(),
                 "unreadable_shards": {Path(s).name: d for s, d in sorted(self.unreadable.items())},
                 "first": {r: list(v) for r, v in self.first.items()}}
 

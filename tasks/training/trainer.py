@@ -32,6 +32,7 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather
 from diffusers.optimization import get_scheduler
 
 from tokencompose.tasks.training.attention import install_processors, layer_resolutions, paper_layers
+from tokencompose.schemas.curation import Exclusions, read_exclusions
 from tokencompose.schemas.training import TRAIN_CONFIG_FILE, TrainConfig
 from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
 from tokencompose.tasks.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
@@ -253,7 +254,8 @@ class Trainer:
                                   num_training_steps=cfg.max_steps * acc.num_processes)
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(m.unet, optimizer, scheduler)
         self.preprocess = Preprocessor(m.tokenizer, cfg.resolution, sorted(set(self.resolutions.values())),
-                                       cfg.mask_antialias, cfg.image_field, cfg.images)
+                                       cfg.mask_antialias, cfg.image_field, cfg.images,
+                                       read_exclusions(cfg.exclude_flagged) if cfg.exclude_flagged else Exclusions())
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / TRAIN_CONFIG_FILE).write_text(cfg.to_json())
@@ -548,7 +550,7 @@ class Trainer:
                    for k, v in sorted(logs.items())}
         stats = self.accelerator.reduce(torch.tensor([self.state.stats[k] for k in STAT_KEYS],
                                                      device=self.accelerator.device), reduction="sum").tolist()
-        unusable = {"bad/unusable": len(self.quality.bad), **{f"bad/{r}": n for r, n in self.quality.counts().items()}}
+        unusable = {"bad/unusable": self.quality.unusable(), **{f"bad/{r}": n for r, n in self.quality.counts().items()}}
         if self.quality.unreadable:
             unusable["bad/unreadable_shards"] = len(self.quality.unreadable)
         return {"step": self.state.step, **reduced, "lr": self.lr_scheduler.get_last_lr()[0],
@@ -645,7 +647,7 @@ def format_record(record: dict) -> str:
         if key == "step" or key.startswith(("count/", "bad/")):
             continue
         parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    skipped = sum(record.get(f"count/{k}", 0) for k in ("nouns_no_mask", "nouns_no_token", "nouns_bad_mask"))
+    skipped = sum(record.get(f"count/{k}", 0) for k in ("nouns_no_mask", "nouns_no_token", "nouns_bad_mask", "nouns_flagged"))
     parts.append(f"nouns used {record.get('count/nouns_used', 0)}, skipped {skipped}")
     if record.get("bad/unusable"):
         reasons = ", ".join(f"{k[4:]} {v}" for k, v in record.items() if k.startswith("bad/") and k != "bad/unusable")
