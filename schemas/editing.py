@@ -22,7 +22,7 @@ class MaskConfig(StrictModel):
     """Where the edit mask comes from: exactly one of a mask file, a grounded shard's noun, or a word."""
 
     file: Path | None = Field(default=None, description="a mask image (white = edit); resized to the image with a "
-                              "warning when sizes differ", json_schema_extra={"cli_shortcut": "mask"})
+                              "warning when sizes differ", json_schema_extra={"cli_shortcut": "mask-file"})
     shard: Path | None = Field(default=None, description="a grounded shard (.tar) holding the sample to edit")
     sample_key: str | None = Field(default=None, description="the shard sample whose image and noun mask are used")
     noun: str | None = Field(default=None, description="the noun of the shard sample whose mask is the edit region")

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wait-for-server": ("tokencompose.cli.server", "wait until the Prefect server at PREFECT_API_URL is up"),
     "evaluate": ("tokencompose.cli.evaluate", "MultiGen: generate, detect and score a model's images"),
     "attention": ("tokencompose.cli.attention", "cross-attention maps of each noun token for one prompt"),
+    "edit": ("tokencompose.cli.edit", "edit a region of an image with a (grounded) model: Blended Latent Diffusion"),
+    "edit-bench": ("tokencompose.cli.edit_bench", "PIE-Bench: edit its images with each model and score them"),
     "demo": ("tokencompose.cli.demo", "see the method work: the synthetic world, plain vs grounded, on a CPU"),
 }
 
@@ -35,6 +37,13 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  "tokencompose evaluate --config eval.yaml --visor --latency"),
     "attention": ("tokencompose attention --model runs/tc/pipeline --prompt 'a cat and a dog' --out attention",),
     "retrain": ("tokencompose retrain --config retrain.yaml",),
+    "edit": ("tokencompose edit --model runs/tc/pipeline --image cat.jpg --mask-file cat-mask.png --prompt 'a stone' "
+             "--out edits/stone",
+             "tokencompose edit --model runs/tc/pipeline --image cat.jpg --mask-word cat --mask.source-prompt "
+             "'a cat on a sofa' --prompt 'a dog on a sofa' --attention-word dog --out edits/dog"),
+    "edit-bench": ("tokencompose edit-bench --root PIE-Bench_v1 --model models/CompVis/stable-diffusion-v1-4 "
+                   "--model runs/tc/pipeline --clip-checkpoint models/clip/ViT-L-14.pt --dino models/dino-vitb8 "
+                   "--out pie-bench",),
 }
 
 
@@ -45,6 +54,8 @@ COMMON_FLAGS: dict[str, tuple[str, ...]] = {
               "--pixel-weight", "--mixed-precision", "--seed", "--report-to", "--validation-prompts"),
     "attention": ("--model", "--prompt", "--steps", "--resolution", "--seed"),
     "retrain": ("--base-model", "--steps"),
+    "edit": ("--model", "--image", "--prompt", "--sampler.strength", "--sampler.steps", "--sampler.background"),
+    "edit-bench": ("--root", "--limit", "--clip-checkpoint", "--dino"),
 }
 
 
