@@ -65,9 +65,15 @@ def cross_attention_layers(unet) -> dict[str, str]:
             if ".attn2." in key and key.startswith(("mid_block.", "up_blocks."))}
 
 
+def native_resolution(pipe) -> int:
+    """The image side the pipeline's model was trained at: 512 for SD1.x and SD2-base, 768 for SD2/2.1."""
+    return pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
 def capture_maps(pipe, prompt: str, spans: Sequence[tuple[str, tuple[int, int]]], latents, *, steps: int,
-                 guidance_scale: float, resolution: int, progress_label: str | None = None) -> NounMaps:
-    """Generate one image from ``latents`` (1 x C x h x w) and average each noun's cross-attention
+                 guidance_scale: float, resolution: int | None = None, progress_label: str | None = None) -> NounMaps:
+    """Generate one image from ``latents`` (1 x C x h x w) at ``resolution`` (None: the model's own) and
+    average each noun's cross-attention; the map sides are the model's, whatever its layout
     (``progress_label``: report the denoising steps' rate and ETA under that name)."""
     from contextlib import nullcontext
 
@@ -116,6 +122,7 @@ def capture_maps(pipe, prompt: str, spans: Sequence[tuple[str, tuple[int, int]]]
         store.begin(token_index)
         return kwargs
 
+    resolution = resolution or native_resolution(pipe)
     denoising = Progress(progress_label, steps, "step") if progress_label else None
     try:
         store.begin(token_index)
@@ -191,10 +198,12 @@ def attention_for_prompt(config) -> Path:
         raise ValueError(f"no nouns found in {config.prompt!r}; name them with --noun")
     device = resolve_device(config.models.device)
     pipe = load_pipeline(path, device, resolve_dtype(config.precision, device))
+    # a resolution not given is the model's own (768 for SD2/2.1), not the field's SD1.4 default
+    resolution = config.resolution if "resolution" in config.model_fields_set else native_resolution(pipe)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    shape = (1, pipe.unet.config.in_channels, config.resolution // factor, config.resolution // factor)
+    shape = (1, pipe.unet.config.in_channels, resolution // factor, resolution // factor)
     latents = initial_latents(config.seed, 0, 0, shape[1:])[None]
     result = capture_maps(pipe, config.prompt, spans, latents, steps=config.steps,
-                          guidance_scale=config.guidance_scale, resolution=config.resolution,
+                          guidance_scale=config.guidance_scale, resolution=resolution,
                           progress_label="attention: denoising")
     return save_grid(result, config.out_dir, config.prompt)

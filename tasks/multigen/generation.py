@@ -136,7 +136,8 @@ def load_pipeline(path: Path, device: str, dtype, scheduler: str = "pndm", compi
                                                        feature_extractor=None, requires_safety_checker=False,
                                                        local_files_only=True)
         if scheduler == "pndm":
-            pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+            # PLMS as SD1.x folders configure it; an SD2/2.1 folder's DDIM config would leave the PRK warm-up on
+            pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if compile_unet:
