@@ -84,7 +84,7 @@ class EditConfig(StrictModel):
     registry_dir: Path | None = Field(default=None, description="a model registry: model names one of its entries")
     image: Path | None = Field(default=None, description="the image to edit (default with mask.shard: the sample's)")
     prompt: str = Field(min_length=1, description="what the edited region should show")
-    mask: MaskConfig
+    mask: MaskConfig | None = Field(default=None, description="where the edit region comes from (required)")
     sampler: SamplerConfig = SamplerConfig()
     attention: AttentionGridConfig = AttentionGridConfig()
     out_dir: Path = Field(default=Path("edit"), description="result.png, mask.png, source.png, edit.json go here",
@@ -93,6 +93,9 @@ class EditConfig(StrictModel):
 
     @model_validator(mode="after")
     def _image(self) -> "EditConfig":
+        if self.mask is None:
+            raise ValueError("give exactly one mask source: --mask-file, --mask-word, or --mask.shard with "
+                             "--mask.sample-key and --mask.noun")
         if self.image is None and self.mask.shard is None:
             raise ValueError("give image (the picture to edit), or mask.shard to edit a shard sample")
         return self
