@@ -19,7 +19,8 @@ BackgroundStep = Literal["none", "paste", "optimize_decoder"]
 
 
 class MaskConfig(StrictModel):
-    """Where the edit mask comes from: exactly one of a mask file, a grounded shard's noun, or a word."""
+    """Where the edit mask comes from: exactly one of a mask file, a grounded shard's noun, or a word (the
+    edit configuration checks there is one)."""
 
     file: Path | None = Field(default=None, description="a mask image (white = edit); resized to the image with a "
                               "warning when sizes differ", json_schema_extra={"cli_shortcut": "mask-file"})
@@ -34,13 +35,12 @@ class MaskConfig(StrictModel):
     threshold: float = Field(default=0.5, gt=0, lt=1, description="a word mask keeps pixels whose attention is at "
                              "least this fraction of the way from the map's minimum to its maximum")
 
+    def sources(self) -> list[str]:
+        return [name for name, value in (("file", self.file), ("shard", self.shard), ("word", self.word))
+                if value is not None]
+
     @model_validator(mode="after")
-    def _one_source(self) -> "MaskConfig":
-        given = [name for name, value in (("file", self.file), ("shard", self.shard), ("word", self.word))
-                 if value is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one mask source: mask.file, mask.shard (with sample_key and noun) or "
-                             f"mask.word; got {given or 'none'}")
+    def _shard_sample(self) -> "MaskConfig":
         if self.shard is not None and (not self.sample_key or not self.noun):
             raise ValueError("mask.shard needs mask.sample_key and mask.noun")
         return self
@@ -84,7 +84,7 @@ class EditConfig(StrictModel):
     registry_dir: Path | None = Field(default=None, description="a model registry: model names one of its entries")
     image: Path | None = Field(default=None, description="the image to edit (default with mask.shard: the sample's)")
     prompt: str = Field(min_length=1, description="what the edited region should show")
-    mask: MaskConfig | None = Field(default=None, description="where the edit region comes from (required)")
+    mask: MaskConfig = MaskConfig()
     sampler: SamplerConfig = SamplerConfig()
     attention: AttentionGridConfig = AttentionGridConfig()
     out_dir: Path = Field(default=Path("edit"), description="result.png, mask.png, source.png, edit.json go here",
@@ -93,9 +93,10 @@ class EditConfig(StrictModel):
 
     @model_validator(mode="after")
     def _image(self) -> "EditConfig":
-        if self.mask is None:
+        given = self.mask.sources()
+        if len(given) != 1:
             raise ValueError("give exactly one mask source: --mask-file, --mask-word, or --mask.shard with "
-                             "--mask.sample-key and --mask.noun")
+                             f"--mask.sample-key and --mask.noun; got {', '.join(given) or 'none'}")
         if self.image is None and self.mask.shard is None:
             raise ValueError("give image (the picture to edit), or mask.shard to edit a shard sample")
         return self

@@ -37,7 +37,7 @@ def test_bad_configurations_are_refused_before_work(capsys):
     assert "strength" in capsys.readouterr().err
 
 
-def test_an_edit_end_to_end_writes_result_mask_and_attention(tiny_sd, tmp_path, capsys):
+def test_an_edit_end_to_end_writes_result_mask_and_attention(tiny_sd, one_thread, tmp_path, capsys):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "src.png")
     mask = np.zeros((24, 20), np.uint8)

@@ -29,3 +29,9 @@ def box_mask() -> np.ndarray:
     mask = np.zeros((SIDE, SIDE), bool)
     mask[8:24, 4:20] = True      # latent cells 2..5 x 1..4 exactly
     return mask
+
+
+@pytest.fixture(autouse=True)
+def _single_thread(one_thread):
+    """The tiny models gain nothing from intra-op threads on the shared CPUs (see tests/conftest.py)."""
+    yield
