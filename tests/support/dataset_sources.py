@@ -3,6 +3,7 @@ datasets' ``save_to_disk`` (hf), webdataset's ``TarWriter`` in img2dataset's lay
 with captions.jsonl (folder). The images are small JPEGs of the bundled sample's photos."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -68,9 +69,10 @@ def write_wds(folder: Path, items: list[dict], per_tar: int = 4, first_tar: int 
         chunk = items[start:start + per_tar]
         with TarWriter(str(folder / f"{number:05d}.tar")) as sink:
             for row in chunk:
+                captions = row["caption"]
                 sample = {"__key__": row["key"], "json": json.dumps(
-                    {"key": row["key"], "url": row["url"], "caption": row["caption"][0] if row["caption"] else None,
-                     "status": "success"}).encode()}
+                    {"key": row["key"], "url": row["url"], "status": "success",
+                     "caption": None if not captions else captions[0] if len(captions) == 1 else captions}).encode()}
                 if row["image"] is not None:
                     sample["jpg"] = row["image"]
                 if row["caption"]:
@@ -86,9 +88,63 @@ def write_folder(folder: Path, items: list[dict], lines: list[str] = ()) -> Path
     (folder / "images").mkdir(parents=True, exist_ok=True)
     out = []
     for row in items:
-        name = f"images/{row['key']}.jpg"
+        entry = {"caption": row["caption"], "url": row["url"]}
         if row["image"] is not None:
-            (folder / name).write_bytes(row["image"])
-        out.append(json.dumps({"image": name, "caption": row["caption"], "url": row["url"]}))
+            entry["image"] = f"images/{row['key']}.jpg"
+            (folder / entry["image"]).write_bytes(row["image"])
+        out.append(json.dumps(entry, ensure_ascii=False))
     (folder / "captions.jsonl").write_text("\n".join(out + list(lines)) + "\n", encoding="utf-8")
     return folder
+
+
+def grounding_models_dir() -> Path:
+    """A models folder with only what Grounded-SAM needs (tiny BERT, GroundingDINO, SAM-HQ vit_tiny;
+    random weights), built once per process: the dataset sources have no human masks."""
+    return _grounding_models_dir()
+
+
+@functools.lru_cache(maxsize=None)
+def _grounding_models_dir() -> Path:
+    import tempfile
+
+    from tests.support.paper_models import write_dino, write_sam, write_tiny_bert
+
+    root = Path(tempfile.mkdtemp(prefix="tokencompose-grounding-models-"))
+    write_dino(root / "groundingdino_swint_ogc.pth", write_tiny_bert(root / "bert-base-uncased"))
+    write_sam(root / "sam_hq_vit_tiny.pth")
+    return root
+
+
+GROUNDING = {"backend": "grounded_sam", "sam_variant": "vit_tiny", "short_side": 224, "max_side": 320, "batch_size": 4}
+
+
+@functools.lru_cache(maxsize=None)
+def grounding_threshold() -> float:
+    """A box threshold keeping about two boxes per image of the random models (tests/support/paper_models)."""
+    from PIL import Image
+
+    from tests.support.paper_models import calibrated_threshold
+    from tokencompose.schemas.config import BuildConfig
+    from tokencompose.tasks.grounding.grounded_sam import GroundedSam
+    from tokencompose.tasks.grounding.token_assignment import build_prompt
+
+    models = grounding_models_dir()
+    probe = GroundedSam.from_config(BuildConfig.model_validate(
+        {"source": {"dataset": "folder:."}, "output": {"out_dir": str(models / "probe")}, "grounding": GROUNDING,
+         "models": {"models_dir": str(models), "device": "cpu", "use_hf_cache": False}}))
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in tiny_jpegs(4)]
+    return calibrated_threshold(probe, images, [build_prompt(["man", "cat", "cup", "dog"])] * len(images), 2.0)
+
+
+def dataset_settings(dataset: str, out_dir: Path, **sections) -> dict:
+    """Build settings for a dataset source: consensus captions, spaCy nouns, Grounded-SAM masks from the
+    random models at a calibrated threshold, small enough for the CPU."""
+    models = grounding_models_dir()
+    threshold = grounding_threshold()
+    settings = {"source": {"dataset": dataset}, "output": {"out_dir": str(out_dir), "shard_size": 3,
+                                                            "require_mask": False},
+                "grounding": {**GROUNDING, "box_threshold": threshold, "text_threshold": threshold / 2},
+                "models": {"models_dir": str(models), "device": "cpu", "use_hf_cache": False}}
+    for name, values in sections.items():
+        settings[name] = {**settings.get(name, {}), **values}
+    return settings

@@ -1,0 +1,185 @@
+"""The dataset sources (hf, wds, folder) as streams of records and rejects, without models: order,
+rejects with reasons, configuration problems in one line, start-up independent of the source's size."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tests.support.dataset_sources import rows, write_folder, write_hf, write_wds
+from tokencompose.schemas.config import BuildConfig, SourceConfig
+from tokencompose.schemas.reasons import RejectReason
+from tokencompose.schemas.records import ImageRecord
+from tokencompose.schemas.reports import Reject
+from tokencompose.tasks.source.coco_json import SourceError
+from tokencompose.tasks.source.images import ImageProblem
+from tokencompose.tasks.source.streams import dataset_problems, dataset_records, open_dataset, script_problem
+
+
+def _write(kind: str, folder: Path, items: list[dict]) -> str:
+    if kind == "hf":
+        return f"hf:{write_hf(folder / 'hf', items)}"
+    if kind == "wds":
+        write_wds(folder / "wds", items, per_tar=2)
+        return "wds:" + str(folder / "wds" / "*.tar")
+    return f"folder:{write_folder(folder / 'folder', items)}"
+
+
+def _records(dataset: str, **columns) -> list[ImageRecord | Reject]:
+    source = open_dataset(SourceConfig(dataset=dataset, **columns))
+    source.check()
+    return list(dataset_records(source))
+
+
+@pytest.fixture
+def hostile_rows() -> list[dict]:
+    items = rows(6)
+    items[1]["image"] = None                         # a row without image
+    items[2]["caption"] = ["Кошка сидит на столе"]    # another script
+    items[3]["caption"] = []                          # no caption
+    items[4]["url"] = items[0]["url"]                 # a URL seen before
+    items[5]["image"] = b"\xff\xd8 not a jpeg"        # bytes that do not decode
+    return items
+
+
+@pytest.mark.parametrize("kind", ["hf", "wds", "folder"])
+def test_rows_come_in_order_with_their_rejects(tmp_path, hostile_rows, kind):
+    dataset = _write(kind, tmp_path, hostile_rows)
+    first, second = _records(dataset), _records(dataset)
+    assert first == second
+    assert [item.image_id for item in first] == list(range(6))
+    rejects = {item.image_id: item for item in first if isinstance(item, Reject)}
+    assert {i: r.reason for i, r in rejects.items()} == {1: RejectReason.NO_IMAGE, 4: RejectReason.DUPLICATE_URL}
+    assert all(dataset.split(":", 1)[1] in r.detail and f"row {i}" in r.detail
+               for i, r in rejects.items())
+    records = {item.image_id: item for item in first if isinstance(item, ImageRecord)}
+    assert [c.text for c in records[0].captions] == hostile_rows[0]["caption"]
+    assert records[2].captions[0].problem.startswith("not in the Latin script (mostly cyrillic)")
+    assert records[3].captions == ()  # the caption stage rejects it: no_captions
+    source = open_dataset(SourceConfig(dataset=dataset))
+    assert source.read_image(records[0].file_name) == hostile_rows[0]["image"]
+    assert source.read_image(records[5].file_name) == hostile_rows[5]["image"]  # decoding rejects it later
+
+
+def test_duplicate_keys_are_rejected_and_the_first_kept(tmp_path):
+    items = rows(3)
+    items[2]["key"] = items[0]["key"]
+    dataset = f"hf:{write_hf(tmp_path / 'hf', items)}"
+    found = _records(dataset, key_column="key")
+    assert isinstance(found[0], ImageRecord) and isinstance(found[1], ImageRecord)
+    assert found[2].reason == RejectReason.DUPLICATE_KEY and "'000000000'" in found[2].detail
+
+
+def test_a_single_caption_column_and_a_malformed_captions_line(tmp_path):
+    hf = f"hf:{write_hf(tmp_path / 'hf', rows(2), single_caption=True)}"
+    assert [r.captions[0].text for r in _records(hf)] == ["A man riding a horse on a beach.",
+                                                          "A cat sitting on a table next to a cup."]
+    folder = write_folder(tmp_path / "folder", rows(1), lines=["[1, 2]", '{"image": "", "caption": "a dog"}'])
+    found = _records(f"folder:{folder}")
+    assert [getattr(r, "reason", None) for r in found] == [None, RejectReason.NO_IMAGE, RejectReason.NO_IMAGE]
+    assert "line 2 is not a JSON object" in found[1].detail
+
+
+def test_a_csv_captions_file(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(rows(1)[0]["image"])
+    (tmp_path / "captions.csv").write_text("file,text\na.jpg,A dog on a bed.\n,A cat.\nb.jpg,\n", encoding="utf-8")
+    found = _records(f"folder:{tmp_path}", image_column="file", caption_column="text")
+    assert found[0].file_name == "a.jpg" and found[0].captions[0].text == "A dog on a bed."
+    assert found[1].reason == RejectReason.NO_IMAGE
+    assert found[2].captions == ()
+    with pytest.raises(ImageProblem) as problem:
+        open_dataset(SourceConfig(dataset=f"folder:{tmp_path}", image_column="file", caption_column="text")
+                     ).read_image("../outside.jpg")
+    assert problem.value.reason == RejectReason.UNSAFE_FILE_NAME
+
+
+@pytest.mark.parametrize("kind", ["hf", "folder"])
+def test_a_missing_column_stops_before_work(tmp_path, kind):
+    dataset = _write(kind, tmp_path, rows(2))
+    with pytest.raises(SourceError) as error:
+        _records(dataset, caption_column="text")
+    message = str(error.value)
+    assert "\n" not in message and "'text'" in message and "caption" in message
+
+
+def test_configuration_problems_are_one_line_each(tmp_path):
+    dataset = _write("wds", tmp_path, rows(2))
+    config = BuildConfig.model_validate({"source": {"dataset": dataset}, "output": {"out_dir": str(tmp_path / "o")}})
+    problems = dataset_problems(config)
+    assert problems == ["source.dataset: profile 'offline' masks nouns with 'coco', which needs human annotations a "
+                        "wds source does not have: use --profile paper (Grounded-SAM masks)"]
+    missing = BuildConfig.model_validate({"source": {"dataset": "wds:" + str(tmp_path / "none-{0..1}.tar")},
+                                          "output": {"out_dir": str(tmp_path / "o")}, "profile": "paper"})
+    assert dataset_problems(missing) == [f"source.dataset: wds shards {tmp_path}/none-{{0..1}}.tar: "
+                                         f"{tmp_path}/none-0.tar does not exist"]
+    with pytest.raises(ValidationError, match="must be hf:NAME"):
+        SourceConfig(dataset="s3:bucket")
+    with pytest.raises(ValidationError, match="drop source.images_dir"):
+        SourceConfig(dataset="hf:x", images_dir=tmp_path)
+    with pytest.raises(ValidationError, match="give source.images_dir and source.captions_json"):
+        SourceConfig()
+
+
+def test_a_hub_dataset_not_in_the_cache_offline_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(SourceError) as error:
+        _records("hf:nobody-here/no-such-dataset-24#train")
+    assert str(error.value).startswith("hub dataset 'nobody-here/no-such-dataset-24' is not in the Hugging Face "
+                                       "cache and the hub is offline")
+    assert "\n" not in str(error.value)
+    with pytest.raises(SourceError, match="does not exist"):
+        _records(f"hf:{tmp_path}/absent")
+
+
+def test_a_dataset_dict_needs_a_split(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": [None], "caption": ["a dog"]})}
+                         ).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(SourceError, match="has the splits train: name one, e.g. hf:.*#train"):
+        _records(f"hf:{tmp_path / 'dd'}")
+    assert [r.reason for r in _records(f"hf:{tmp_path / 'dd'}#train")] == [RejectReason.NO_IMAGE]
+
+
+def test_script_problem():
+    assert script_problem("A café in Zürich.") is None
+    assert script_problem("一只猫坐在桌子上") .startswith("not in the Latin script (mostly cjk)")
+    assert script_problem("A cat and a dog, кошка") is None  # mostly Latin
+    assert script_problem("2024") is None
+
+
+def _first_record_seconds(dataset: str) -> float:
+    """The best of five: time from opening a source (uncached) to its first record."""
+    from tokencompose.tasks.source.streams import _open
+
+    best = float("inf")
+    for _ in range(5):
+        _open.cache_clear()
+        start = time.perf_counter()
+        next(dataset_records(open_dataset(SourceConfig(dataset=dataset))))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.slow
+def test_start_up_does_not_grow_with_the_source(tmp_path):
+    """A source 300 times larger starts about as fast: listing it whole would take hundreds of times longer."""
+    import datasets
+    import pyarrow as pa
+
+    small, large = 2_000, 600_000
+    for count in (small, large):
+        folder = tmp_path / f"folder{count}"
+        folder.mkdir()
+        with open(folder / "captions.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"image": f"{i}.jpg", "caption": "a dog"}) + "\n" for i in range(count))
+        table = pa.table({"image": pa.array([None] * count, pa.binary()), "caption": ["a dog"] * count})
+        datasets.Dataset(table).save_to_disk(str(tmp_path / f"hf{count}"))
+    for kind in ("folder", "hf"):
+        ratio = _first_record_seconds(f"{kind}:{tmp_path}/{kind}{large}") / _first_record_seconds(
+            f"{kind}:{tmp_path}/{kind}{small}")
+        assert ratio < 10, (kind, ratio)
