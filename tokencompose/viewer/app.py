@@ -71,4 +71,5 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
 
     for router in (pages.router, curation.router, api.router, media.router):
         app.include_router(router)
+    app.include_router(__import__("tokencompose.viewer.editing", fromlist=["router"]).router)
     return app
