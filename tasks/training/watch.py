@@ -89,11 +89,13 @@ def latest_validation(output_dir: Path) -> Path | None:
 
 
 def validation_pipeline(models, unet):
-    """A StableDiffusionPipeline over the training components (the UNet being trained, PNDM sampling)."""
+    """A StableDiffusionPipeline over the training components (the UNet being trained, PLMS sampling as SD1.x
+    folders configure PNDM; an SD2/2.1 folder's DDIM config would leave PNDM's PRK warm-up on)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
-                                   unet=unet, scheduler=PNDMScheduler.from_config(models.noise_scheduler.config),
+                                   unet=unet, scheduler=PNDMScheduler.from_config(models.noise_scheduler.config,
+                                                                                  skip_prk_steps=True),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
