@@ -58,7 +58,7 @@ class SourceConfig(StrictModel):
     dataset: str | None = Field(default=None, description="an image-caption dataset instead of a COCO source: "
                                 "hf:FOLDER_OR_HUB_NAME[#split] (Hugging Face datasets), wds:SHARDS (img2dataset "
                                 "WebDataset tars: a brace or glob pattern), folder:DIR_OR_CAPTIONS_FILE (images "
-                                "with a captions.csv or captions.jsonl)", json_schema_extra={"cli_shortcut": "source"})
+                                "with a captions.csv or captions.jsonl)", json_schema_extra={"cli_shortcut": "dataset"})
     image_column: str = Field(default="image", description="hf: the image column; folder: the captions file's "
                               "column holding the image path")
     caption_column: str = Field(default="caption", description="hf, folder: the caption column (a string or a list "
