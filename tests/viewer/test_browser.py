@@ -14,6 +14,7 @@ Without Chromium or Playwright the module is skipped, except under CI (CI=true),
 from __future__ import annotations
 
 import io
+import re
 import os
 from pathlib import Path
 
@@ -355,3 +356,121 @@ def test_nouns_table_fits_a_narrow_screen(live_server, browser):
                 assert cell.evaluate("c => c.getBoundingClientRect().right") <= 420
     finally:
         context.close()
+
+
+# ---- layout at desktop widths, and curating in the browser ----------------------------------------------
+
+OVERFLOW_PROBLEMS = """() => {
+  const width = document.documentElement.clientWidth;
+  const problems = [];
+  if (document.documentElement.scrollWidth > width) {
+    problems.push(`the page scrolls sideways: ${document.documentElement.scrollWidth} > ${width}`);
+  }
+  for (const table of document.querySelectorAll('table')) {
+    const box = table.getBoundingClientRect();
+    const room = table.parentElement.getBoundingClientRect();
+    if (table.scrollWidth > table.clientWidth + 1) {
+      problems.push(`table #${table.id}: content ${table.scrollWidth} px in ${table.clientWidth} px`);
+    }
+    if (box.right > room.right + 1) {
+      problems.push(`table #${table.id} ends at ${box.right}, its container at ${room.right}`);
+    }
+    for (const cell of table.querySelectorAll('th, td')) {
+      if (cell.getBoundingClientRect().right > box.right + 1) {
+        problems.push(`table #${table.id}: a cell is cut (${cell.textContent.trim().slice(0, 40)})`);
+      }
+    }
+  }
+  for (const element of document.querySelectorAll('main *')) {
+    const box = element.getBoundingClientRect();
+    if (box.width > 0 && box.right > width + 1) {
+      problems.push(`${element.tagName.toLowerCase()}.${element.className} ends at ${box.right} of ${width}`);
+    }
+  }
+  return problems;
+}"""
+WIDTHS = (1280, 1920)
+
+
+@pytest.fixture(scope="module")
+def curation_server(demo_dir, tmp_path_factory):
+    """The viewer on a private copy of the demo shards (flags and views are written beside it)."""
+    import shutil
+
+    from tokencompose.viewer.app import create_app
+    from tests.support.viewer_support import LiveServer
+
+    folder = Path(shutil.copytree(demo_dir, tmp_path_factory.mktemp("curating") / "copy"))
+    with LiveServer(create_app(folder)) as server:
+        server.folder = folder
+        yield server
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_no_page_overflows_at_desktop_widths(live_server, browser, tmp_path, width):
+    """Sample pages, the gallery, the dataset and the saved views fit the window: nothing scrolls
+    sideways, no table is wider than its column or cuts a cell; what training sees spans the width
+    under the image. Screenshots of the gallery and the cup's page are kept in the test's folder."""
+    context = browser.new_context(viewport={"width": width, "height": 1000}, device_scale_factor=1)
+    try:
+        page = context.new_page()
+        # the cup (four nouns, the longest reason), the rocket (COCO-Stuff's sky), two people (LVIS and COCO boxes)
+        for path in ["/", "/dataset", "/views", *(f"/sample/{key}" for key in (KEY, "000000000724", "000000000139"))]:
+            page.goto(live_server.url + path)
+            assert page.evaluate(OVERFLOW_PROBLEMS) == [], f"{path} at {width} px"
+        page.goto(live_server.url + "/")
+        page.screenshot(path=str(tmp_path / f"gallery-{width}.png"), full_page=True)
+        page.goto(f"{live_server.url}/sample/{KEY}")
+        wait_for_images(page)
+        page.screenshot(path=str(tmp_path / f"sample-{width}.png"), full_page=True)
+        assert Image.open(tmp_path / f"sample-{width}.png").size[0] == width
+        stage = page.locator("#stage").bounding_box()
+        training = page.locator("#training").bounding_box()
+        main = page.locator("main").evaluate("m => { const s = getComputedStyle(m); const r = m.getBoundingClientRect();"
+                                             " return r.width - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight); }")
+        assert training["y"] > stage["y"] + stage["height"]  # below the image ...
+        assert abs(training["x"] - stage["x"]) <= 2 and training["width"] >= 0.95 * main  # ... across the width
+        page.locator("#training").screenshot(path=str(tmp_path / f"training-{width}.png"))
+        boxes = page.locator("#nouns td[data-label=box]").all_inner_texts()
+        numbers = [n for text in boxes for n in re.findall(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", text.split("\n")[0])]
+        assert numbers and all(re.fullmatch(r"\d+\.\d", n) for n in numbers), numbers  # one format
+    finally:
+        context.close()
+
+
+def test_flag_filter_and_save_a_view_in_the_browser(curation_server, page):
+    server = curation_server
+    page.goto(f"{server.url}/sample/{KEY}")
+    page.select_option("#flag-target", str(SAUCER))
+    page.fill("#flag-reason", "the saucer mask also covers the table")
+    page.click("#flag-submit")
+    page.wait_for_url(f"**/sample/{KEY}#flags")
+    assert "the saucer mask also covers the table" in page.locator("#flag-list").inner_text()
+    assert "flagged" in page.locator(f'#nouns tr[data-noun="{SAUCER}"]').get_attribute("class")
+    page.select_option("#flag-target", "")
+    page.fill("#flag-reason", "a second cup hides behind")
+    page.click("#flag-submit")
+    page.wait_for_url(f"**/sample/{KEY}#flags")
+    assert page.locator("#sample-flagged").is_visible()
+    assert page.evaluate(OVERFLOW_PROBLEMS) == []
+    flags = (server.folder / "flags.jsonl").read_text().splitlines()
+    assert len(flags) == 2 and all(f'"key": "{KEY}"' in line for line in flags)
+
+    page.goto(server.url + "/")
+    page.select_option("#filter-flagged", "any")
+    page.click("#show")
+    page.wait_for_url("**/?*flagged=any*")
+    assert page.locator("li.card").evaluate_all("cards => cards.map(c => c.dataset.key)") == [KEY]
+    page.fill("#view-name", "flagged-cups")
+    page.click("#save-view-button")
+    page.wait_for_url("**/views")
+    page.click("text=flagged-cups")
+    page.wait_for_url("**/?flagged=any*")
+    assert page.locator("li.card").count() == 1
+
+    page.goto(f"{server.url}/sample/{KEY}")
+    for _ in range(2):
+        page.locator("#flag-list button.unflag").first.click()
+        page.wait_for_url(f"**/sample/{KEY}#flags")
+    assert page.locator("#no-flags").is_visible()
+    assert (server.folder / "flags.jsonl").read_text() == ""

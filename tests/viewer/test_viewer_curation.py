@@ -99,7 +99,8 @@ def test_changes_need_the_viewers_form_token_and_origin(viewer):
     assert post(client, path, "not-the-token", **fields).status_code == 403
     assert post(client, "/views", "", name="v", q="cup").status_code == 403
     for headers in ({"origin": "http://attacker.example"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"},
-                    {"sec-fetch-site": "same-site"}):
+                    {"sec-fetch-site": "same-site"}, {"origin": "null", "sec-fetch-site": "cross-site"},
+                    {"origin": "http://127.0.0.1:8765", "sec-fetch-site": "cross-site"}):
         answer = client.post(path, data={**fields, "token": token}, headers=headers, follow_redirects=False)
         assert answer.status_code == 403, headers
         assert "spam" not in answer.text
@@ -112,6 +113,10 @@ def test_changes_need_the_viewers_form_token_and_origin(viewer):
     same = client.post(path, data={**fields, "token": token}, follow_redirects=False,
                        headers={"origin": "http://127.0.0.1:8765", "sec-fetch-site": "same-origin"})
     assert same.status_code == 303 and (folder / FLAGS_FILE).exists()
+    # Chrome under Referrer-Policy no-referrer: "Origin: null" from the viewer's own page
+    chrome = client.post(path, data={**fields, "token": token}, follow_redirects=False,
+                         headers={"origin": "null", "sec-fetch-site": "same-origin"})
+    assert chrome.status_code == 303
     # another viewer process has another token
     other = create_app(folder)
     assert other.state.viewer.form_token != token

@@ -36,7 +36,10 @@ async def change_form(request: Request, state: State) -> dict[str, str]:
     if site is not None and site not in SAME_SITE:
         raise Forbidden("Changes are only accepted from the viewer's own pages.")
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+    # under the viewer's Referrer-Policy no-referrer, the browser sends "Origin: null" from its own pages too;
+    # then only Sec-Fetch-Site can say where the form comes from
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin is not None and origin != own and not (origin == "null" and site == "same-origin"):
         raise Forbidden("Changes are only accepted from the viewer's own pages.")
     if request.headers.get("content-type", "").split(";")[0].strip() != FORM_TYPE:
         raise BadRequest("Send the form as application/x-www-form-urlencoded.")
