@@ -45,7 +45,7 @@ class TrainConfig(StrictModel):
                                            "more stops the run, before training when the pre-scan finds them")
     exclude_flagged: Path | None = Field(default=None, description="a flags file (the viewer's flags.jsonl): its "
                                          "flagged samples are skipped (counted as 'flagged'), a flagged mask's "
-                                         "token loss is skipped", json_schema_extra={"cli_shortcut": "exclude-flagged"})
+                                         "token loss is skipped")
     max_unreadable_shards: int = Field(default=0, ge=0, description="shards that do not read as a tar to their end "
                                        "(skipped when allowed); more stops the run")
 
