@@ -94,7 +94,7 @@ def clean_prompt(prompt: str) -> str:
 
 def as_tensor(image: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 -> 1 x 3 x H x W float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
 
 
 def masked(image: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
