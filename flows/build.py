@@ -8,6 +8,7 @@ folder at a time (a lock file); on a dataset that exists, only new images get (n
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,17 @@ def _absolute(path: Path | None) -> Path | None:
     return None if path is None else Path(path).expanduser().resolve()
 
 
+def _absolute_dataset(dataset: str | None) -> str | None:
+    """``source.dataset`` with its local path absolute (a hub name, not a folder here, is kept)."""
+    if not dataset:
+        return dataset
+    kind, _, location = dataset.partition(":")
+    path, hash_sign, split = location.partition("#") if kind == "hf" else (location, "", "")
+    if kind == "hf" and not Path(path).expanduser().exists():
+        return dataset
+    return f"{kind}:{os.path.abspath(os.path.expanduser(path))}{hash_sign}{split}"
+
+
 def for_workers(config: BuildConfig) -> BuildConfig:
     """The configuration as workers elsewhere need it: absolute paths (their working folder is not
     ours), and enough shards in flight for the cluster (it, not BuildConfig.workers, bounds how many
@@ -194,6 +206,7 @@ def for_workers(config: BuildConfig) -> BuildConfig:
         return config
     source = config.source.model_copy(update={k: _absolute(getattr(config.source, k))
                                               for k in ("images_dir", "captions_json", "instances_json")})
+    source = source.model_copy(update={"dataset": _absolute_dataset(source.dataset)})
     output = config.output.model_copy(update={"out_dir": _absolute(config.output.out_dir)})
     selection = config.selection.model_copy(update={"vsr_files": [_absolute(p) for p in config.selection.vsr_files]})
     grounding = config.grounding.model_copy(update={"noun_table": _absolute(config.grounding.noun_table)})
