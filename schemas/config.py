@@ -107,8 +107,8 @@ class SelectionConfig(StrictModel):
     keys_file: Path | None = Field(default=None, description="keep only the images listed here: sample keys "
                                    "(zero-padded COCO ids) or file names, one a line, or the viewer's keys.json",
                                    json_schema_extra={"cli_shortcut": "keys"})
-    exclude_flagged: Path | None = Field(default=None, description="leave out the samples flagged in this flags "
-                                         "file (the viewer's flags.jsonl; a flagged mask alone does not)",
+    exclude_flagged: Path | None = Field(default=None, description="skip the samples a flags file flags "
+                                         "(the viewer's flags.jsonl)",
                                          json_schema_extra={"cli_shortcut": "exclude-flagged"})
 
     @model_validator(mode="after")
