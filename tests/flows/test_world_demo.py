@@ -1,8 +1,9 @@
 """A regression test of the method itself: on a reduced synthetic world (32 px, minutes on a CPU), a tiny
 model trained with the grounding losses must attend to each noun's object better than the same model
-trained with L_LDM only, and more to its own noun's object than to the image's other objects
-(specificity). docs/world.md, "Results", records the runs with the token-loss sign flipped and with the
-token index shifted by one. Then one round of the scheduled retraining runs on that world."""
+trained with L_LDM only. A flipped token-loss sign fails it; a token index shifted by one does NOT, and the
+specificity (own mask versus the image's other nouns' masks) cannot be asserted: it failed its
+pre-registered criterion on the correct model too (docs/world.md, "Results": the random frozen text
+encoder's noun states are nearly alike). Then one round of the scheduled retraining runs on that world."""
 import json
 
 import pytest
@@ -19,14 +20,15 @@ def reduced_world(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_grounded_attention_beats_plain_and_is_specific_on_the_reduced_world(reduced_world):
+def test_grounded_attention_beats_plain_on_the_reduced_world(reduced_world):
     figures = json.loads((reduced_world / "figures.json").read_text())
     iou, specificity = figures["attention_iou"], figures["specificity"]
     assert iou["pairs"] >= 100 and specificity["pairs"] == iou["pairs"]   # every world image has 2+ objects
     assert iou["grounded"] > iou["plain"], iou
     # the interval, not only the mean: with the token loss's sign flipped the mean was still above plain
     assert iou["low"] > 0, iou
-    assert specificity["low"] > 0, specificity
+    # measured and reported, not asserted: correct code gave +0.0017 [-0.0042, +0.0080] (docs/world.md)
+    assert -1.0 <= specificity["low"] <= specificity["diff"] <= specificity["high"] <= 1.0, specificity
 
 
 @pytest.mark.slow
