@@ -80,6 +80,7 @@ def main() -> None:
               "resolution": side, "steps": args.steps, "edits": args.edits, "batch": args.batch,
               "background": args.background, "edits_per_s_one_by_one": round(one, 4),
               "edits_per_s_batched": round(batched, 4), "batched_over_one_by_one": round(batched / one, 3),
+              "load_average_1m_at_end": round(os.getloadavg()[0], 2),
               "gpu": "measured" if args.device.startswith("cuda") else "not measured (no GPU at hand)"}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
