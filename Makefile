@@ -1,6 +1,6 @@
 # Entry points for a fresh machine (Python 3.11 with venv; Debian for the browser test):
 #   make demo   sets everything up and builds the bundled sample into out/demo
-#   make world  the synthetic world: build, train plain and grounded, evaluate, report (out/world)
+#   make world  the synthetic world: build, train plain and grounded, evaluate, report, a retraining round (out/world)
 #   make check  lint, type check and the fast tests (no servers, clusters, paper-size models, browser, slow)
 #   make test   lint, type check and the whole suite, each test once, in one run (CI: .ci/run)
 VENV ?= .venv
@@ -26,9 +26,11 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/tokencompose build --demo --out out/demo
 
-# the synthetic world end to end, plain vs grounded (docs/world.md): out/world/report.md
+# the synthetic world end to end, plain vs grounded (docs/world.md): out/world/report.md; then one round of
+# the scheduled retraining on it (grow, train a candidate, gate, registry): out/world/retrain.md
 world: setup
 	$(BIN)/tokencompose demo world --out out/world
+	$(BIN)/tokencompose demo retrain --out out/world
 
 train-demo: setup
 	$(BIN)/tokencompose train --demo --output-dir runs/demo
