@@ -50,15 +50,14 @@ class SourceConfig(StrictModel):
     """The source: a COCO-style image folder and its captions JSON (instances JSON optional), or any
     image-caption dataset named by ``dataset`` (tasks/source/streams.py)."""
 
-    images_dir: Path | None = Field(default=None, description="the image folder of a COCO source, e.g. train2017/",
+    images_dir: Path | None = Field(default=None, description="the image folder, e.g. train2017/",
                                     json_schema_extra={"cli_shortcut": "images-dir"})
-    captions_json: Path | None = Field(default=None, description="captions JSON of a COCO source, e.g. "
-                                       "annotations/captions_train2017.json",
+    captions_json: Path | None = Field(default=None, description="captions JSON, e.g. annotations/captions_train2017.json",
                                        json_schema_extra={"cli_shortcut": "captions-json"})
-    dataset: str | None = Field(default=None, description="an image-caption dataset instead of a COCO source: "
-                                "hf:FOLDER_OR_HUB_NAME[#split] (Hugging Face datasets), wds:SHARDS (img2dataset "
-                                "WebDataset tars: a brace or glob pattern), folder:DIR_OR_CAPTIONS_FILE (images "
-                                "with a captions.csv or captions.jsonl)", json_schema_extra={"cli_shortcut": "dataset"})
+    # hf: a save_to_disk folder or a cached hub dataset; wds: img2dataset tars (brace or glob pattern);
+    # folder: a folder with captions.jsonl / captions.csv, or that file
+    dataset: str | None = Field(default=None, description="a dataset instead of COCO: hf:NAME[#split], wds:TARS "
+                                "or folder:PATH", json_schema_extra={"cli_shortcut": "dataset"})
     image_column: str = Field(default="image", description="hf: the image column; folder: the captions file's "
                               "column holding the image path")
     caption_column: str = Field(default="caption", description="hf, folder: the caption column (a string or a list "

@@ -38,7 +38,7 @@ def test_the_default_help_is_short_with_examples_and_human_metavars(command, cap
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"usage: tokencompose {command} [FLAGS]"
-    assert len(lines) <= 90, len(lines)
+    assert len(lines) <= 92, len(lines)  # retrain: 91 with build's --dataset
     assert "common flags:" in out and f"tokencompose {command} --help-all" in out
     assert "examples:" in out
     metavars = " ".join(re.findall(r"^\s+--\S+ ([^\s,]+)", out, re.M))
