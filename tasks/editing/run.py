@@ -101,6 +101,7 @@ def edit_image(config: EditConfig) -> Path:
     from tokencompose.tasks.editing.masks import word_mask
 
     sampler, side = config.sampler, config.sampler.resolution
+    check_steps(config.attention.steps, min(int(sampler.steps * sampler.strength), sampler.steps))
     path = resolve_model(config.model, config.registry_dir, config)
     image, mask, origin = source_and_mask(config)
     pixels = square(image, side)
@@ -120,7 +121,6 @@ def edit_image(config: EditConfig) -> Path:
     if tokens:
         with AttentionRecorder(pipe.unet, tokens) as recorder:
             result = edit_batch(pipe, [item], sampler, on_unet=recorder)[0]
-        check_steps(config.attention.steps, len(recorder.steps))
     else:
         result = edit_batch(pipe, [item], sampler)[0]
     out = Path(config.out_dir)

@@ -64,3 +64,10 @@ def test_an_edit_end_to_end_writes_result_mask_and_attention(tiny_sd, one_thread
     code = run(["edit", "--no-prefect", "--model", str(tiny_sd), "--image", str(tmp_path / "none.png"),
                 "--mask-word", "cat", "--prompt", "a cat", "--device", "cpu", "--out", str(out)])
     assert code == 2 and "cannot read the image" in capsys.readouterr().err
+
+
+def test_attention_steps_past_the_edit_are_refused_before_the_model_loads(tmp_path, capsys):
+    code = run(["edit", "--no-prefect", "--model", str(tmp_path / "no-model"), "--image", "a.png", "--mask-word",
+                "cat", "--prompt", "a cat", "--sampler.steps", "4", "--sampler.strength", "0.5",
+                "--attention.steps", "0,2", "--out", str(tmp_path / "out")])
+    assert code == 2 and "attention steps [2] are outside the edit's 2 denoising steps" in capsys.readouterr().err
