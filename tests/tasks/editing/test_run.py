@@ -91,3 +91,23 @@ def test_an_edit_of_a_grounded_shard_noun(tiny_sd, shard_dir, tmp_path):
     assert info["mask_from"].endswith("noun 'cat'") and 0 < info["mask_pixels"] < 32 * 32
     result, source, mask = (np.asarray(Image.open(out / f"{n}.png")) for n in ("result", "source", "mask"))
     assert np.array_equal(result[mask == 0], source[mask == 0])
+
+
+def test_a_registry_entry_names_the_model(tiny_sd, tmp_path):
+    from tokencompose.schemas.registry import RegistryEntry
+    from tokencompose.tasks.editing.run import resolve_model
+    from tokencompose.tasks.registry.store import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    common = dict(base_model=tmp_path / "sd", dataset_dir=tmp_path / "data", dataset_version=1,
+                  train_config_hash="abc", steps=10, reason="test")
+    registry.register(RegistryEntry(id="good", status="promoted", created="2026-12-01T00:00:00+00:00",
+                                    pipeline_dir=tiny_sd, **common))
+    registry.register(RegistryEntry(id="broken", status="failed", created="2026-12-01T01:00:00+00:00",
+                                    pipeline_dir=None, **common))
+    config = EditConfig.model_validate({"model": "promoted", "registry_dir": str(tmp_path / "registry"),
+                                        "image": "a.png", "prompt": "a dog", "mask": {"word": "cat"}})
+    assert resolve_model("promoted", config.registry_dir, config) == tiny_sd
+    assert resolve_model("good", config.registry_dir, config) == tiny_sd
+    with pytest.raises(ValueError, match="entry broken failed: it has no model"):
+        resolve_model("broken", config.registry_dir, config)
