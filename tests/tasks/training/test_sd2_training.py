@@ -197,3 +197,15 @@ def test_train_resume_and_export(sd2_config, variant, tmp_path):
     image = pipe("a cat to the left of a cup", num_inference_steps=2, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images   # no height/width: the model's own
     assert image.shape == (1, side, side, 3) and torch.isfinite(torch.from_numpy(image)).all()
+
+
+def test_an_unknown_prediction_type_stops_at_load_naming_the_folder(sd2_models, tmp_path):
+    import shutil
+
+    from tokencompose.tasks.training.components import load_components
+
+    folder = shutil.copytree(sd2_models / "base", tmp_path / "odd")
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(config_file.read_text().replace('"epsilon"', '"flow_matching"'))
+    with pytest.raises(ValueError, match=r"odd/scheduler: prediction_type 'flow_matching' is not one of epsilon"):
+        load_components(folder)
