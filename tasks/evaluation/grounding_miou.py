@@ -358,7 +358,8 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
     whose tar breaks counts once (its samples before the break are evaluated). ``max_samples``: stop after
     that many evaluated images (those with at least one usable noun).
     """
-    from tokencompose.tasks.training.data import Preprocessor, expand_shards
+    from tokencompose.tasks.shards.patterns import expand_shards
+    from tokencompose.tasks.training.data import Preprocessor
     from tokencompose.tasks.training.samples import UNREADABLE_SHARD, SampleProblem, ShardUnreadable, read_shard
 
     if protocol not in ("fast", "daam"):

@@ -96,11 +96,11 @@ def build_problems(config: BuildConfig) -> list[str]:
 
 def train_problems(config) -> list[str]:
     """What stops a training run before any model loads: the model folder and the shard patterns."""
-    from tokencompose.tasks.training.components import check_folder
-    from tokencompose.tasks.training.data import expand_shards
+    from tokencompose.tasks.models.weights import check_training_folder
+    from tokencompose.tasks.shards.patterns import expand_shards
 
     problems = []
-    for check, value in ((check_folder, config.pretrained_model), (expand_shards, config.shards)):
+    for check, value in ((check_training_folder, config.pretrained_model), (expand_shards, config.shards)):
         try:
             check(value)
         except FileNotFoundError as error:

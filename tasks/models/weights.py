@@ -307,6 +307,22 @@ OWLV2_MEMBERS: tuple[tuple[str, ...], ...] = (
 )
 
 
+TRAINING_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_training_folder(path: Path) -> None:
+    """The Stable Diffusion folder a training starts from: fail early, naming what is missing (nothing is
+    downloaded, nothing heavy imported)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Stable Diffusion folder {path} does not exist; download a diffusers-format model "
+                                "(e.g. CompVis/stable-diffusion-v1-4) on a machine with hub access and copy it here")
+    missing = [name for name in TRAINING_SUBFOLDERS if not (path / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/ "
+                                "(expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+
+
 def stable_diffusion_spec(name: str = SD14_REPO) -> WeightSpec:
     """A Stable Diffusion pipeline folder (MultiGen generation, attention maps): a path, or a hub name
     mirrored under the models folder (``CompVis/stable-diffusion-v1-4/``)."""

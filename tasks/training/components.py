@@ -8,7 +8,7 @@ from typing import Any
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizerFast
 
-SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+from tokencompose.tasks.models.weights import check_training_folder
 
 
 @dataclass
@@ -41,20 +41,8 @@ def check_prediction_type(scheduler, path: Path) -> str:
     return kind
 
 
-def check_folder(path: Path) -> None:
-    """Fail early, naming what is missing: nothing is downloaded."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"Stable Diffusion folder {path} does not exist; download a diffusers-format model "
-                                "(e.g. CompVis/stable-diffusion-v1-4) on a machine with hub access and copy it here")
-    missing = [name for name in SUBFOLDERS if not (path / name).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{path} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/ "
-                                "(expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
-
-
 def load_components(path: Path) -> Components:
-    check_folder(path)
+    check_training_folder(path)
     path = Path(path)
     # The training noise schedule is DDPM on the model's own betas and prediction type (SD2/2.1: v), whatever
     # sampler the folder names.

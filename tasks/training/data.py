@@ -27,7 +27,6 @@ Geometry (the authors' torchvision pipeline, reproduced exactly; both loss aggre
 """
 from __future__ import annotations
 
-import glob
 import random
 import threading
 from collections import Counter
@@ -38,7 +37,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -56,23 +54,6 @@ MAX_TOKENS = 77
 # ``samples_skipped`` counts every time the stream skips an unusable sample (again in each epoch).
 STAT_KEYS = ("samples", "nouns", "nouns_used", "nouns_no_mask", "nouns_no_token", "nouns_bad_mask", "relations",
              "samples_skipped", "samples_flagged", "nouns_flagged")
-
-
-def expand_shards(patterns: Sequence[str]) -> list[str]:
-    """Shard files from paths, glob and brace patterns (``shard-{000000..000009}.tar``), sorted, unique."""
-    found: list[str] = []
-    for pattern in patterns:
-        for expanded in braceexpand(str(pattern)):
-            if glob.has_magic(expanded):
-                matches = sorted(glob.glob(expanded))
-                if not matches:
-                    raise FileNotFoundError(f"no shard matches {expanded!r}")
-                found += matches
-            elif Path(expanded).is_file():
-                found.append(expanded)
-            else:
-                raise FileNotFoundError(f"shard {expanded!r} does not exist")
-    return sorted(dict.fromkeys(found))
 
 
 def resized_size(width: int, height: int, resolution: int) -> tuple[int, int]:

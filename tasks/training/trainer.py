@@ -34,7 +34,8 @@ from diffusers.optimization import get_scheduler
 from tokencompose.tasks.training.attention import install_processors, layer_resolutions, paper_layers
 from tokencompose.schemas.curation import Exclusions, read_exclusions
 from tokencompose.schemas.training import TRAIN_CONFIG_FILE, TrainConfig
-from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, expand_shards, make_loader
+from tokencompose.tasks.shards.patterns import expand_shards
+from tokencompose.tasks.training.data import STAT_KEYS, Batch, Preprocessor, make_loader
 from tokencompose.tasks.training.export import CURVE_FILE, PIPELINE_DIR, export_pipeline, plot_loss_curves, read_metrics
 from tokencompose.tasks.training.losses import Targets, diffusion_target, group_name, grounding_losses
 from tokencompose.tasks.training.samples import (FIRST_LOGGED, UNREADABLE_SHARD, DataError, DataQuality, DataScan, Skip,

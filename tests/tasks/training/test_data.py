@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import CLIPTokenizerFast
 
-from tokencompose.tasks.training.data import (DataError, Preprocessor, ShardStream, center_crop_box, collate, expand_shards,
-                                        make_loader, resize_mask, transform_mask)
+from tokencompose.tasks.shards.patterns import expand_shards
+from tokencompose.tasks.training.data import (DataError, Preprocessor, ShardStream, center_crop_box, collate, make_loader,
+                                        resize_mask, transform_mask)
 from tokencompose.tasks.training.samples import SampleProblem
 from tokencompose.tasks.training.toy import box_mask, make_record
 from tests.support.training_kit import photo_samples, write_shards
@@ -23,15 +24,6 @@ def tokenizer(tiny_sd):
 @pytest.fixture
 def preprocess(tokenizer):
     return Preprocessor(tokenizer, resolution=64, mask_resolutions=(4, 8, 16))
-
-
-def test_shard_patterns_expand(shard_dir):
-    names = sorted(p.name for p in shard_dir.glob("*.tar"))
-    assert names == ["shard-000000.tar", "shard-000001.tar"]
-    assert expand_shards([str(shard_dir / "shard-*.tar")]) == [str(shard_dir / n) for n in names]
-    assert expand_shards([str(shard_dir / "shard-{000000..000001}.tar")]) == [str(shard_dir / n) for n in names]
-    with pytest.raises(FileNotFoundError):
-        expand_shards([str(shard_dir / "nothing-*.tar")])
 
 
 def test_mask_follows_the_image_geometry():

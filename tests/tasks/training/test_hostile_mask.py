@@ -8,7 +8,8 @@ from transformers import CLIPTokenizerFast
 
 from tokencompose.schemas.sample import CocoRLE
 from tokencompose.tasks.grounding import masks
-from tokencompose.tasks.training.data import STAT_KEYS, Preprocessor, expand_shards, make_loader
+from tokencompose.tasks.shards.patterns import expand_shards
+from tokencompose.tasks.training.data import STAT_KEYS, Preprocessor, make_loader
 from tokencompose.tasks.training.trainer import format_record
 from tests.support.training_kit import photo_samples, write_shards
 
