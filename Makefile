@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Tests with one of these marks (pyproject.toml describes them) stay out of `make check`.
 HEAVY_TESTS := server or cluster or paper_size or browser or slow
 
-.PHONY: setup demo world train-demo lint typecheck check test system-deps bench view
+.PHONY: setup demo world train-demo lint typecheck check test durations system-deps bench view
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,13 +46,19 @@ typecheck: setup
 
 # Two pytest-xdist workers, one per core (tests/conftest.py gives each one intra-op thread); a test module
 # stays on one worker, so its module-scoped fixtures (reference builds, clusters, models) are made once.
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope
+# Modules run longest first, by the seconds in tests/durations.json (`make durations` measures them again);
+# xdist's own reordering, by test count, would undo that order.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 check: lint typecheck
 	$(PYTEST) -m "not ($(HEAVY_TESTS))"
 
 test: lint typecheck system-deps
 	$(PYTEST)
+
+# the whole suite, recording each module's seconds into tests/durations.json (commit it when it changed)
+durations: setup system-deps
+	$(PYTEST) --record-durations
 
 bench: setup
 	$(BIN)/python bench/bench_build.py

@@ -22,15 +22,12 @@ import pytest
 
 from tests.support.testkit import SourceBuilder, demo_config
 
-pytest_plugins = ["tests.support.training_fixtures", "tests.support.evaluation_fixtures"]
-
-HEAVY_MARKS = ("server", "cluster", "paper_size", "browser", "slow")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The marked (long) tests first, in their collected order: the workers start on them and the many short
-    tests fill the end, so neither worker is left alone with one long test at the end of the run."""
-    items.sort(key=lambda item: not any(item.get_closest_marker(mark) for mark in HEAVY_MARKS))
+pytest_plugins = [
+    "tests.support.scheduling",
+    "tests.support.training_fixtures",
+    "tests.support.evaluation_fixtures",
+    "pytester",
+]
 
 
 @pytest.fixture
