@@ -46,7 +46,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    import torch
     from PIL import Image
     from skimage import data
 

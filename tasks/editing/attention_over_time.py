@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def word_tokens(tokenizer, prompt: str, words: Sequence[str]) -> list[list[int]]
 class AttentionRecorder:
     """Records each UNet call's per-word maps: ``steps[k][layer]`` is a (words, side, side) array."""
 
-    unet: object
+    unet: Any
     tokens: list[list[int]]
     steps: list[dict[str, np.ndarray]] = field(default_factory=list)
 

@@ -94,7 +94,7 @@ def blend_loop(scheduler, timesteps: torch.Tensor, source: torch.Tensor, mask: t
     return latents
 
 
-def guided_prediction(unet, embeddings: torch.Tensor, guidance_scale: float,
+def guided_prediction(unet, embeddings: torch.Tensor | None, guidance_scale: float,
                       on_unet: Callable[[Callable[[], torch.Tensor]], torch.Tensor] | None = None) -> Predict:
     """Classifier-free guidance over ``embeddings`` = [unconditional; conditional] (or conditional only
     when ``guidance_scale <= 1``); ``on_unet(call)`` wraps each UNet call (attention capture)."""
@@ -182,7 +182,7 @@ def edit_batch(pipe, items: Sequence[EditItem], sampler, scheduler=None,
         pixels = to_pixels([item.image for item in items], device, torch.float32)
         masks = torch.from_numpy(np.stack([item.mask for item in items])[:, None]).to(device).float()
         source = encode(vae, pixels)
-        cells = latent_mask(masks, tuple(source.shape[-2:]))
+        cells = latent_mask(masks, (source.shape[-2], source.shape[-1]))
         timesteps = edit_timesteps(scheduler, sampler.steps, sampler.strength)
         generators = [item_generator(sampler.seed, item.seed) for item in items]
         shape = tuple(source.shape[1:])

@@ -110,10 +110,12 @@ def background_scores(source: np.ndarray, edited: np.ndarray, mask: np.ndarray, 
     a, b = masked(as_tensor(source), keep), masked(as_tensor(edited), keep)
     with torch.no_grad():
         perceptual = lpips_model(b * 2 - 1, a * 2 - 1)
+    ssim = structural_similarity_index_measure(b, a, data_range=1.0)
+    assert isinstance(ssim, torch.Tensor)            # a tuple only with return_full_image
     return {"psnr": float(peak_signal_noise_ratio(b, a, data_range=1.0)),
             "lpips": float(perceptual.mean()),
             "mse": float(mean_squared_error(b.flatten(), a.flatten())),
-            "ssim": float(structural_similarity_index_measure(b, a, data_range=1.0))}
+            "ssim": float(ssim)}
 
 
 def last_block_keys(vit, pixels: torch.Tensor) -> torch.Tensor:
@@ -155,7 +157,7 @@ class Scorers:
 
 def load_scorers(config, device: str = "cpu") -> Scorers:
     """The three networks from local files; a missing one stops with what to fetch (docs/editing.md)."""
-    import lpips
+    import lpips  # type: ignore[import-untyped]
     from transformers import ViTModel
 
     from tokencompose.tasks.evaluation.clip_score import ClipScorer

@@ -71,12 +71,14 @@ def source_and_mask(config: EditConfig) -> tuple[object, np.ndarray | None, str]
 
     spec = config.mask
     if spec.shard is not None:
+        assert spec.sample_key is not None and spec.noun is not None   # MaskConfig's validator
         pixels, record = shard_sample(spec.shard, spec.sample_key)
         mask = shard_noun_mask(record, spec.noun, f"{spec.shard}:{spec.sample_key}")
         image = read_image(config.image) if config.image else Image.fromarray(pixels)
         if image.size != (mask.shape[1], mask.shape[0]):
             mask = mask_from_image(Image.fromarray(mask.astype(np.uint8) * 255), image.size, f"of {spec.noun!r}")
         return image, mask, f"shard {spec.shard} sample {spec.sample_key} noun {spec.noun!r}"
+    assert config.image is not None                                 # EditConfig's validator
     image = read_image(config.image)
     if spec.file is not None:
         return image, mask_from_file(spec.file, image.size), f"file {spec.file}"
@@ -110,6 +112,7 @@ def edit_image(config: EditConfig) -> Path:
     tokens = word_tokens(pipe.tokenizer, config.prompt, words) if words else []
     info: dict = {"model": str(path), "prompt": config.prompt, "mask_from": origin}
     if mask is None:
+        assert config.mask.word is not None
         prompt = config.mask.source_prompt or config.prompt
         mask, heat, word_positions = word_mask(pipe, pixels, prompt, config.mask.word, sampler, config.mask.threshold)
         info |= {"mask_word_tokens": word_positions, "mask_prompt": prompt}
