@@ -84,7 +84,8 @@ class CaptionFolder:
             has_image = isinstance(image, str) and bool(image)
             key = entry.get(self.source.key_column) if self.source.key_column else None
             url = entry.get(self.source.url_column) if self.source.url_column else None
-            yield RawRow(position, image if has_image else f"{path.name}:{line}", has_image, captions,
+            locator = image if isinstance(image, str) and image else f"{path.name}:{line}"
+            yield RawRow(position, locator, has_image, captions,
                          None if key is None else str(key), url if isinstance(url, str) and url else None)
 
     def read_image(self, locator: str) -> bytes:

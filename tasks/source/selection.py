@@ -99,6 +99,8 @@ def _read_captions(path: Path, entries: list, images: dict[int, ImageEntry], sou
 def read_source(source: SourceConfig) -> Source:
     """All usable images of a COCO source with their captions and instance annotations, and a
     rejects row for every entry that cannot be used."""
+    if source.images_dir is None or source.captions_json is None:
+        raise SourceError("a COCO source needs source.images_dir and source.captions_json")
     if not source.images_dir.is_dir():
         raise SourceError(f"images_dir {source.images_dir} is not a folder")
     captions_data = load_json(source.captions_json, "captions_json")
@@ -200,7 +202,7 @@ def select_images(config: BuildConfig) -> Selection:
                 chosen.append(records[name])
             elif name not in source.broken_images:
                 rejects.append(Reject(image_id=None, file_name=name, stage="selection", reason=RejectReason.NOT_IN_SOURCE,
-                                      detail=f"not in {config.source.captions_json.name}"))
+                                      detail=f"not in {Path(config.source.captions_json or '').name}"))
         seen = len(names)
     else:
         chosen = sorted(records.values(), key=lambda r: r.image_id)
