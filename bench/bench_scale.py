@@ -47,12 +47,18 @@ def machine() -> dict:
             "python": platform.python_version(), "gpu": "none (CPU only)"}
 
 
+def _load_backends(config) -> None:
+    """Load a worker's backends (returning them would send the models back to this process)."""
+    from tokencompose.tasks.models import backends as backend_registry
+
+    backend_registry.load_backends(config)
+
+
 def time_workers(count: int, settings: dict, work: Path, repeats: int) -> float:
     from distributed import Client, LocalCluster
 
     from tokencompose.flows.build import build_on_runner
     from tokencompose.schemas.config import BuildConfig
-    from tokencompose.tasks.models import backends as backend_registry
 
     with ExitStack() as stack:
         cluster = stack.enter_context(LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
@@ -60,7 +66,7 @@ def time_workers(count: int, settings: dict, work: Path, repeats: int) -> float:
         client = stack.enter_context(Client(cluster))
         client.wait_for_workers(count, timeout=600)
         warm = BuildConfig.model_validate({**settings, "output": {**settings["output"], "out_dir": str(work / "warm")}})
-        client.run(backend_registry.load_backends, warm)
+        client.run(_load_backends, warm)
         best = float("inf")
         for _ in range(repeats):
             out = work / f"workers-{count}"
