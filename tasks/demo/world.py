@@ -29,6 +29,11 @@ class WorldProtocol:
     test_images: int = 200         # a second world (seed + 1) with every pair, for the attention IoU
     vae_steps: int = 300           # the random VAE fitted to the world (reconstruction), shared by both models
     vae_batch: int = 16
+    # protocol v2: the random text encoder fitted contrastively (CLIP loss, a tiny vision tower) to the training
+    # world's (image, caption) pairs so that its nouns' states differ, as a pretrained CLIP's do; then frozen
+    text_encoder_steps: int = 300
+    text_encoder_batch: int = 64
+    text_encoder_lr: float = 1e-3
     train_steps: int = 300
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -48,6 +53,7 @@ class WorldProtocol:
     def reduced(cls) -> "WorldProtocol":
         """The CI test's world: 32 px, few images and steps, attention IoU only (no MultiGen)."""
         return cls(image_size=32, train_images=400, test_images=60, vae_steps=0, train_steps=150,
+                   text_encoder_steps=300, text_encoder_batch=64,
                    images_per_prompt=1, generation_steps=10, grow_images=100, retrain_steps=20,
                    retrain_images_per_prompt=1, retrain_prompts=16)
 
@@ -98,7 +104,9 @@ def shard_pattern(dataset: Path) -> str:
 
 def make_start_model(out: Path, source: Path, protocol: WorldProtocol, say: Progress) -> Path:
     """The random tiny SD both models start from, its VAE fitted to the world first (else the images a
-    model generates decode through a random decoder into noise)."""
+    model generates decode through a random decoder into noise) and its text encoder fitted to the
+    training world's captions (else every noun's state is alike and a noun's map cannot be told from
+    its neighbours')."""
     from tokencompose.tasks.training.toy import save_random_pipeline
 
     model = out / "models" / "start"
@@ -109,6 +117,9 @@ def make_start_model(out: Path, source: Path, protocol: WorldProtocol, say: Prog
     if protocol.vae_steps:
         loss = fit_vae(staging / "vae", source / "images", protocol)
         say(f"VAE fitted to the world: {protocol.vae_steps} steps, reconstruction MSE {loss:.4f}")
+    if protocol.text_encoder_steps:
+        loss = fit_text_encoder(staging, source, protocol)
+        say(f"text encoder fitted to the world: {protocol.text_encoder_steps} steps, contrastive loss {loss:.3f}")
     staging.rename(model)
     return model
 
@@ -141,6 +152,63 @@ def fit_vae(vae_dir: Path, images_dir: Path, protocol: WorldProtocol) -> float:
         recent = (recent + [mse.item()])[-20:]
     vae.eval()
     vae.save_pretrained(vae_dir)
+    return float(np.mean(recent))
+
+
+def world_pairs(source: Path):
+    """The world's images (N x 3 x H x W in [-1, 1]) and their captions, in image-id order."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    captions = json.loads((source / "captions.json").read_text())
+    files = {image["id"]: image["file_name"] for image in captions["images"]}
+    caption_of = {a["image_id"]: a["caption"] for a in captions["annotations"]}
+    ids = sorted(caption_of)
+    pixels = np.stack([np.asarray(Image.open(source / "images" / files[i]).convert("RGB")) for i in ids])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images, [caption_of[i] for i in ids]
+
+
+def fit_text_encoder(model: Path, source: Path, protocol: WorldProtocol) -> float:
+    """Train the model's text encoder as the text tower of a tiny CLIP on the world's (image, caption)
+    pairs (the contrastive loss, in-batch negatives); the text tower is saved in place of the encoder.
+    Returns the mean loss of the last 20 steps."""
+    import numpy as np
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(protocol.seed)
+    encoder = CLIPTextModel.from_pretrained(model / "text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    hidden = encoder.config.hidden_size
+    size = protocol.image_size
+    vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=size, patch_size=max(1, size // 8), num_channels=3)
+    clip = CLIPModel(CLIPConfig(text_config=encoder.config.to_dict(), vision_config=vision, projection_dim=hidden))
+    clip.text_model.load_state_dict(encoder.text_model.state_dict())
+    images, captions = world_pairs(source)
+    # padded to the batch's longest caption: the text tower is causal, so the states up to the end token
+    # are those of the 77-token padding the pipeline uses
+    tokens = tokenizer(captions, padding="longest", return_tensors="pt")
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=protocol.text_encoder_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(protocol.seed)
+    recent: list[float] = []
+    clip.train()
+    for _ in range(protocol.text_encoder_steps):
+        batch = torch.randperm(len(captions), generator=generator)[:protocol.text_encoder_batch]
+        ids, mask = tokens.input_ids[batch], tokens.attention_mask[batch]
+        length = int(mask.sum(1).max())
+        loss = clip(input_ids=ids[:, :length], attention_mask=mask[:, :length], pixel_values=images[batch],
+                    return_loss=True).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        recent = (recent + [loss.item()])[-20:]
+    encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    encoder.eval()
+    encoder.save_pretrained(model / "text_encoder")
     return float(np.mean(recent))
 
 
