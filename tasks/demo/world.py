@@ -104,9 +104,9 @@ def shard_pattern(dataset: Path) -> str:
 
 def make_start_model(out: Path, source: Path, protocol: WorldProtocol, say: Progress) -> Path:
     """The random tiny SD both models start from, its VAE fitted to the world first (else the images a
-    model generates decode through a random decoder into noise) and its text encoder fitted to the
-    training world's captions (else every noun's state is alike and a noun's map cannot be told from
-    its neighbours')."""
+    model generates decode through a random decoder into noise), then its text encoder fitted to the
+    training world's (image, caption) pairs when the protocol asks (v2: nouns' states less alike, as a
+    pretrained CLIP's are; docs/world.md)."""
     from tokencompose.tasks.training.toy import save_random_pipeline
 
     model = out / "models" / "start"
