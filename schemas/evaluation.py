@@ -298,6 +298,7 @@ class AttentionConfig(StrictModel):
     seed: int = Field(default=0, ge=0, description="seed of the initial noise")
     steps: int = Field(default=50, ge=1, description="denoising steps (PNDM)")
     guidance_scale: float = Field(default=7.5, ge=0, description="classifier-free guidance scale")
-    resolution: Resolution = Field(default=512, description="square image side, a multiple of 8")
+    resolution: Resolution | None = Field(default=None, description="square image side, a multiple of 8; default: "
+                                         "the model's own (512 px for SD1.x and SD2-base, 768 px for SD2/2.1)")
     precision: InferencePrecision = Field(default="auto", description="auto: bf16 on a GPU, fp32 on the CPU")
     models: ModelsConfig = ModelsConfig()

@@ -198,8 +198,7 @@ def attention_for_prompt(config) -> Path:
         raise ValueError(f"no nouns found in {config.prompt!r}; name them with --noun")
     device = resolve_device(config.models.device)
     pipe = load_pipeline(path, device, resolve_dtype(config.precision, device))
-    # a resolution not given is the model's own (768 for SD2/2.1), not the field's SD1.4 default
-    resolution = config.resolution if "resolution" in config.model_fields_set else native_resolution(pipe)
+    resolution = config.resolution or native_resolution(pipe)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     shape = (1, pipe.unet.config.in_channels, resolution // factor, resolution // factor)
     latents = initial_latents(config.seed, 0, 0, shape[1:])[None]

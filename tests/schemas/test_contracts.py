@@ -58,7 +58,7 @@ def test_a_record_rejects_unknown_keys_but_can_be_filled_in():
 @pytest.mark.parametrize("section,field", [(GenerationConfig, "resolution"), (AttentionConfig, "resolution"),
                                            (TrainConfig, "resolution")])
 def test_every_resolution_is_one_type_that_names_a_bad_side(section, field):
-    info = section.model_fields[field]  # TrainConfig's may be null (the model's own resolution)
+    info = section.model_fields[field]  # TrainConfig's and AttentionConfig's may be null (the model's own)
     assert info.metadata == GenerationConfig.model_fields["resolution"].metadata or Resolution in get_args(info.annotation)
     with pytest.raises(ValidationError, match="resolution 500 must be a multiple of 8"):
         section.model_validate({"resolution": 500})
