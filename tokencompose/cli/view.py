@@ -21,8 +21,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=port_number, default=8765, help="port (default 8765)")
     parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="a training folder (diffusers pipeline or tokenizer folder) for the sample page's token "
-                             "view (default: CLIP's vocabulary bundled with open_clip)")
+                        help="a training run folder, an exported pipeline, a diffusers model folder or a tokenizer "
+                             "folder: the sample page's tokens, crop size and attention map sides follow it (default: "
+                             "CLIP's vocabulary bundled with open_clip, SD1.4's 512 px and 8-64 maps)")
     parser.set_defaults(handler=run_view)
 
 
