@@ -19,6 +19,7 @@ from tokencompose.tasks.demo.world_report import GROUNDED, PLAIN, write_report
 Progress = Callable[[str], None]
 
 PAPER_TOKEN_WEIGHT, PAPER_PIXEL_WEIGHT = 1e-3, 5e-5
+START_FILE = "start.json"    # beside the start model: the fits it was made with
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def make_start_model(out: Path, source: Path, protocol: WorldProtocol, say: Prog
 
     model = out / "models" / "start"
     if (model / "model_index.json").is_file():
+        check_start_model(model, protocol)
         return model
     staging = out / "models" / ".start"
     save_random_pipeline(staging, "tiny", seed=protocol.seed)
@@ -120,8 +122,28 @@ def make_start_model(out: Path, source: Path, protocol: WorldProtocol, say: Prog
     if protocol.text_encoder_steps:
         loss = fit_text_encoder(staging, source, protocol)
         say(f"text encoder fitted to the world: {protocol.text_encoder_steps} steps, contrastive loss {loss:.3f}")
+    (staging / START_FILE).write_text(json.dumps(start_settings(protocol), indent=1))
     staging.rename(model)
     return model
+
+
+def start_settings(protocol: WorldProtocol) -> dict:
+    """The protocol fields a start model is made from."""
+    return {name: getattr(protocol, name) for name in ("seed", "vae_steps", "vae_batch", "text_encoder_steps",
+                                                       "text_encoder_batch", "text_encoder_lr")}
+
+
+def check_start_model(model: Path, protocol: WorldProtocol) -> None:
+    """Refuse a start model made with other settings (the models trained from it would be reused too).
+    One made before the record existed (protocol v1) had no text encoder fit."""
+    record = model / START_FILE
+    made = json.loads(record.read_text()) if record.is_file() else {"text_encoder_steps": 0}
+    wanted = start_settings(protocol)
+    differ = sorted(name for name in made if made[name] != wanted.get(name))
+    if differ:
+        raise ValueError(f"{model} was made with other settings ({', '.join(f'{n}={made[n]}' for n in differ)}; "
+                         f"this protocol: {', '.join(f'{n}={wanted[n]}' for n in differ)}): remove models/, runs/ "
+                         f"and evaluation/ in {model.parent.parent} to make and evaluate the models again")
 
 
 def fit_vae(vae_dir: Path, images_dir: Path, protocol: WorldProtocol) -> float:

@@ -3,9 +3,11 @@ trained as a tiny CLIP's text tower on a world's (image, caption) pairs, keeps i
 captions to images (loss below chance), is reproducible from the seed, and leaves the rest of the model alone."""
 import dataclasses
 import hashlib
+import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from tokencompose.tasks.demo.world import WorldProtocol, fit_text_encoder
@@ -20,6 +22,7 @@ def digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_the_fitted_text_encoder_matches_captions_to_images_and_is_reproducible(tmp_path):
     from transformers import CLIPTextModel
 
@@ -41,3 +44,21 @@ def test_the_fitted_text_encoder_matches_captions_to_images_and_is_reproducible(
     assert fitted.config.to_dict() == random_encoder.config.to_dict() | {"_name_or_path": fitted.config._name_or_path}
     moved = [not torch.equal(a, b) for a, b in zip(fitted.state_dict().values(), random_encoder.state_dict().values())]
     assert any(moved)
+
+
+def test_a_start_model_made_with_other_fits_is_refused_before_any_work(tmp_path):
+    from tokencompose.tasks.demo.world import START_FILE, make_start_model
+
+    unfitted = dataclasses.replace(WorldProtocol.reduced(), text_encoder_steps=0)
+    model = make_start_model(tmp_path, tmp_path / "no-source-needed", unfitted, say=lambda line: None)
+    assert json.loads((model / START_FILE).read_text())["text_encoder_steps"] == 0
+    assert make_start_model(tmp_path, tmp_path / "no-source-needed", unfitted, say=lambda line: None) == model
+
+    fitted = dataclasses.replace(unfitted, text_encoder_steps=300)
+    with pytest.raises(ValueError, match=r"made with other settings \(text_encoder_steps=0; this protocol: "
+                                         r"text_encoder_steps=300\): remove models/, runs/ and evaluation/ in "):
+        make_start_model(tmp_path, tmp_path / "no-source-needed", fitted, say=lambda line: None)
+    (model / START_FILE).unlink()      # a start model of protocol v1, made before the record: no encoder fit
+    with pytest.raises(ValueError, match="text_encoder_steps=0"):
+        make_start_model(tmp_path, tmp_path / "no-source-needed", fitted, say=lambda line: None)
+    assert make_start_model(tmp_path, tmp_path / "no-source-needed", unfitted, say=lambda line: None) == model
