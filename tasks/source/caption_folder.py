@@ -17,7 +17,7 @@ from tokencompose.schemas.config import SourceConfig
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.tasks.source.coco_json import SourceError
 from tokencompose.tasks.source.images import ImageProblem, image_path
-from tokencompose.tasks.source.streams import RawRow
+from tokencompose.tasks.source.dataset_rows import RawRow
 
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
 

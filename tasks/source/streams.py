@@ -17,48 +17,17 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterator, Protocol
+from typing import Iterator
 
 from tokencompose.schemas.config import BuildConfig, SourceConfig
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.schemas.records import Caption, ImageRecord
 from tokencompose.schemas.reports import Reject
 from tokencompose.tasks.source.coco_json import SOURCE_STAGE, SourceError, is_text, json_type
+from tokencompose.tasks.source.dataset_rows import DatasetSource
 
 # The grounding backends that need no human annotations, and so can mask a dataset source.
 MASKING_BACKENDS = ("grounded_sam",)
-
-
-@dataclass(frozen=True)
-class RawRow:
-    """One row as the dataset gives it. ``locator`` finds its image again (``read_image``) and is the
-    sample's ``file_name``; ``captions`` is None when the row has no caption value at all."""
-
-    position: int
-    locator: str
-    has_image: bool
-    captions: tuple[object, ...] | None
-    key: str | None = None
-    url: str | None = None
-    problem: str | None = None  # why a row without image has none, when more can be said
-
-
-class DatasetSource(Protocol):
-    """What the build needs from a dataset source."""
-
-    description: str  # for messages: "hf dataset /data/pets (split train)"
-
-    def check(self) -> None:
-        """Cheap preflight: the dataset opens and has the configured columns; raises SourceError."""
-
-    def rows(self) -> Iterator[RawRow]:
-        """Every row, in the dataset's fixed order, streamed."""
-
-    def read_image(self, locator: str) -> bytes:
-        """The encoded image of a row; raises ImageProblem when it cannot be read."""
-
-    def fingerprint(self, locator: str) -> str:
-        """Changes when the row's image may have changed (for the shard task's cache key)."""
 
 
 def open_dataset(source: SourceConfig) -> DatasetSource:

@@ -21,7 +21,7 @@ from tokencompose.schemas.config import SourceConfig
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.tasks.source.coco_json import SourceError
 from tokencompose.tasks.source.images import ImageProblem
-from tokencompose.tasks.source.streams import RawRow
+from tokencompose.tasks.source.dataset_rows import RawRow
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 

@@ -1,0 +1,38 @@
+"""The dataset-source interface: one row as a dataset gives it, and what the build needs from a source
+(`streams.py` opens one by its `source.dataset` kind; each kind lives in its own module)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row as the dataset gives it. ``locator`` finds its image again (``read_image``) and is the
+    sample's ``file_name``; ``captions`` is None when the row has no caption value at all."""
+
+    position: int
+    locator: str
+    has_image: bool
+    captions: tuple[object, ...] | None
+    key: str | None = None
+    url: str | None = None
+    problem: str | None = None  # why a row without image has none, when more can be said
+
+
+class DatasetSource(Protocol):
+    """What the build needs from a dataset source."""
+
+    description: str  # for messages: "hf dataset /data/pets (split train)"
+
+    def check(self) -> None:
+        """Cheap preflight: the dataset opens and has the configured columns; raises SourceError."""
+
+    def rows(self) -> Iterator[RawRow]:
+        """Every row, in the dataset's fixed order, streamed."""
+
+    def read_image(self, locator: str) -> bytes:
+        """The encoded image of a row; raises ImageProblem when it cannot be read."""
+
+    def fingerprint(self, locator: str) -> str:
+        """Changes when the row's image may have changed (for the shard task's cache key)."""

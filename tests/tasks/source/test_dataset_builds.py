@@ -1,0 +1,116 @@
+"""Each dataset source kind builds a tiny dataset end to end (consensus captions, spaCy nouns, Grounded-SAM
+masks from random-weight models): byte-identical twice, with its rejects, viewable, grown incrementally,
+and resumed after SIGKILL."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.dataset_sources import dataset_settings, rows, write_folder, write_hf, write_wds
+from tokencompose.schemas.config import BuildConfig
+from tokencompose.tasks.shards.dataset import build_directly
+
+pytestmark = pytest.mark.paper_size
+
+
+def _source(kind: str, folder: Path, items: list[dict]) -> str:
+    if kind == "hf":
+        return f"hf:{write_hf(folder / 'hf', items)}"
+    if kind == "wds":
+        write_wds(folder / "wds", items, per_tar=3)
+        return "wds:" + str(folder / "wds" / "*.tar")
+    return f"folder:{write_folder(folder / 'folder', items)}"
+
+
+def _build(dataset: str, out: Path, **sections) -> None:
+    build_directly(BuildConfig.model_validate(dataset_settings(dataset, out, **sections)))
+
+
+def _hashes(out: Path) -> dict[str, str]:
+    files = sorted((out / "shards").glob("*.tar")) + [out / "rejects.jsonl"]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _hostile() -> list[dict]:
+    items = rows(7)
+    items[1]["image"] = None
+    items[2]["caption"] = ["Кошка сидит на столе"]
+    items[3]["caption"] = []
+    items[4]["url"] = items[0]["url"]
+    items[5]["image"] = b"\xff\xd8 not a jpeg"
+    return items
+
+
+@pytest.mark.parametrize("kind", ["hf", "wds", "folder"])
+def test_a_dataset_source_builds_the_same_bytes_twice_with_its_rejects(tmp_path, kind):
+    from fastapi.testclient import TestClient
+
+    from tokencompose.viewer.app import create_app
+
+    dataset = _source(kind, tmp_path, _hostile())
+    _build(dataset, tmp_path / "a")
+    _build(dataset, tmp_path / "b")
+    assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
+    rejects = [json.loads(line) for line in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
+    assert {r["image_id"]: r["reason"] for r in rejects} == {
+        1: "no_image", 2: "no_usable_caption", 3: "no_captions", 4: "duplicate_url", 5: "not_an_image"}
+    assert "not in the Latin script" in next(r["detail"] for r in rejects if r["image_id"] == 2)
+    keys = sorted(key for index in sorted((tmp_path / "a" / "index").glob("*.json"))
+                  for key in json.loads(index.read_text())["samples"])
+    assert keys == ["000000000000", "000000000006"]  # rows 0 and 6
+    with TestClient(create_app(tmp_path / "a")) as client:
+        page = client.get(f"/sample/{keys[0]}")
+        assert page.status_code == 200 and "riding a horse" in page.text
+        record = client.get(f"/sample/{keys[1]}/record.json").json()
+        assert (record["width"], record["height"]) == (56, 40)  # the size read from the image itself
+        assert client.get(f"/sample/{keys[0]}/image").content == rows(1)[0]["image"]
+
+
+@pytest.mark.parametrize("kind", ["hf", "wds", "folder"])
+def test_a_grown_dataset_source_adds_a_version_with_its_new_rows(tmp_path, kind):
+    out = tmp_path / "out"
+    _build(_source(kind, tmp_path / "v1", rows(3)), out)
+    first = _hashes(out)
+    grown = tmp_path / "v2"
+    if kind == "wds":  # img2dataset writes new tars beside the old ones
+        write_wds(grown / "wds", rows(3), per_tar=3)
+        write_wds(grown / "wds", rows(3, start=3), per_tar=3, first_tar=1)
+        dataset = "wds:" + str(grown / "wds" / "*.tar")
+    else:
+        dataset = _source(kind, grown, rows(6))
+    _build(dataset, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [v["added"] for v in manifest["versions"]] == [["shard-000000.tar"], ["shard-000001.tar"]]
+    assert {k: v for k, v in _hashes(out).items() if k in first and k.endswith(".tar")} == \
+        {k: v for k, v in first.items() if k.endswith(".tar")}
+    index = json.loads((out / "index" / "shard-000001.json").read_text())
+    assert sorted(index["samples"]) == [f"{i:012d}" for i in range(3, 6)]
+
+
+@pytest.mark.slow
+def test_a_build_killed_midway_finishes_with_the_same_bytes(tmp_path):
+    dataset = _source("folder", tmp_path, rows(9))
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(dataset_settings(dataset, tmp_path / "killed", output={"shard_size": 1})))
+    _build(dataset, tmp_path / "whole-1", output={"shard_size": 1})
+    command = [os.path.join(os.path.dirname(sys.executable), "tokencompose"), "build", "--no-prefect",
+               "--config", str(config_file)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    shards = tmp_path / "killed" / "shards"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(list(shards.glob("*.tar"))) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists(), "the build finished before it was killed"
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _hashes(tmp_path / "killed") == _hashes(tmp_path / "whole-1")
