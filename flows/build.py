@@ -24,6 +24,7 @@ from tokencompose.runners import make_task_runner
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import ShardStats, ShardSummary
 from tokencompose.schemas.runner import GPU_TAG
+from tokencompose.tasks.progress import Progress
 from tokencompose.tasks.models import backends as backend_registry
 from tokencompose.tasks.shards.dataset import ShardResults, build_dataset
 from tokencompose.tasks.shards.finalize import reject_counts
@@ -147,6 +148,8 @@ def _run_shards(config: BuildConfig, plan: Plan, shard_task, progress) -> ShardR
     summaries: list[ShardSummary] = []
     failed: dict[int, BaseException] = {}
     total = max(len(plan.jobs()), 1)
+    images = {index: len(batch) for index, batch in plan.jobs().items()}
+    bar = Progress("build", total=sum(images.values()), unit="image", logger=logger)
     while running or (waiting and not failed):
         while waiting and not failed and len(running) < config.workers:
             index, batch = waiting.pop()
@@ -162,7 +165,8 @@ def _run_shards(config: BuildConfig, plan: Plan, shard_task, progress) -> ShardR
             continue
         summaries.append(summary)
         update_progress_artifact(progress, 100.0 * len(summaries) / total)
-        logger.info("progress: %d/%d shards", len(summaries), len(plan.jobs()))
+        bar.advance(images[index], postfix=f"{len(summaries)}/{len(plan.jobs())} shards")
+    bar.close(failed=bool(failed))
     return summaries, failed
 
 

@@ -118,10 +118,16 @@ class InceptionFeatures:
                                                    feature_extractor_weights_path=str(self.weights)).to(device)
 
     def features(self, dataset):
+        """Inception features of every image: torch-fidelity's own progress bar on a terminal, a line before
+        and after (with the duration) in logs; nothing with --quiet."""
         from torch_fidelity.utils import get_featuresdict_from_dataset
 
-        return get_featuresdict_from_dataset(dataset, self.network, self.batch_size, self.device.startswith("cuda"),
-                                             True, False)[self.layer]
+        from tokencompose.tasks.progress import bar_wanted, is_quiet, timed
+
+        with timed(f"Inception features of {len(dataset)} images"):
+            return get_featuresdict_from_dataset(dataset, self.network, self.batch_size,
+                                                 self.device.startswith("cuda"), True,
+                                                 not is_quiet() and bar_wanted())[self.layer]
 
     def statistics(self, dataset) -> Statistics:
         from torch_fidelity.metric_fid import fid_features_to_statistics

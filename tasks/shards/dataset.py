@@ -14,6 +14,7 @@ from typing import Any, Callable
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.schemas.reports import ShardStats, ShardSummary
 from tokencompose.tasks.models import backends as backend_registry
+from tokencompose.tasks.progress import Progress
 from tokencompose.tasks.shards.build import build_shard
 from tokencompose.tasks.shards.finalize import build_failed, finalize, identity_provenance
 from tokencompose.tasks.shards.identity import build_identity
@@ -64,13 +65,16 @@ def serial_shards(on_shard: Callable[[ShardSummary], None] | None = None) -> Sha
         config = run_plan.config
         backends = backend_registry.load_backends(config)
         provenance = backends.provenance(run_plan.config_hash, identity)
-        for index, batch in sorted(jobs.items()):
-            try:
-                summaries.append(build_shard(config, backends, provenance, index, batch))
-            except Exception as error:
-                return summaries, {index: error}
-            if on_shard:
-                on_shard(summaries[-1])
+        with Progress("build", total=sum(len(batch) for batch in jobs.values()), unit="image") as bar:
+            for index, batch in sorted(jobs.items()):
+                try:
+                    summaries.append(build_shard(config, backends, provenance, index, batch))
+                except Exception as error:
+                    bar.close(failed=True)
+                    return summaries, {index: error}
+                bar.advance(len(batch), postfix=f"{len(summaries)}/{len(jobs)} shards")
+                if on_shard:
+                    on_shard(summaries[-1])
         return summaries, {}
 
     return run

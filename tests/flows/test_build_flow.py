@@ -1,6 +1,7 @@
 """The build-grounded-coco flow under a real (test-harness) Prefect API."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import httpx
 from prefect.settings import PREFECT_API_URL
 
+from tests.support.prefect_processes import flow_run_logs
 from tests.support.testkit import demo_config
 from tokencompose.data.replicate import replicate_sample
 from tokencompose.flows.build import build_grounded_coco
@@ -35,7 +37,8 @@ def _latest_artifact(key):
 
 
 def test_flow_builds_the_sample_with_progress_and_summary(prefect_api, tmp_path):
-    summary = build_grounded_coco(config=demo_config(tmp_path / "out"))
+    state = build_grounded_coco(config=demo_config(tmp_path / "out", output={"shard_size": 3}), return_state=True)
+    summary = state.result()
     assert summary["samples written"] == 8 and summary["images rejected"] == 1
     assert summary["rejected: not_in_source"] == 1 and "rejected: no_masks" not in summary
     assert 0 < summary["share of nouns with a mask"] < 1
@@ -43,6 +46,9 @@ def test_flow_builds_the_sample_with_progress_and_summary(prefect_api, tmp_path)
     assert _latest_artifact("build-grounded-coco-progress")["data"] == 100.0
     table = _latest_artifact("build-grounded-coco-summary")
     assert "samples written" in str(table["data"])
+    messages = flow_run_logs(state.state_details.flow_run_id, "build: done,")
+    assert "build: 0/8 image" in messages  # the images of the run's shards, before the first one is done
+    assert any(re.fullmatch(r"build: done, 8/8 image in .+ \([\d.e+-]+ image/s\)", m) for m in messages), messages
 
 
 def test_second_run_reuses_shards_and_a_deleted_shard_is_rebuilt(prefect_api, tmp_path):

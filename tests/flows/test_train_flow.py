@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.support.prefect_processes import flow_run_logs
 from tokencompose.cli import parser_for
 from tokencompose.flows.train import FLOW_NAME, train_tokencompose
 
@@ -143,26 +144,6 @@ def test_too_much_bad_data_stops_the_flow_and_the_cli_in_one_line(prefect_api, m
     err = capsys.readouterr().err.strip()
     assert err.startswith("training failed: too much bad training data: 1 of 101 samples unusable") and "\n" not in err
     assert "shard-000000.tar (1 unusable: json_not_object 1)" in err
-
-
-def flow_run_logs(flow_run_id, wanted: str, timeout_s: float = 60.0) -> list[str]:
-    """The run's log messages read back through the Prefect client, once one contains ``wanted``
-    (the API handler ships them in the background: polled with a deadline)."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=5)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        messages = [entry.message for entry in logs]
-        if any(wanted in m for m in messages) or time.monotonic() > deadline:
-            return messages
-        APILogWorker.drain_all(timeout=5)
 
 
 @pytest.mark.server

@@ -45,3 +45,23 @@ def stop(processes: list[subprocess.Popen]) -> None:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+def flow_run_logs(flow_run_id, wanted: str, timeout_s: float = 60.0) -> list[str]:
+    """The run's log messages read back through the Prefect client, once one contains ``wanted``
+    (the API handler ships them in the background: polled with a deadline)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        messages = [entry.message for entry in logs]
+        if any(wanted in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        APILogWorker.drain_all(timeout=5)

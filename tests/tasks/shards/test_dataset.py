@@ -2,6 +2,8 @@
 import hashlib
 import io
 import json
+import logging
+import re
 import tarfile
 
 import pytest
@@ -27,9 +29,13 @@ def _samples(out):
     return list(dataset)
 
 
-def test_demo_build_is_readable_by_stock_webdataset(make_demo_config):
+def test_demo_build_is_readable_by_stock_webdataset(make_demo_config, caplog):
     config = make_demo_config(output={"shard_size": 3})
-    build_directly(config)
+    with caplog.at_level(logging.INFO, logger="tokencompose.progress"):
+        build_directly(config)
+    progress = [m for m in caplog.messages if m.startswith("build: ")]
+    assert progress[0] == "build: 0/8 image"
+    assert re.fullmatch(r"build: done, 8/8 image in .+ \([\d.e+-]+ image/s\)", progress[-1])
     out = config.output.out_dir
     samples = _samples(out)
     manifest = Manifest.model_validate_json((out / "manifest.json").read_bytes())
