@@ -136,6 +136,16 @@ def grounding_threshold() -> float:
     return calibrated_threshold(probe, images, [build_prompt(["man", "cat", "cup", "dog"])] * len(images), 2.0)
 
 
+def write_source(kind: str, folder: Path, items: list[dict], per_tar: int) -> str:
+    """``items`` as a dataset source of ``kind`` (hf, wds or folder) under ``folder``: its ``source.dataset``."""
+    if kind == "hf":
+        return f"hf:{write_hf(folder / 'hf', items)}"
+    if kind == "wds":
+        write_wds(folder / "wds", items, per_tar=per_tar)
+        return "wds:" + str(folder / "wds" / "*.tar")
+    return f"folder:{write_folder(folder / 'folder', items)}"
+
+
 def dataset_settings(dataset: str, out_dir: Path, **sections) -> dict:
     """Build settings for a dataset source: consensus captions, spaCy nouns, Grounded-SAM masks from the
     random models at a calibrated threshold, small enough for the CPU."""

@@ -14,20 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dataset_sources import dataset_settings, rows, write_folder, write_hf, write_wds
+from tests.support.dataset_sources import dataset_settings, rows, write_source, write_wds
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.shards.dataset import build_directly
 
 pytestmark = pytest.mark.paper_size
-
-
-def _source(kind: str, folder: Path, items: list[dict]) -> str:
-    if kind == "hf":
-        return f"hf:{write_hf(folder / 'hf', items)}"
-    if kind == "wds":
-        write_wds(folder / "wds", items, per_tar=3)
-        return "wds:" + str(folder / "wds" / "*.tar")
-    return f"folder:{write_folder(folder / 'folder', items)}"
 
 
 def _build(dataset: str, out: Path, **sections) -> None:
@@ -55,7 +46,7 @@ def test_a_dataset_source_builds_the_same_bytes_twice_with_its_rejects(tmp_path,
 
     from tokencompose.viewer.app import create_app
 
-    dataset = _source(kind, tmp_path, _hostile())
+    dataset = write_source(kind, tmp_path, _hostile(), per_tar=3)
     _build(dataset, tmp_path / "a")
     _build(dataset, tmp_path / "b")
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
@@ -77,7 +68,7 @@ def test_a_dataset_source_builds_the_same_bytes_twice_with_its_rejects(tmp_path,
 @pytest.mark.parametrize("kind", ["hf", "wds", "folder"])
 def test_a_grown_dataset_source_adds_a_version_with_its_new_rows(tmp_path, kind):
     out = tmp_path / "out"
-    _build(_source(kind, tmp_path / "v1", rows(3)), out)
+    _build(write_source(kind, tmp_path / "v1", rows(3), per_tar=3), out)
     first = _hashes(out)
     grown = tmp_path / "v2"
     if kind == "wds":  # img2dataset writes new tars beside the old ones
@@ -85,7 +76,7 @@ def test_a_grown_dataset_source_adds_a_version_with_its_new_rows(tmp_path, kind)
         write_wds(grown / "wds", rows(3, start=3), per_tar=3, first_tar=1)
         dataset = "wds:" + str(grown / "wds" / "*.tar")
     else:
-        dataset = _source(kind, grown, rows(6))
+        dataset = write_source(kind, grown, rows(6), per_tar=3)
     _build(dataset, out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [v["added"] for v in manifest["versions"]] == [["shard-000000.tar"], ["shard-000001.tar"]]
@@ -97,7 +88,7 @@ def test_a_grown_dataset_source_adds_a_version_with_its_new_rows(tmp_path, kind)
 
 @pytest.mark.slow
 def test_a_build_killed_midway_finishes_with_the_same_bytes(tmp_path):
-    dataset = _source("folder", tmp_path, rows(9))
+    dataset = write_source("folder", tmp_path, rows(9), per_tar=3)
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(dataset_settings(dataset, tmp_path / "killed", output={"shard_size": 1})))
     _build(dataset, tmp_path / "whole-1", output={"shard_size": 1})

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from tests.support.dataset_sources import rows, write_folder, write_hf, write_wds
+from tests.support.dataset_sources import rows, write_folder, write_hf, write_source
 from tokencompose.schemas.config import BuildConfig, SourceConfig
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.schemas.records import ImageRecord
@@ -17,15 +16,6 @@ from tokencompose.schemas.reports import Reject
 from tokencompose.tasks.source.coco_json import SourceError
 from tokencompose.tasks.source.images import ImageProblem
 from tokencompose.tasks.source.streams import dataset_problems, dataset_records, open_dataset, script_problem
-
-
-def _write(kind: str, folder: Path, items: list[dict]) -> str:
-    if kind == "hf":
-        return f"hf:{write_hf(folder / 'hf', items)}"
-    if kind == "wds":
-        write_wds(folder / "wds", items, per_tar=2)
-        return "wds:" + str(folder / "wds" / "*.tar")
-    return f"folder:{write_folder(folder / 'folder', items)}"
 
 
 def _records(dataset: str, **columns) -> list[ImageRecord | Reject]:
@@ -47,7 +37,7 @@ def hostile_rows() -> list[dict]:
 
 @pytest.mark.parametrize("kind", ["hf", "wds", "folder"])
 def test_rows_come_in_order_with_their_rejects(tmp_path, hostile_rows, kind):
-    dataset = _write(kind, tmp_path, hostile_rows)
+    dataset = write_source(kind, tmp_path, hostile_rows, per_tar=2)
     first, second = _records(dataset), _records(dataset)
     assert first == second
     assert [item.image_id for item in first] == list(range(6))
@@ -98,7 +88,7 @@ def test_a_csv_captions_file(tmp_path):
 
 @pytest.mark.parametrize("kind", ["hf", "folder"])
 def test_a_missing_column_stops_before_work(tmp_path, kind):
-    dataset = _write(kind, tmp_path, rows(2))
+    dataset = write_source(kind, tmp_path, rows(2), per_tar=2)
     with pytest.raises(SourceError) as error:
         _records(dataset, caption_column="text")
     message = str(error.value)
@@ -106,7 +96,7 @@ def test_a_missing_column_stops_before_work(tmp_path, kind):
 
 
 def test_configuration_problems_are_one_line_each(tmp_path):
-    dataset = _write("wds", tmp_path, rows(2))
+    dataset = write_source("wds", tmp_path, rows(2), per_tar=2)
     config = BuildConfig.model_validate({"source": {"dataset": dataset}, "output": {"out_dir": str(tmp_path / "o")}})
     problems = dataset_problems(config)
     assert problems == ["source.dataset: profile 'offline' masks nouns with 'coco', which needs human annotations a "
