@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokencompose.viewer import api, curation, media, pages
+from tokencompose.viewer import api, curation, editing, media, pages
 from tokencompose.viewer.state import ViewerState
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -69,7 +69,6 @@ def create_app(shard_dir: Path, *, background_scan: bool = False, allowed_hosts:
         return state.pages.render("error.html", status=error.status_code, title=f"Error {error.status_code}",
                                   message=str(error.detail))
 
-    for router in (pages.router, curation.router, api.router, media.router):
+    for router in (pages.router, curation.router, api.router, media.router, editing.router):
         app.include_router(router)
-    app.include_router(__import__("tokencompose.viewer.editing", fromlist=["router"]).router)
     return app
