@@ -88,6 +88,16 @@ def measure(repeats: int) -> dict[str, dict]:
     return results
 
 
+def cpu_model() -> str:
+    """The processor's name as the kernel reports it (platform.processor() is often empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -101,7 +111,7 @@ def main() -> int:
         "a traceback on stderr" if case["traceback"] else "") if why]
     for name, case in measured.items():
         print(f"{case['median_s']:6.2f} s wall {case['median_cpu_s']:6.2f} s CPU  {name}: {case['message'][:120]}")
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    results = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, CPU only (no GPU involved)",
                "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
                "repeats": args.repeats, "target_s": TARGET_SECONDS, "cases": measured, "problems": problems,
                "command": "python bench/bench_preflight.py " + " ".join(sys.argv[1:])}
