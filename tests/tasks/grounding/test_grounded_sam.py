@@ -118,9 +118,44 @@ def test_padded_detector_batch_equals_one_by_one(setup, batched):
     with torch.inference_mode():
         together = grounder.dino_forward(tensors, prompts)
         for i, (tensor, prompt) in enumerate(zip(tensors, prompts)):
-            alone = grounder.dino(tensor[None], captions=[prompt])
-            _close(together["pred_logits"][i], alone["pred_logits"][0], "logits")
-            _close(together["pred_boxes"][i], alone["pred_boxes"][0], "boxes")
+            alone, scores = _forward_with_selection_scores(grounder.dino, tensor, prompt)
+            kept = _unambiguous_ranks(scores)
+            _close(together["pred_logits"][i][kept], alone["pred_logits"][0][kept], "logits")
+            _close(together["pred_boxes"][i][kept], alone["pred_boxes"][0][kept], "boxes")
+
+
+# Two queries whose proposal scores are closer than this may come out of the two-stage top-k in either order when
+# the summation order changes (the scores move by ~3e-5, see ATOL); each rank then pairs the other proposal with
+# its learned query embedding, so both rows differ for real (measured on an Intel Xeon: ranks 665 and 666 of 900).
+TIED = 2e-4
+
+
+def _forward_with_selection_scores(dino, tensor, prompt):
+    """The stock one-image forward, and the sorted scores the two-stage top-k chose its queries by."""
+    import torch
+
+    recorded = {}
+    hook = dino.transformer.enc_out_class_embed.register_forward_hook(
+        lambda module, args, out: recorded.update(scores=out.max(-1)[0][0]))
+    try:
+        outputs = dino(tensor[None], captions=[prompt])
+    finally:
+        hook.remove()
+    queries = dino.transformer.num_queries
+    return outputs, torch.sort(recorded["scores"], descending=True).values[:queries + 1]
+
+
+def _unambiguous_ranks(scores, most_tied: int = 45):
+    """The query ranks whose proposal is not within TIED of its neighbour's (the last score is the first one
+    left out). Only a few ranks may be set aside, so a real difference still fails."""
+    import torch
+
+    close = (scores[:-1] - scores[1:]).abs() < TIED  # rank r with rank r + 1
+    tied = close.clone()
+    tied[1:] |= close[:-1]
+    assert int(tied.sum()) <= most_tied, f"{int(tied.sum())} near-tied query ranks: the comparison says too little"
+    assert not close[-1], "the last query and the first one left out are tied: the query sets may differ"
+    return (~tied).nonzero().flatten()
 
 
 def test_detection_batches_group_equal_sizes():
