@@ -148,7 +148,6 @@ def _forward_with_selection_scores(dino, tensor, prompt):
 def _unambiguous_ranks(scores, most_tied: int = 45):
     """The query ranks whose proposal is not within TIED of its neighbour's (the last score is the first one
     left out). Only a few ranks may be set aside, so a real difference still fails."""
-    import torch
 
     close = (scores[:-1] - scores[1:]).abs() < TIED  # rank r with rank r + 1
     tied = close.clone()

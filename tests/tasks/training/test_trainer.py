@@ -69,8 +69,9 @@ def test_batch_of_two_equals_two_accumulated_batches_of_one(make_config, tmp_pat
         torch.testing.assert_close(logs_b[key], logs_a[key], rtol=1e-5, atol=1e-7)
     for m_b, m_a in zip(first_moments(batched), first_moments(accumulated)):
         torch.testing.assert_close(m_b, m_a, rtol=1e-4, atol=1e-5 * float(m_a.abs().max()))
-    # an update differing from the other run's would differ by about lr = 1e-4; rounding differs by ~1e-7
-    assert_same(unet_state(batched), unet_state(accumulated), rtol=0, atol=1e-6)
+    # an update differing from the other run's would differ by about lr = 1e-4; rounding differs by ~1e-7, and
+    # through AdamW's g / (|g| + eps) up to 1.5e-6 where a gradient is about eps (measured on an Intel Xeon)
+    assert_same(unet_state(batched), unet_state(accumulated), rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow

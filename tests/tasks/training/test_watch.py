@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -55,12 +56,15 @@ def test_tensorboard_gets_the_losses_rate_counts_and_validation_images(make_conf
 
 
 def test_the_same_noise_gives_each_validation_comparable_images(make_config):
-    """At learning rate ~0 the weights do not move: two validations give the same image."""
+    """At learning rate ~0 the weights barely move: two validations give the same image, but for a pixel's
+    rounding (a weight near 0 still moves by ~1e-12, which can carry a value across a quantization step; seen on
+    an Intel Xeon). Other noise would change every pixel."""
     config = make_config(max_steps=2, learning_rate=1e-12, validation_prompts=PROMPTS[:1], validation_nouns=["cat"],
                          validation_every=1, validation_inference_steps=2)
     Trainer(config).train()
     first, second = (Image.open(config.output_dir / "validation" / f"step-00000{s}" / "00.png") for s in (1, 2))
-    assert first.tobytes() == second.tobytes()
+    difference = np.abs(np.asarray(first, dtype=np.int16) - np.asarray(second, dtype=np.int16))
+    assert difference.max() <= 1 and difference.mean() < 0.01
 
 
 def test_progress_lines_have_rate_and_eta_and_quiet_silences_them(make_config, caplog, monkeypatch):
