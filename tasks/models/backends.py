@@ -23,10 +23,16 @@ def _no_problems(config: BuildConfig) -> list[str]:
 BackendT = TypeVar("BackendT")
 
 
+ALL_SECTIONS = ("profile", "captions", "nouns", "grounding", "models", "source")
+
+
 @dataclass(frozen=True)
 class BackendSpec(Generic[BackendT]):
     factory: Callable[[BuildConfig], BackendT]
     preflight: Callable[[BuildConfig], list[str]] = _no_problems
+    # the configuration sections the factory reads: a loaded backend is shared by every configuration that
+    # agrees on them (so builds of other sources in one process reuse the loaded models)
+    reads: tuple[str, ...] = ALL_SECTIONS
 
 
 def _spacy_preflight(config: BuildConfig) -> list[str]:
@@ -112,12 +118,13 @@ def _hybrid_factory(config: BuildConfig):
 _MODEL_PACKAGES = ("torch", "groundingdino", "segment_anything_hq")
 
 CAPTION_BACKENDS: dict[str, BackendSpec[CaptionRanker]] = {
-    "consensus": BackendSpec(lambda config: ConsensusRanker()),
-    "clip": BackendSpec(_clip_factory, _weights_preflight("clip", "torch", "open_clip")),
+    "consensus": BackendSpec(lambda config: ConsensusRanker(), reads=()),
+    "clip": BackendSpec(_clip_factory, _weights_preflight("clip", "torch", "open_clip"), reads=("captions", "models")),
 }
 NOUN_BACKENDS: dict[str, BackendSpec[NounExtractor]] = {
-    "spacy": BackendSpec(lambda config: NounExtractor(SpacyTagger(config.nouns.spacy_model)), _spacy_preflight),
-    "flair": BackendSpec(_flair_factory, _weights_preflight("flair", "torch", "flair")),
+    "spacy": BackendSpec(lambda config: NounExtractor(SpacyTagger(config.nouns.spacy_model)), _spacy_preflight,
+                         reads=("nouns",)),
+    "flair": BackendSpec(_flair_factory, _weights_preflight("flair", "torch", "flair"), reads=("nouns", "models")),
 }
 GROUNDING_BACKENDS: dict[str, BackendSpec[Grounder]] = {
     # coco: COCO's instances only, unless the source gives LVIS / COCO-Stuff files: then the human grounding
@@ -126,7 +133,8 @@ GROUNDING_BACKENDS: dict[str, BackendSpec[Grounder]] = {
                         CocoAnnotationGrounder(config.grounding.noun_table, config.source.instances_json is not None)),
         _noun_table_preflight),
     "human": BackendSpec(lambda config: _human_factory(config), _noun_table_preflight),
-    "grounded_sam": BackendSpec(_grounded_sam_factory, _weights_preflight("grounded_sam", *_MODEL_PACKAGES)),
+    "grounded_sam": BackendSpec(_grounded_sam_factory, _weights_preflight("grounded_sam", *_MODEL_PACKAGES),
+                                reads=("grounding", "models")),
     "hybrid": BackendSpec(_hybrid_factory,
                           _all(_noun_table_preflight, _weights_preflight("hybrid", *_MODEL_PACKAGES))),
 }
@@ -161,16 +169,22 @@ def preflight(config: BuildConfig) -> list[str]:
     return problems
 
 
-_loaded: dict[str, Backends] = {}
+_loaded: dict[tuple[str, str, str], Any] = {}
 _lock = threading.Lock()
 
 
+def _load(stage: Stage, config: BuildConfig) -> Any:
+    name = config.backend(stage)
+    spec = REGISTRIES[stage][name]
+    key = (stage, name, config.model_dump_json(include=set(spec.reads)))
+    if key not in _loaded:
+        _loaded[key] = spec.factory(config)
+    return _loaded[key]
+
+
 def load_backends(config: BuildConfig) -> Backends:
-    """The backends for a configuration, built once per process and shared by its shard tasks."""
-    key = config.model_dump_json(include={"profile", "captions", "nouns", "grounding", "models", "source"})
+    """The backends for a configuration, each built once per process for the configuration sections it reads
+    and shared by the shard tasks (and the builds) that agree on them."""
     with _lock:
-        if key not in _loaded:
-            _loaded[key] = Backends(captions=CAPTION_BACKENDS[config.backend("captions")].factory(config),
-                                    nouns=NOUN_BACKENDS[config.backend("nouns")].factory(config),
-                                    grounding=GROUNDING_BACKENDS[config.backend("grounding")].factory(config))
-        return _loaded[key]
+        return Backends(captions=_load("captions", config), nouns=_load("nouns", config),
+                        grounding=_load("grounding", config))
