@@ -4,7 +4,9 @@ Composition: MG2..MG5 of each model and the paired-bootstrap difference (from th
 then the same over the prompts that ask for a held-out pair and over the others, apart. Grounding:
 the attention-mask IoU of each (test image, noun) for both models (the evaluation's grounding.json),
 their mean difference with a paired-bootstrap interval over (image, noun) pairs; the same for the
-specificity (the IoU minus the mean IoU against the image's other nouns' masks). Pictures: each
+specificity (the IoU minus the mean IoU against the image's other nouns' masks) and the token attribution
+(the IoU minus the IoU of the next / previous token's map on the same mask; docs/world.md, protocol v3),
+whose grounded - plain is the noun token's gain minus its neighbour's. Pictures: each
 model's sample grid and attention grids (made by the evaluation) and both loss curves.
 """
 from __future__ import annotations
@@ -22,19 +24,27 @@ PLAIN, GROUNDED = "plain", "grounded"     # the two models' labels in the evalua
 REPORT_FILE = "report.md"
 
 
-def noun_ious(evaluation: Path, label: str, specificity: bool = False) -> dict[tuple[str, str], float]:
-    """(sample key, noun and its tokens) -> IoU (or specificity: IoU minus the mean IoU against the image's
-    other nouns' masks; nouns without another noun left out), from one model's grounding.json."""
+# what each per-noun figure subtracts from the noun's IoU: nothing, or a field of its grounding.json record
+SUBTRACTED = {"iou": None, "specificity": "other_iou", "attribution_next": "next_iou",
+              "attribution_previous": "previous_iou"}
+
+
+def noun_ious(evaluation: Path, label: str, quantity: str = "iou") -> dict[tuple[str, str], float]:
+    """(sample key, noun and its tokens) -> one model's per-noun ``quantity`` from its grounding.json: the IoU,
+    the specificity (minus the mean IoU against the image's other nouns' masks) or the next / previous token's
+    attribution (minus that token's IoU with the noun's mask); nouns without the subtracted figure left out."""
+    if quantity not in SUBTRACTED:
+        raise ValueError(f"unknown per-noun quantity {quantity!r}; one of {', '.join(SUBTRACTED)}")
+    field = SUBTRACTED[quantity]
     result = json.loads((evaluation / label / "grounding.json").read_text())["result"]
-    if specificity:
-        return {(n["key"], f"{n['noun']}@{n['tokens']}"): float(n["iou"]) - float(n["other_iou"])
-                for n in result["per_noun"] if n.get("other_iou") is not None}
-    return {(n["key"], f"{n['noun']}@{n['tokens']}"): float(n["iou"]) for n in result["per_noun"]}
+    return {(n["key"], f"{n['noun']}@{n['tokens']}"): float(n["iou"]) - (float(n[field]) if field else 0.0)
+            for n in result["per_noun"] if field is None or n.get(field) is not None}
 
 
-def iou_comparison(evaluation: Path, samples: int, seed: int, confidence: float, specificity: bool = False) -> dict:
-    """Both models' mean IoU (or specificity) and grounded - plain with its paired bootstrap over (image, noun)."""
-    plain, grounded = noun_ious(evaluation, PLAIN, specificity), noun_ious(evaluation, GROUNDED, specificity)
+def iou_comparison(evaluation: Path, samples: int, seed: int, confidence: float, quantity: str = "iou") -> dict:
+    """Both models' mean per-noun ``quantity`` (:func:`noun_ious`) and grounded - plain with its paired
+    bootstrap over (image, noun)."""
+    plain, grounded = noun_ious(evaluation, PLAIN, quantity), noun_ious(evaluation, GROUNDED, quantity)
     common = sorted(set(plain) & set(grounded))
     a, b = [plain[k] for k in common], [grounded[k] for k in common]
     compared = paired_mean_difference(a, b, samples, seed, confidence)
@@ -67,6 +77,22 @@ def held_out_split(config, rows: dict[str, list[dict]]) -> dict[str, dict]:
     return split
 
 
+ATTRIBUTIONS = {"attribution_next": "the token after the noun", "attribution_previous": "the token before the noun"}
+
+
+def attribution_lines(compared: dict[str, dict], confidence: float) -> list[str]:
+    """The report's token attribution section (docs/world.md, protocol v3)."""
+    lines = ["## Token attribution (the noun's token versus its neighbours, on the noun's mask)", "",
+             "IoU(noun's map) - IoU(neighbour token's map), both with the noun's mask, per (image, noun), averaged; "
+             "grounded - plain: the noun token's IoU gain minus the neighbour's (docs/world.md, protocol v3).", "",
+             "| neighbour | plain | grounded | grounded - plain | pairs |", "|---|---|---|---|---|"]
+    for quantity, neighbour in ATTRIBUTIONS.items():
+        entry = compared[quantity]
+        lines.append(f"| {neighbour} | {entry['plain']:.4f} | {entry['grounded']:.4f} | {interval(entry, 4)} "
+                     f"| {entry['pairs']} |")
+    return lines + ["", f"({confidence:.0%} paired bootstrap over (image, noun) pairs)", ""]
+
+
 def interval(entry: dict, digits: int = 2) -> str:
     return f"{entry['diff']:+.{digits}f} [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]"
 
@@ -79,10 +105,11 @@ def write_report(out: Path, config, report, protocol, multigen: bool = True) -> 
     out = Path(out)
     evaluation = Path(config.out_dir)
     settings = config.report
-    iou = iou_comparison(evaluation, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence)
-    specific = iou_comparison(evaluation, settings.bootstrap_samples, settings.bootstrap_seed, settings.confidence,
-                              specificity=True)
-    figures: dict = {"protocol": dict(vars(protocol)), "attention_iou": iou, "specificity": specific}
+    compared = {quantity: iou_comparison(evaluation, settings.bootstrap_samples, settings.bootstrap_seed,
+                                         settings.confidence, quantity) for quantity in SUBTRACTED}
+    iou, specific = compared["iou"], compared["specificity"]
+    figures: dict = {"protocol": dict(vars(protocol)), "attention_iou": iou, "specificity": specific,
+                     **{q: compared[q] for q in ATTRIBUTIONS}}
     lines = ["# The synthetic world: plain vs grounded", "",
              f"Protocol (docs/world.md): world seed {protocol.seed}, {protocol.image_size} px, "
              f"{protocol.train_images} training images (held-out pairs: "
@@ -101,6 +128,7 @@ def write_report(out: Path, config, report, protocol, multigen: bool = True) -> 
              f"| plain | {specific['plain']:.4f} |", f"| grounded | {specific['grounded']:.4f} |", "",
              f"grounded - plain: {interval(specific, 4)} ({settings.confidence:.0%} paired bootstrap over "
              f"{specific['pairs']} (image, noun) pairs of {specific['images']} images)", ""]
+    lines += attribution_lines(compared, settings.confidence)
     if multigen:
         plan = preflight(config)
         split = held_out_split(config, rows_by_model(plan))

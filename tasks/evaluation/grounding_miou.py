@@ -42,6 +42,12 @@ Preprocessor`), with the output size the image resolution by default (DAAM: 512 
 of the other nouns of the same image that differ from its own; ``specificity = IoU(own) - mean IoU(others)``
 per noun, averaged over the nouns that have another noun. A map of "objects in general" has a high IoU but
 a specificity near 0.
+
+**Token attribution** (ours; docs/world.md, protocol v3): the maps of the token right after a noun and the
+token right before it, from the same capture and aggregation, binarised the same way and compared with the
+*noun's* mask (``next_iou``, ``previous_iou``). A model whose grounding training reached the noun's own token
+gains more on ``iou`` than on its neighbours'; one trained on a shifted token index gains more on the
+neighbour's.
 """
 from __future__ import annotations
 
@@ -152,6 +158,10 @@ class NounIoU(BaseModel):
     # the mean IoU of this noun's binarised map against the other nouns' masks of the same image (those that
     # differ from its own); None when the image has no such noun
     other_iou: float | None = None
+    # the IoU with this noun's mask of the map of the token right after / before the noun's tokens (token
+    # attribution); None when that token is outside the window or is the start token
+    next_iou: float | None = None
+    previous_iou: float | None = None
 
     @property
     def specificity(self) -> float | None:
@@ -333,6 +343,20 @@ def daam_token_maps(pipe, pixel_values, input_ids, columns: Sequence[int], *, st
         pipe.unet.set_attn_processor(before)
 
 
+def neighbour_positions(tokens: Sequence[int], length: int) -> tuple[int | None, int | None]:
+    """(next, previous): the token positions right after and right before a noun's ``tokens`` in a window of
+    ``length`` tokens; None beyond the window or at position 0 (the start token)."""
+    after, before = max(tokens) + 1, min(tokens) - 1
+    return (after if after < length else None), (before if before >= 1 else None)
+
+
+def token_iou(token_maps, column_of: dict[int, int], position: int | None, truth, threshold: float) -> float | None:
+    """The IoU with ``truth`` of one token's binarised map (None for no token), at ``truth``'s size."""
+    if position is None:
+        return None
+    return iou(binarise(word_map(token_maps, [column_of[position]]), truth.shape[-1], threshold).cpu(), truth)
+
+
 def fast_tokenizer(pipe):
     """The pipeline's tokenizer as a fast one (character offsets, for the nouns' token positions)."""
     from transformers import CLIPTokenizerFast
@@ -390,7 +414,11 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
                 stats.update(example.stats)
                 if not example.noun_tokens:
                     continue
-                columns = sorted({p for tokens in example.noun_tokens for p in tokens})
+                neighbours = [neighbour_positions(tokens, len(example.input_ids)) for tokens in example.noun_tokens]
+                # the neighbours are extra columns: each column's map is aggregated on its own, so the nouns'
+                # maps (and every IoU) are the same with or without them
+                columns = sorted({p for tokens in example.noun_tokens for p in tokens}
+                                 | {p for pair in neighbours for p in pair if p is not None})
                 column_of = {p: i for i, p in enumerate(columns)}
                 if protocol == "daam":
                     maps = daam_token_maps(pipe, example.pixel_values, example.input_ids, columns, steps=daam_steps,
@@ -405,9 +433,11 @@ def evaluate_shards(pipe, shards: Sequence[str], *, resolution: int, output_size
                     predicted = binarise(word_map(maps, [column_of[p] for p in tokens]), size, threshold).cpu()
                     truth = truths[index]
                     others = [iou(predicted, other) for other in truths if not bool((other == truth).all())]
+                    after, before = (token_iou(maps, column_of, p, truth, threshold) for p in neighbours[index])
                     per_noun.append(NounIoU(key=example.key, noun=text, tokens=list(tokens),
                                             iou=iou(predicted, truth), predicted_pixels=int(predicted.sum()),
-                                            mask_pixels=int(truth.sum()), other_iou=mean_iou(others) if others else None))
+                                            mask_pixels=int(truth.sum()), other_iou=mean_iou(others) if others else None,
+                                            next_iou=after, previous_iou=before))
         except ShardUnreadable:  # the samples before the break were evaluated; the rest of the shard is lost
             skipped[UNREADABLE_SHARD] += 1
     daam = protocol == "daam"
