@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from tokencompose.schemas.base import StrictModel
 from tokencompose.schemas.config import ModelsConfig
+from tokencompose.schemas.runner import RunnerConfig
 from tokencompose.schemas.types import InferencePrecision, Resolution
 
 EDIT_INFO_FILE = "edit.json"          # in an edit's output folder
@@ -90,6 +91,8 @@ class EditConfig(StrictModel):
     out_dir: Path = Field(default=Path("edit"), description="result.png, mask.png, source.png, edit.json go here",
                           json_schema_extra={"cli_shortcut": "out"})
     models: ModelsConfig = ModelsConfig()
+    runner: RunnerConfig = Field(default=RunnerConfig(), description="where the edit task runs (the result is the "
+                                 "same bytes on every runner)")
 
     @model_validator(mode="after")
     def _image(self) -> "EditConfig":
@@ -118,3 +121,8 @@ class PieBenchConfig(StrictModel):
                                                           "squeeze); its torchvision weights must be in TORCH_HOME")
     out_dir: Path = Field(default=Path("pie-bench"), description="edited images and report.json/.md go here")
     models: ModelsConfig = ModelsConfig()
+    runner: RunnerConfig = Field(default=RunnerConfig(), description="where the edit and scoring tasks run (the "
+                                 "edited images are the same bytes on every runner)")
+    batches_per_task: int = Field(default=25, ge=1, description="on Dask or Ray: sampler batches one edit task "
+                                  "does with one model load, so a cluster spreads a model's items over its GPUs "
+                                  "(the threads runner edits each model in one task)")

@@ -155,13 +155,8 @@ class Scorers:
     clip: object
 
 
-def load_scorers(config, device: str = "cpu") -> Scorers:
-    """The three networks from local files; a missing one stops with what to fetch (docs/editing.md)."""
-    import lpips  # type: ignore[import-untyped]
-    from transformers import ViTModel
-
-    from tokencompose.tasks.evaluation.clip_score import ClipScorer
-
+def check_scorer_files(config) -> None:
+    """The scorers' local files are there (DINO folder, LPIPS backbone); a missing one stops with what to fetch."""
     dino = Path(config.dino)
     if not (dino / "config.json").is_file():
         raise ValueError(f"dino: {dino} is not a transformers ViT folder (no config.json); see docs/editing.md")
@@ -170,6 +165,17 @@ def load_scorers(config, device: str = "cpu") -> Scorers:
     if not any(checkpoints.glob(f"{backbone}-*.pth")):
         raise ValueError(f"lpips: torchvision's {backbone} weights are not in {checkpoints} (TORCH_HOME); "
                          "see docs/editing.md")
+
+
+def load_scorers(config, device: str = "cpu") -> Scorers:
+    """The three networks from local files; a missing one stops with what to fetch (docs/editing.md)."""
+    import lpips  # type: ignore[import-untyped]
+    from transformers import ViTModel
+
+    from tokencompose.tasks.evaluation.clip_score import ClipScorer
+
+    check_scorer_files(config)
+    dino = Path(config.dino)
     return Scorers(lpips=lpips.LPIPS(net=config.lpips_net, verbose=False).to(device).eval(),
                    vit=ViTModel.from_pretrained(dino, add_pooling_layer=False, local_files_only=True).to(device).eval(),
                    clip=ClipScorer(config.clip_model, Path(config.clip_checkpoint), device=device))

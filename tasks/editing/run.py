@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,18 +94,41 @@ def load(path: Path, models, precision: str):
     return load_pipeline(path, device, resolve_dtype(precision, device))
 
 
-def edit_image(config: EditConfig) -> Path:
-    """Edit one image as ``config`` says; returns the output folder."""
+def check_edit(config: EditConfig) -> Path:
+    """What an edit can check before a model is loaded (attention steps, the model folder, the image and
+    mask files); returns the model folder. The flow runs it in its own process before any task."""
+    from tokencompose.tasks.editing.attention_over_time import check_steps
+
+    sampler = config.sampler
+    check_steps(config.attention.steps, min(int(sampler.steps * sampler.strength), sampler.steps))
+    path = resolve_model(config.model, config.registry_dir, config)
+    source_and_mask(config)
+    return path.resolve()
+
+
+def absolute_paths(config: EditConfig) -> EditConfig:
+    """``config`` with its files and folders absolute against this process's folder: a Dask or Ray worker
+    runs somewhere else."""
+    mask = config.mask.model_copy(update={"file": _absolute(config.mask.file), "shard": _absolute(config.mask.shard)})
+    return config.model_copy(update={"image": _absolute(config.image), "registry_dir": _absolute(config.registry_dir),
+                                     "out_dir": _absolute(config.out_dir), "mask": mask})
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else Path(path).expanduser().resolve()
+
+
+def edit_image(config: EditConfig, model_path: Path | None = None) -> Path:
+    """Edit one image as ``config`` says; returns the output folder. ``model_path``: the model folder
+    already resolved (by :func:`check_edit` in the flow's process)."""
     from PIL import Image
 
-    from tokencompose.tasks.editing.attention_over_time import (AttentionRecorder, check_steps, grid_image,
-                                                                word_tokens)
+    from tokencompose.tasks.editing.attention_over_time import AttentionRecorder, grid_image, word_tokens
     from tokencompose.tasks.editing.blend import EditItem, edit_batch
     from tokencompose.tasks.editing.masks import word_mask
 
     sampler, side = config.sampler, config.sampler.resolution
-    check_steps(config.attention.steps, min(int(sampler.steps * sampler.strength), sampler.steps))
-    path = resolve_model(config.model, config.registry_dir, config)
+    path = check_edit(config) if model_path is None else model_path
     image, mask, origin = source_and_mask(config)
     pixels = square(image, side)
     pipe = load(path, config.models, sampler.precision)
@@ -139,50 +163,112 @@ def edit_image(config: EditConfig) -> Path:
         info |= {"attention_words": words, "attention_tokens": tokens, "attention_steps": len(recorder.steps),
                  "attention_layers": sorted(recorder.steps[0]) if recorder.steps else []}
     info |= {"mask_pixels": int(mask.sum()), "latent_mask_cells": int(result.latent_mask.sum()),
-             "config": json.loads(config.model_dump_json())}
+             "config": json.loads(config.model_dump_json(exclude={"runner"}))}  # the runner is not the result
     (out / EDIT_INFO_FILE).write_text(json.dumps(info, indent=1))
     return out
 
 
-def run_pie_bench(config: PieBenchConfig, advance=None) -> Path:
-    """Edit every item with each model, score it, and write report.json and report.md."""
+@dataclass(frozen=True)
+class PieBenchPlan:
+    """A PIE-Bench run checked before any model loads: its items, and each model's folder by label."""
+
+    config: PieBenchConfig
+    items: tuple  # of pie_bench.PieItem, in key order
+    models: dict[str, Path]
+
+
+def plan_pie_bench(config: PieBenchConfig) -> PieBenchPlan:
+    """Read the PIE-Bench folder, check every image's size, each model and the scorers' local files."""
+    from PIL import Image
+
+    from tokencompose.tasks.editing import pie_bench
+    from tokencompose.tasks.multigen.generation import model_id
+
+    items = pie_bench.read_items(config.root, config.limit)
+    for item in items:
+        with Image.open(item.image) as image:
+            if image.size != (pie_bench.SIDE, pie_bench.SIDE):
+                raise ValueError(f"PIE-Bench item {item.key}: the image is {image.size[0]}x{image.size[1]}, "
+                                 f"PIE-Bench's are {pie_bench.SIDE}x{pie_bench.SIDE}")
+    pie_bench.check_scorer_files(config)
+    paths = [resolve_model(name, None, config).resolve() for name in config.pipelines]
+    return PieBenchPlan(config, tuple(items), {f"{path.name}-{model_id(path)[:8]}": path for path in paths})
+
+
+def pie_bench_absolute(config: PieBenchConfig) -> PieBenchConfig:
+    """``config`` with its files and folders absolute (see :func:`absolute_paths`)."""
+    return config.model_copy(update={name: _absolute(getattr(config, name))
+                                     for name in ("root", "out_dir", "clip_checkpoint", "dino")})
+
+
+def pie_bench_chunks(plan: PieBenchPlan, distributed: bool) -> list[tuple[int, int]]:
+    """(start, stop) item ranges, one edit task each: whole sampler batches, so an item is edited in the
+    same batch (the same bytes) however the work is split; one range per model on the threads runner."""
+    count = len(plan.items)
+    size = plan.config.sampler.batch_size * plan.config.batches_per_task if distributed else count
+    return [(start, min(start + size, count)) for start in range(0, count, max(size, 1))]
+
+
+def edit_pie_items(plan: PieBenchPlan, label: str, start: int, stop: int, advance=None) -> list[str]:
+    """Edit items [start, stop) with the model ``label`` into ``<out>/<label>/<key>.png``; returns the keys."""
     from PIL import Image
 
     from tokencompose.tasks.editing import pie_bench
     from tokencompose.tasks.editing.blend import EditItem, edit_all
-    from tokencompose.tasks.multigen.generation import model_id
 
-    items = pie_bench.read_items(config.root, config.limit)
-    paths = [resolve_model(name, None, config) for name in config.pipelines]
-    scorers = pie_bench.load_scorers(config)
-    side = config.sampler.resolution
-    sources = [np.asarray(Image.open(item.image).convert("RGB")) for item in items]
-    for item, source in zip(items, sources):
-        if source.shape[:2] != (pie_bench.SIDE, pie_bench.SIDE):
-            raise ValueError(f"PIE-Bench item {item.key}: the image is {source.shape[1]}x{source.shape[0]}, "
-                             f"PIE-Bench's are {pie_bench.SIDE}x{pie_bench.SIDE}")
-    edits = [EditItem(square(Image.fromarray(s), side),
+    config, side = plan.config, plan.config.sampler.resolution
+    chunk = plan.items[start:stop]
+    edits = [EditItem(square(read_image(item.image), side),
                       square_mask(pie_bench.decode_runs(item.runs, border=False) > 0, side), item.edit_prompt, index)
-             for index, (item, s) in enumerate(zip(items, sources))]
-    means, counts, rows = {}, {}, {}
-    out = Path(config.out_dir)
-    for path in paths:
-        label = f"{path.name}-{model_id(path)[:8]}"
-        pipe = load(path, config.models, config.sampler.precision)
-        results = edit_all(pipe, edits, config.sampler, advance)
-        del pipe
-        folder = out / label
-        folder.mkdir(parents=True, exist_ok=True)
-        scores = []
-        for item, source, result in zip(items, sources, results):
-            edited = square(Image.fromarray(result.image), pie_bench.SIDE)
-            Image.fromarray(edited).save(folder / f"{item.key}.png")
-            scores.append({"key": item.key, "type": item.edit_type,
-                           **pie_bench.score_item(scorers, source, edited, item.runs, item.edit_prompt)})
-        rows[label] = scores
-        counts[label] = len(scores)
-        means[label] = {m: float(np.mean([s[m] for s in scores])) for m in pie_bench.METRICS}
+             for index, item in enumerate(chunk, start)]
+    pipe = load(plan.models[label], config.models, config.sampler.precision)
+    results = edit_all(pipe, edits, config.sampler, advance)
+    folder = Path(config.out_dir) / label
+    folder.mkdir(parents=True, exist_ok=True)
+    for item, result in zip(chunk, results):
+        Image.fromarray(square(Image.fromarray(result.image), pie_bench.SIDE)).save(folder / f"{item.key}.png")
+    return [item.key for item in chunk]
+
+
+def score_pie_model(plan: PieBenchPlan, label: str, scorers=None) -> list[dict]:
+    """The seven scores of each of the model's edited items (read back from ``<out>/<label>/``)."""
+    from tokencompose.tasks.editing import pie_bench
+
+    scorers = scorers or pie_bench.load_scorers(plan.config)
+    folder = Path(plan.config.out_dir) / label
+    rows = []
+    for item in plan.items:
+        source = np.asarray(read_image(item.image))
+        edited = np.asarray(read_image(folder / f"{item.key}.png"))
+        rows.append({"key": item.key, "type": item.edit_type,
+                     **pie_bench.score_item(scorers, source, edited, item.runs, item.edit_prompt)})
+    return rows
+
+
+def write_pie_report(plan: PieBenchPlan, rows: dict[str, list[dict]]) -> Path:
+    """report.json (every item's scores, the means, the seed report's table) and report.md."""
+    from tokencompose.tasks.editing import pie_bench
+
+    means = {label: {m: float(np.mean([s[m] for s in scores])) for m in pie_bench.METRICS}
+             for label, scores in rows.items()}
+    out = Path(plan.config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads(plan.config.model_dump_json(exclude={"runner"}))
     (out / "report.json").write_text(json.dumps({"means": means, "items": rows, "seed_table": pie_bench.seed_rows(),
-                                                 "config": json.loads(config.model_dump_json())}, indent=1))
-    (out / "report.md").write_text(pie_bench.report_markdown(means, counts))
+                                                 "config": config}, indent=1))
+    (out / "report.md").write_text(pie_bench.report_markdown(means, {label: len(s) for label, s in rows.items()}))
     return out / "report.md"
+
+
+def run_pie_bench(config: PieBenchConfig, advance=None) -> Path:
+    """Edit every item with each model, score it, and write report.json and report.md (in this process;
+    flows/edit.py runs the same steps as tasks)."""
+    from tokencompose.tasks.editing import pie_bench
+
+    plan = plan_pie_bench(config)
+    scorers = pie_bench.load_scorers(config)
+    rows = {}
+    for label in plan.models:
+        edit_pie_items(plan, label, 0, len(plan.items), advance)
+        rows[label] = score_pie_model(plan, label, scorers)
+    return write_pie_report(plan, rows)

@@ -71,3 +71,19 @@ def test_attention_steps_past_the_edit_are_refused_before_the_model_loads(tmp_pa
                 "cat", "--prompt", "a cat", "--sampler.steps", "4", "--sampler.strength", "0.5",
                 "--attention.steps", "0,2", "--out", str(tmp_path / "out")])
     assert code == 2 and "attention steps [2] are outside the edit's 2 denoising steps" in capsys.readouterr().err
+
+
+def test_runner_flags_are_the_shared_runner_section(capsys):
+    code = run(["edit", "--model", "sd", "--image", "a.png", "--mask-word", "cat", "--prompt", "a dog",
+                "--dask-address", "tcp://head:8786", "--runner.gpus-per-task", "1", "--print-config"])
+    assert code == 0
+    runner = json.loads(capsys.readouterr().out)["runner"]
+    assert (runner["kind"], runner["dask_address"], runner["gpus_per_task"]) == ("dask", "tcp://head:8786", 1)
+    code = run(["edit-bench", "--root", "pie", "--model", "a", "--clip-checkpoint", "c.pt", "--dino", "dino",
+                "--runner-kind", "ray", "--processes", "2", "--batches-per-task", "3", "--print-config"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["runner"]["kind"], printed["runner"]["processes"], printed["batches_per_task"]) == ("ray", 2, 3)
+    assert run(["edit", "--model", "sd", "--image", "a.png", "--mask-word", "cat", "--prompt", "a dog",
+                "--ray-address", "http://head:10001"]) == 2
+    assert "runner.ray_address" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tokencompose.cli.options import add_config_flags, load_config
 from tokencompose.schemas.editing import EditConfig, PieBenchConfig
+from tokencompose.schemas.runner import RunnerError
 
 
 def add_cli(subparsers) -> None:
@@ -17,7 +18,7 @@ def add_cli(subparsers) -> None:
                     "given by --mask-file, --mask.shard/--mask.sample-key/--mask.noun (a grounded shard's noun) "
                     "or --mask-word (the model's own cross-attention for a word of the source prompt) is redrawn "
                     "to show --prompt, the rest is kept. Writes source, mask, result (and --attention-word grids) "
-                    "to --out. See docs/editing.md.")
+                    "to --out. Runs on --runner-kind / --dask-address / --ray-address like evaluate. See docs/editing.md.")
     _common(parser, EditConfig, "EditConfig")
     parser.set_defaults(handler=run_edit)
 
@@ -28,7 +29,8 @@ def add_bench_cli(subparsers) -> None:
         description="Edit every PIE-Bench item with each --model (Blended Latent Diffusion, the item's mask and "
                     "editing prompt) and score structure distance, background PSNR/LPIPS/MSE/SSIM and CLIP "
                     "similarity as PIE-Bench does; report.md puts the models side by side with the seed report's "
-                    "Table 2. See docs/editing.md for the data and the local weights it needs.")
+                    "Table 2. A Dask or Ray cluster (--dask-address, --ray-address) spreads the edits over its GPUs. "
+                    "See docs/editing.md for the data and the local weights it needs.")
     _common(parser, PieBenchConfig, "PieBenchConfig")
     parser.set_defaults(handler=run_bench)
 
@@ -41,7 +43,7 @@ def _common(parser, model, name: str) -> None:
     parser.set_defaults(config_source=add_config_flags(parser, model))
 
 
-def _run(args, model, what: str, direct, flow_name: str) -> int:
+def _run(args, model, what: str, direct, preflight, on_runner: str) -> int:
     config = load_config(model, args, what)
     if config is None:
         return 2
@@ -62,23 +64,27 @@ def _run(args, model, what: str, direct, flow_name: str) -> int:
         if args.no_prefect:
             out = direct(config)
         else:
+            preflight(config)   # a run that cannot start is told once, before Prefect logs a failed flow run
             from tokencompose.flows import edit as flows
 
-            out = getattr(flows, flow_name)(config=config)
+            out = getattr(flows, on_runner)(config)  # on config.runner: threads, Dask or Ray
     except (EvaluationError, ModelFolderError, ValueError) as error:
         print(str(error).splitlines()[0], file=sys.stderr)
+        return 2
+    except RunnerError as error:
+        print(f"cannot start on {config.runner.describe()}: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"output": str(out)}, indent=1))
     return 0
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    from tokencompose.tasks.editing.run import edit_image
+    from tokencompose.tasks.editing.run import check_edit, edit_image
 
-    return _run(args, EditConfig, "edit configuration", edit_image, "edit_images")
+    return _run(args, EditConfig, "edit configuration", edit_image, check_edit, "edit_on_runner")
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from tokencompose.tasks.editing.run import run_pie_bench
+    from tokencompose.tasks.editing.run import plan_pie_bench, run_pie_bench
 
-    return _run(args, PieBenchConfig, "PIE-Bench configuration", run_pie_bench, "score_pie_bench")
+    return _run(args, PieBenchConfig, "PIE-Bench configuration", run_pie_bench, plan_pie_bench, "pie_bench_on_runner")
