@@ -1,6 +1,7 @@
 """The MultiGen evaluation configuration (and the attention-map one): typed, validated before any work.
 
-Defaults are the paper's protocol: PNDM, 50 steps, guidance 7.5, 512 px, 10 images per prompt, OWLv2-L
+Defaults are the paper's protocol: PNDM, 50 steps, guidance 7.5, the model's own resolution (512 px for SD1.x),
+10 images per prompt, OWLv2-L
 with text queries "a photo of a {category}" and score threshold 0.1. ``benchmark.limit`` and
 ``generation.images_per_prompt`` (``--prompts N --images K``) give the quick mode.
 """
@@ -62,7 +63,9 @@ class GenerationConfig(StrictModel):
                       json_schema_extra={"cli_shortcut": "seed"})
     steps: int = Field(default=50, ge=1, description="denoising steps")
     guidance_scale: float = Field(default=7.5, ge=0, description="classifier-free guidance scale")
-    resolution: Resolution = Field(default=512, description="square images, a multiple of 8")
+    resolution: Resolution | None = Field(default=None, description="square image side, a multiple of 8; default: "
+                                          "the model's own (UNet sample_size x VAE factor: 512 px for SD1.x and "
+                                          "SD2-base, 768 px for SD2/2.1), read per model from its folder")
     scheduler: Literal["pndm", "model"] = Field(default="pndm", description="pndm: the paper's PNDM (built from the "
                                                 "model's scheduler config); model: the folder's own scheduler")
     batch_size: int = Field(default=16, ge=1, description="images per pipeline call")
@@ -162,7 +165,8 @@ class ClipScoreConfig(StrictModel):
 
 
 class LatencyConfig(StrictModel):
-    """Seconds per image at the run's generation settings (the paper: 50 PNDM steps, guidance 7.5, 512 px)."""
+    """Seconds per image at the run's generation settings (the paper: 50 PNDM steps, guidance 7.5, 512 px; its
+    figures compare only when the model's resolved resolution is 512)."""
 
     enabled: bool = Field(default=False, description="measure latency", json_schema_extra={"cli_shortcut": "latency"})
     prompts: int = Field(default=10, ge=1, description="timed images (batch 1), the first MultiGen prompts")
@@ -269,10 +273,11 @@ class EvaluateConfig(StrictModel):
             return list(self.labels)
         return [Path(p.rstrip("/")).name or p for p in self.pipelines]
 
-    def generation_fingerprint(self) -> dict:
-        """What decides a model's image bytes (besides the model): shards are reused only when it matches."""
+    def generation_fingerprint(self, resolution: int) -> dict:
+        """What decides a model's image bytes (besides the model): shards are reused only when it matches.
+        ``resolution`` is the one the model generates at (``generation.resolution`` resolved for it)."""
         g = self.generation
-        return {"seed": g.seed, "steps": g.steps, "guidance_scale": g.guidance_scale, "resolution": g.resolution,
+        return {"seed": g.seed, "steps": g.steps, "guidance_scale": g.guidance_scale, "resolution": resolution,
                 "scheduler": g.scheduler, "batch_size": g.batch_size, "precision": g.precision,
                 "images_per_prompt": g.images_per_prompt, "prompts_per_shard": g.prompts_per_shard}
 

@@ -53,7 +53,8 @@ class LatencyResult(BaseModel):
 
     @property
     def paper_settings(self) -> bool:
-        """Measured as the paper did (50 PNDM steps, guidance 7.5, 512 px, batch 1)."""
+        """Measured as the paper did (50 PNDM steps, guidance 7.5, 512 px, batch 1): ``resolution`` is the side
+        actually generated (the model's own unless one was set), so a 768 px model is never taken for it."""
         return (self.scheduler == "PNDMScheduler" and self.steps == PAPER_STEPS
                 and self.guidance_scale == PAPER_GUIDANCE and self.resolution == PAPER_RESOLUTION)
 
@@ -92,11 +93,11 @@ def population_std(values: Sequence[float]) -> float:
 
 
 def measure_latency(pipe, prompts: Sequence[str], *, steps: int = PAPER_STEPS, guidance_scale: float = PAPER_GUIDANCE,
-                    resolution: int = PAPER_RESOLUTION, warmup: int = 2, batch_size: int | None = 8, seed: int = 0,
+                    resolution: int | None = None, warmup: int = 2, batch_size: int | None = 8, seed: int = 0,
                     clock: Callable[[], float] = time.perf_counter) -> LatencyResult:
     """Seconds per image over ``prompts`` (batch 1, after ``warmup`` calls on the first prompts) and, when
-    ``batch_size`` > 1, the throughput of the same prompts in batches. ``clock`` is read twice per timed
-    call (or batched run), before and after."""
+    ``batch_size`` > 1, the throughput of the same prompts in batches, at ``resolution`` (None: the model's own,
+    UNet sample_size x VAE factor). ``clock`` is read twice per timed call (or batched run), before and after."""
     import torch
 
     from tokencompose.tasks.multigen.generation import initial_latents
@@ -109,6 +110,7 @@ def measure_latency(pipe, prompts: Sequence[str], *, steps: int = PAPER_STEPS, g
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     device, dtype = pipe.unet.device, pipe.unet.dtype
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    resolution = resolution or int(pipe.unet.config.sample_size) * factor
     shape = (pipe.unet.config.in_channels, resolution // factor, resolution // factor)
 
     def synchronize() -> None:

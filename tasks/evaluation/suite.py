@@ -136,7 +136,7 @@ def generate_sets(plan: Plan, run: ModelRun, pipe, rank: int = 0, world: int = 1
         counts = gen.run_generation(pipe, gen.for_rank(image_set.shards(g.prompts_per_shard), rank, world),
                                     image_set.images_dir(run), images_per_prompt=image_set.images_per_prompt,
                                     seed=g.seed, steps=g.steps, guidance_scale=g.guidance_scale,
-                                    resolution=g.resolution, batch_size=g.batch_size, model=run.info(),
+                                    resolution=run.resolution, batch_size=g.batch_size, model=run.info(),
                                     progress=report, redone=note_redone)
         for key, value in counts.items():
             totals[key] += value
@@ -162,7 +162,7 @@ def _device_name(device: str) -> str:
 def _latency_key(plan: Plan, run: ModelRun, device: str) -> str:
     g, settings = plan.config.generation, plan.config.metrics.latency
     return _fingerprint({"model": run.model_id, "steps": g.steps, "guidance": g.guidance_scale,
-                         "resolution": g.resolution, "scheduler": g.scheduler, "precision": g.precision,
+                         "resolution": run.resolution, "scheduler": g.scheduler, "precision": g.precision,
                          "seed": g.seed, "latency": settings.model_dump(), "device": device})
 
 
@@ -178,7 +178,7 @@ def measure_latency(plan: Plan, run: ModelRun, pipe, progress: Progress | None =
         return saved["result"]
     g = plan.config.generation
     texts = [p.text for p in plan.prompts[:settings.prompts]]
-    result = measure(pipe, texts, steps=g.steps, guidance_scale=g.guidance_scale, resolution=g.resolution,
+    result = measure(pipe, texts, steps=g.steps, guidance_scale=g.guidance_scale, resolution=run.resolution,
                      warmup=settings.warmup, batch_size=settings.batch_size if settings.batch_size > 1 else None,
                      seed=g.seed).model_dump(mode="json")
     _write_json(path, {"key": key, "result": result})
@@ -199,7 +199,7 @@ def grounding_protocols(plan: Plan) -> list[str]:
 def _grounding_key(plan: Plan, run: ModelRun, protocol: str) -> str:
     shards = [(s, Path(s).stat().st_size if Path(s).exists() else None) for s in plan.metrics.grounding_shards]
     settings = plan.config.metrics.grounding.model_dump(mode="json", exclude={"shards", "protocol"})
-    return _fingerprint({"model": run.model_id, "shards": shards, "resolution": plan.config.generation.resolution,
+    return _fingerprint({"model": run.model_id, "shards": shards, "resolution": run.resolution,
                          "seed": plan.config.generation.seed, "grounding": settings, "protocol": protocol})
 
 
@@ -214,7 +214,7 @@ def measure_grounding(plan: Plan, run: ModelRun, pipe, progress: Progress | None
         if saved is not None and saved.get("key") == key:
             results[protocol] = saved["result"]
             continue
-        result = evaluate_shards(pipe, plan.metrics.grounding_shards, resolution=plan.config.generation.resolution,
+        result = evaluate_shards(pipe, plan.metrics.grounding_shards, resolution=run.resolution,
                                  timesteps=settings.timesteps, threshold=settings.threshold,
                                  seed=plan.config.generation.seed, max_samples=settings.max_samples,
                                  protocol=protocol, daam_steps=settings.daam_steps,
@@ -385,7 +385,7 @@ def score_fid(plan: Plan, run: ModelRun, real_sets: list[ImageSet], device: str)
     settings = plan.config.metrics.fid
     assert plan.metrics.inception is not None
     extractor = InceptionFeatures(plan.metrics.inception, settings.layer, device, settings.batch_size)
-    resize = settings.resize or plan.config.generation.resolution
+    resize = settings.resize or run.resolution
     results = {}
     for image_set in real_sets:
         real = plan.metrics.real_set(image_set.name)

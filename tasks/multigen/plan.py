@@ -3,7 +3,7 @@ folder, the detector and the shards (:func:`preflight`), and where each output o
 
 The other MultiGen modules depend on this one, never the reverse: ``run`` (the sequence),
 ``report`` and ``attention_maps`` import it; it imports only prompts, generation, detection and
-the weights look-up.
+the weights look-up (and the training layout's reader of a model's own resolution).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tokencompose.tasks.multigen import generation as gen
 from tokencompose.tasks.multigen import integrity
 from tokencompose.tasks.multigen.prompts import (Prompt, PromptFileError, all_prompts_for, prompts_fingerprint,
                                                  window_problems)
+from tokencompose.tasks.training.layout import native_resolution
 
 RUN_FILE = "run.json"
 
@@ -45,6 +46,7 @@ class ModelRun:
     path: Path
     model_id: str
     folder: Path
+    resolution: int              # the side it generates at: generation.resolution, else the model's own
 
     @property
     def images_dir(self) -> Path:
@@ -91,7 +93,12 @@ def preflight(config: EvaluateConfig) -> Plan:
         if folder_problems:
             problems += [f"model {label}: {p}" for p in folder_problems]
             continue
-        runs.append(ModelRun(label, found, gen.model_id(found), Path(config.out_dir) / label))
+        try:
+            resolution = generation_resolution(config, found)
+        except EvaluationError as error:
+            problems.append(f"model {label}: {error}")
+            continue
+        runs.append(ModelRun(label, found, gen.model_id(found), Path(config.out_dir) / label, resolution))
     detector, problem = (Path(det.WORLD_DETECTOR), None) if config.detection.detector == det.WORLD_DETECTOR else \
         locate_weights(owlv2_spec(config.detection.detector), config)
     if detector is None:
@@ -109,6 +116,26 @@ def preflight(config: EvaluateConfig) -> Plan:
         raise EvaluationError("cannot start the MultiGen evaluation:\n" + "\n".join(f"  - {p}" for p in problems))
     shards = gen.plan_shards(prompts, config.generation.prompts_per_shard)
     return Plan(config, prompts, fingerprint, runs, detector, shards, metrics)
+
+
+# where native_resolution reads each key it needs: named in the message when one is missing
+_RESOLUTION_KEYS = {"sample_size": "unet/config.json", "block_out_channels": "vae/config.json"}
+
+
+def generation_resolution(config: EvaluateConfig, model: Path) -> int:
+    """The side ``model`` generates at: ``generation.resolution`` when given, else the model's own (UNet
+    ``sample_size`` x VAE factor, read from its configs without weights)."""
+    if config.generation.resolution is not None:
+        return config.generation.resolution
+    try:
+        return native_resolution(model)
+    except KeyError as error:
+        key = str(error.args[0])
+        raise EvaluationError(f"{model / _RESOLUTION_KEYS.get(key, 'unet/config.json')} has no {key!r}, so the "
+                              "model's own resolution is unknown; set generation.resolution") from None
+    except (ValueError, TypeError) as error:
+        raise EvaluationError(f"{model}: the model's own resolution cannot be read ({error}); set "
+                              "generation.resolution") from None
 
 
 def _prompt_window_problems(config: EvaluateConfig, prompts: list[Prompt], runs: list[ModelRun],
@@ -140,7 +167,7 @@ def _prompt_window_problems(config: EvaluateConfig, prompts: list[Prompt], runs:
 
 
 def run_record(config: EvaluateConfig, run: ModelRun, fingerprint: str) -> dict:
-    return {"model": run.info(), "prompts": fingerprint, "generation": config.generation_fingerprint()}
+    return {"model": run.info(), "prompts": fingerprint, "generation": config.generation_fingerprint(run.resolution)}
 
 
 def _existing_run_problems(config: EvaluateConfig, run: ModelRun, fingerprint: str) -> list[str]:

@@ -96,7 +96,7 @@ def build_report(plan: Plan) -> MultiGenReport:
                  "source": str(config.benchmark.file or config.benchmark.categories_file or config.benchmark.name),
                  "prompts_fingerprint": plan.all_prompts_fingerprint, "seed": config.generation.seed,
                  "steps": config.generation.steps, "guidance_scale": config.generation.guidance_scale,
-                 "resolution": config.generation.resolution, "scheduler": config.generation.scheduler,
+                 "resolution": generated_sides(plan), "scheduler": config.generation.scheduler,
                  "precision": config.generation.precision, "detector": str(plan.detector), "threshold": threshold,
                  "query_template": config.detection.query_template,
                  "bootstrap": {"samples": config.report.bootstrap_samples, "seed": config.report.bootstrap_seed,
@@ -116,13 +116,25 @@ def build_report(plan: Plan) -> MultiGenReport:
     return report
 
 
+def generated_sides(plan: Plan) -> int | dict[str, int]:
+    """The side the models generated at (each one's resolved resolution): one number when they agree."""
+    sides = {run.label: run.resolution for run in plan.runs}
+    return next(iter(sides.values())) if len(set(sides.values())) == 1 else sides
+
+
+def sides_text(sides: int | dict[str, int]) -> str:
+    if isinstance(sides, dict):
+        return ", ".join(f"{label} {side} px" for label, side in sides.items())
+    return f"{sides} px"
+
+
 def render_markdown(benchmark: dict, models: list[ModelReport], comparisons: list[Comparison], hardest: int,
                     redone: Sequence[str] = ()) -> str:
     levels = [f"MG{k}" for k in LEVELS]
     lines = [f"# MultiGen: {benchmark['source']}", "",
              f"{benchmark['prompts']} prompts x {benchmark['images_per_prompt']} images, seed {benchmark['seed']}, "
              f"{benchmark['steps']} steps ({benchmark['scheduler']}), guidance {benchmark['guidance_scale']}, "
-             f"{benchmark['resolution']} px; OWLv2 queries \"{benchmark['query_template']}\", score > "
+             f"{sides_text(benchmark['resolution'])}; OWLv2 queries \"{benchmark['query_template']}\", score > "
              f"{benchmark['threshold']}. MG_k: % of images with at least k of the 5 categories detected; mean ± "
              f"population std over the {benchmark['images_per_prompt']} image rounds.", "",
              "| model | images | NaN images | " + " | ".join(levels) + " |",

@@ -95,7 +95,7 @@ def generate_model(plan: Plan, run: ModelRun, device: str, rank: int = 0, world:
             progress(f"{run.label}: {name} generated ({counts['images']} images, {counts['nan']} with NaN)")
 
     totals = gen.run_generation(pipe, missing, run.images_dir, images_per_prompt=g.images_per_prompt, seed=g.seed,
-                                steps=g.steps, guidance_scale=g.guidance_scale, resolution=g.resolution,
+                                steps=g.steps, guidance_scale=g.guidance_scale, resolution=run.resolution,
                                 batch_size=g.batch_size, model=run.info(), progress=report,
                                 redone=_noting_redone(run, progress))
     totals["shards_skipped"] += len(mine) - len(missing)
@@ -127,7 +127,7 @@ def attention_for_model(plan: Plan, run: ModelRun, pipe) -> list[Path]:
     each prompt's first image."""
     g = plan.config.generation
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    shape = (pipe.unet.config.in_channels, g.resolution // factor, g.resolution // factor)
+    shape = (pipe.unet.config.in_channels, run.resolution // factor, run.resolution // factor)
     paths = []
     for prompt in plan.prompts[:plan.config.report.attention_prompts]:
         out = attention_dir(run, prompt)
@@ -136,7 +136,7 @@ def attention_for_model(plan: Plan, run: ModelRun, pipe) -> list[Path]:
             continue
         spans = list(zip(prompt.categories, prompt.spans()))
         result = capture_maps(pipe, prompt.text, spans, gen.initial_latents(g.seed, prompt.id, 0, shape)[None],
-                              steps=g.steps, guidance_scale=g.guidance_scale, resolution=g.resolution)
+                              steps=g.steps, guidance_scale=g.guidance_scale, resolution=run.resolution)
         paths.append(save_grid(result, out, prompt.text))
     return paths
 

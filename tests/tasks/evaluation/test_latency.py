@@ -91,8 +91,10 @@ def test_warmups_are_excluded_and_the_std_is_the_population_std(tiny_pipe):
 
 def test_batch_one_has_no_throughput_and_bad_settings_are_refused(tiny_pipe):
     clock, _ = scripted_clock([1.0, 3.0])
-    result = measure_latency(tiny_pipe, PROMPTS[:2], steps=1, resolution=64, warmup=0, batch_size=None, clock=clock)
+    result = measure_latency(tiny_pipe, PROMPTS[:2], steps=1, warmup=0, batch_size=None, clock=clock)
     assert result.throughput is None and result.times == [1.0, 3.0] and result.seconds_per_image_std == 1.0
+    # no resolution given: the model's own (tiny_sd: 64 px), which the paper-settings flag reads
+    assert result.resolution == 64 and not result.paper_settings
     with pytest.raises(ValueError, match="at least one prompt"):
         measure_latency(tiny_pipe, [], steps=1, resolution=64)
     with pytest.raises(ValueError, match="warmup"):
