@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,19 @@ class CheckedRunner:
 
     def __eq__(self, other: object) -> bool:
         return super().__eq__(other) and getattr(other, "checks", None) == self.checks
+
+    def __enter__(self):
+        super().__enter__()
+        try:
+            self._check_cluster()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _check_cluster(self) -> None:
+        """The engine's checks of its cluster, run once the engine has started (each engine has its own)."""
+        raise NotImplementedError
 
     def gpus_for(self, task: Any) -> int:
         """The GPUs ``task`` asks for: those the cluster check settled on, for a GPU-tagged task."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from typing import Any
 
 import dask
@@ -28,15 +27,6 @@ class CheckedDaskTaskRunner(CheckedRunner, DaskTaskRunner):
     GPU-tagged tasks."""
 
     __hash__ = DaskTaskRunner.__hash__
-
-    def __enter__(self):
-        super().__enter__()
-        try:
-            self._check_cluster()
-        except BaseException:
-            self.__exit__(*sys.exc_info())
-            raise
-        return self
 
     def _check_cluster(self) -> None:
         if self.checks is None or _inside_dask_worker():  # a task's own engine re-enters the runner on its worker
