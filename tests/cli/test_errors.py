@@ -2,32 +2,10 @@
 (no Prefect server, no torch), which is what made them take 13-17 s before."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
-# Runs the CLI in a fresh interpreter and reports the exit code, stderr and the heavy modules loaded.
-PROBE = """
-import contextlib, io, json, sys
-from tokencompose.cli import main
-err = io.StringIO()
-with contextlib.redirect_stderr(err):
-    try:
-        code = main(json.loads(sys.argv[1]))
-    except SystemExit as exit_:
-        code = exit_.code
-heavy = sorted(m for m in ("torch", "prefect", "diffusers", "webdataset") if m in sys.modules)
-print(json.dumps({"code": code, "stderr": err.getvalue(), "heavy": heavy}))
-"""
-
-
-def run_cli(*argv: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(argv))], capture_output=True, text=True,
-                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+from tests.support.cli_probe import run_cli
 
 
 @pytest.mark.parametrize("case", ["images_dir", "vsr", "out_is_a_file", pytest.param("paper_weights", marks=pytest.mark.slow)])

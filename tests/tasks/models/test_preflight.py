@@ -19,30 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli_probe import run_cli
 from tokencompose.tasks.models.preflight import output_problems
-
-# Runs the CLI in a fresh interpreter: exit code, stderr, heavy modules loaded and the CPU seconds it used
-# (CPU, not wall time: the machine is shared, so wall time says more about the neighbours than about us).
-PROBE = """
-import contextlib, io, json, resource, sys
-from tokencompose.cli import main
-err = io.StringIO()
-with contextlib.redirect_stderr(err):
-    try:
-        code = main(json.loads(sys.argv[1]))
-    except SystemExit as exit_:
-        code = exit_.code
-usage = resource.getrusage(resource.RUSAGE_SELF)
-heavy = sorted(m for m in ("torch", "prefect", "diffusers", "transformers") if m in sys.modules)
-print(json.dumps({"code": code, "stderr": err.getvalue(), "heavy": heavy, "cpu": usage.ru_utime + usage.ru_stime}))
-"""
-
-
-def run_cli(*argv: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(argv))], capture_output=True, text=True,
-                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_a_folder_inside_a_file_cannot_be_made(tmp_path):
