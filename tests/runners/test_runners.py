@@ -334,3 +334,112 @@ def test_cli_answers_cannot_start_when_the_scheduler_is_unreachable(prefect_api,
     assert run.returncode == 2, run.stderr[-2000:]
     assert f"cannot start on dask at tcp://127.0.0.1:{port}: cannot reach the Dask scheduler" in run.stderr
     assert not (tmp_path / "o" / "shards").exists()
+
+
+# --- the edit flows (flows/edit.py) on Dask and Ray ----------------------------------------------
+
+EDIT_SAMPLER = {"steps": 2, "strength": 1.0, "resolution": 32, "background": "paste", "batch_size": 2}
+PIE_ITEMS = 5  # one-batch edit tasks of 2, 2 and 1 items on a cluster (batches_per_task 1)
+
+
+def _edit_hashes(out: Path) -> dict[str, str]:
+    """The sha256 of every file the edits wrote; edit.json without its configuration (it records the run's
+    out_dir)."""
+    import json
+
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    info = json.loads(files.pop("edit/edit.json"))
+    del info["config"]
+    files["edit/edit.json (without config)"] = json.dumps(info, sort_keys=True).encode()
+    return {name: _sha(data) for name, data in files.items()}
+
+
+@pytest.fixture(scope="module")
+def edit_inputs(tiny_sd, tmp_path_factory) -> dict:
+    """An image and mask file for edit-images, and a PIE-Bench plan of a few images (built directly: the
+    scorers' weights play no part in the edits)."""
+    import numpy as np
+    from PIL import Image
+
+    from tokencompose.schemas.editing import EditConfig, PieBenchConfig
+    from tokencompose.tasks.editing.pie_bench import PieItem
+    from tokencompose.tasks.editing.run import PieBenchPlan
+
+    folder = tmp_path_factory.mktemp("edit-inputs")
+    rng = np.random.default_rng(3)
+    for index in range(PIE_ITEMS):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    common = {"sampler": EDIT_SAMPLER, "models": {"device": "cpu"}}
+    edit = EditConfig.model_validate({"model": str(tiny_sd), "image": str(folder / "0.png"), "prompt": "a red cup",
+                                      "mask": {"file": str(folder / "mask.png")}, **common})
+    runs = tuple(v for row in range(128, 384) for v in (512 * row + 128, 256))
+    items = tuple(PieItem(f"{index:012d}", folder / f"{index}.png", "a cat", f"a dog number {index}", "0", runs)
+                  for index in range(PIE_ITEMS))
+    bench = PieBenchConfig.model_validate({"root": str(folder), "pipelines": [str(tiny_sd)], "dino": str(folder),
+                                           "clip_checkpoint": str(folder / "clip.pt"), "batches_per_task": 1,
+                                           **common})
+    return {"edit": edit, "plan": PieBenchPlan(bench, items, {"tiny-sd": tiny_sd})}
+
+
+def _edits_on(runner: RunnerConfig, inputs: dict, out: Path) -> dict[str, str]:
+    """edit-images through `tokencompose edit`'s entry, and the PIE-Bench edit tasks the way score-pie-bench
+    runs them, on ``runner``."""
+    from dataclasses import replace
+
+    from prefect import flow
+    from prefect.utilities.annotations import quote
+
+    from tokencompose.flows.edit import edit_on_runner, pie_edit_task, run_tasks
+    from tokencompose.runners import make_task_runner
+    from tokencompose.tasks.editing.run import pie_bench_chunks
+
+    edit_on_runner(inputs["edit"].model_copy(update={"out_dir": out / "edit", "runner": runner}))
+    plan = replace(inputs["plan"], config=inputs["plan"].config.model_copy(update={"out_dir": out / "pie",
+                                                                                    "runner": runner}))
+    chunks = pie_bench_chunks(plan, runner.distributed)
+    calls = [{"plan": quote(plan), "label": "tiny-sd", "start": start, "stop": stop} for start, stop in chunks]
+
+    @flow(task_runner=make_task_runner(runner, out, gpu_tasks=True))
+    def pie_bench_edits() -> list:
+        return run_tasks(pie_edit_task, calls, runner)
+
+    assert sum(pie_bench_edits(), []) == [item.key for item in plan.items]
+    return _edit_hashes(out)
+
+
+@pytest.fixture(scope="module")
+def edit_reference(prefect_api, edit_inputs, tmp_path_factory) -> dict[str, str]:
+    """The edits on the local threads runner (one PIE-Bench task for the model), torch on one thread as
+    the Dask and Ray workers run it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        files = _edits_on(RunnerConfig(), edit_inputs, tmp_path_factory.mktemp("edit-threads"))
+    finally:
+        torch.set_num_threads(threads)
+    assert {"edit/result.png", "edit/mask.png", "pie/tiny-sd/000000000004.png"} <= set(files)
+    return files
+
+
+@pytest.mark.cluster
+def test_edits_on_dask_are_the_same_bytes_as_on_threads(prefect_api, edit_inputs, edit_reference, cluster,
+                                                        tmp_path):
+    from tokencompose.tasks.editing.run import pie_bench_chunks
+
+    local, client = cluster
+    client.wait_for_workers(2, timeout=120)  # a worker killed by an earlier test is restarted by its nanny
+    runner = RunnerConfig(dask_address=local.scheduler_address)
+    assert pie_bench_chunks(edit_inputs["plan"], runner.distributed) == [(0, 2), (2, 4), (4, 5)]
+    assert _edits_on(runner, edit_inputs, tmp_path / "dask") == edit_reference
+
+
+@pytest.mark.cluster
+def test_edits_on_ray_are_the_same_bytes_as_on_threads(prefect_api, edit_inputs, edit_reference, local_ray,
+                                                       tmp_path):
+    assert _edits_on(RunnerConfig(kind="ray"), edit_inputs, tmp_path / "ray") == edit_reference
+
