@@ -7,6 +7,16 @@ caption (``txt``) and img2dataset's metadata (``json``: ``url``, ``caption``, ..
 ``.txt``; the ``.json``'s ``source.caption_column`` is used when it holds a list of candidates, or when
 there is no ``.txt``. Tars are read as streams (only captions and metadata are read while listing);
 an image is read later from its offset, found by a scan of its tar's headers kept once per process.
+
+img2dataset writes ``NNNNN.parquet`` beside ``NNNNN.tar``: a row per URL it tried, with ``key``, ``status``
+(``success``, ``failed_to_download``, ``failed_to_resize``) and ``error_message``. Its rows that did not
+succeed are not in the tar; each becomes a row without image (a ``no_image`` reject whose detail gives the
+status, img2dataset's message and the URL, located ``NNNNN.parquet/KEY``), after the tar's own samples. The
+parquet is streamed by record batches. A tar without a parquet is plain WebDataset. A parquet that cannot
+be read, or lacks ``key``, ``status`` or ``error_message``, is a problem of the source as a whole: its
+schema is checked for every tar before work (``check``), and a parquet whose data is damaged stops the
+listing with its path; either raises :class:`SourceError` (a build that skipped it would silently lose
+that shard's rejects and give another dataset from the same files).
 """
 from __future__ import annotations
 
@@ -24,6 +34,9 @@ from tokencompose.tasks.source.images import ImageProblem
 from tokencompose.tasks.source.dataset_rows import RawRow
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+PARQUET_COLUMNS = ("key", "status", "error_message")   # what img2dataset's parquet must have: which rows failed
+PARQUET_BATCH_ROWS = 65_536
+SUCCESS = "success"
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -71,6 +84,9 @@ class WebDatasetShards:
                 stream.next()
         except (tarfile.TarError, OSError) as error:
             raise SourceError(f"{self.description}: {first} is not a readable tar ({error})") from None
+        for path in self.tars().values():
+            if parquet_beside(path).is_file():
+                self._parquet_columns(parquet_beside(path))
 
     def rows(self) -> Iterator[RawRow]:
         position = 0
@@ -78,6 +94,47 @@ class WebDatasetShards:
             for key, members in _samples(path):
                 yield self._row(position, name, key, members)
                 position += 1
+            for row in self._failed_rows(parquet_beside(path), position):
+                yield row
+                position += 1
+
+    def _parquet_columns(self, path: Path) -> list[str]:
+        """The columns to read from img2dataset's parquet (its footer only); SourceError when it is unusable."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as error:
+            raise SourceError(f"{self.description}: {path} is not a readable parquet ({_one_line(error)})") from None
+        missing = [column for column in PARQUET_COLUMNS if column not in names]
+        if missing:
+            raise SourceError(f"{self.description}: {path} has no column {', '.join(missing)} (img2dataset's "
+                              f"parquet has {', '.join(PARQUET_COLUMNS)})")
+        return [*PARQUET_COLUMNS, *(["url"] if "url" in names else [])]
+
+    def _failed_rows(self, path: Path, position: int) -> Iterator[RawRow]:
+        """A row without image for each parquet row img2dataset did not succeed with, streamed by batches."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            return
+        columns = self._parquet_columns(path)
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+                values = {column: batch.column(column).to_pylist() for column in columns}
+                urls = values.get("url") or [None] * batch.num_rows
+                for index, status in enumerate(values["status"]):
+                    if status == SUCCESS:
+                        continue
+                    key, url = values["key"][index], urls[index]
+                    yield RawRow(position, f"{path.name}/{key}", False, None, None if key is None else str(key),
+                                 url if isinstance(url, str) else None,
+                                 problem=_failure(status, values["error_message"][index], url))
+                    position += 1
+        except (pa.ArrowException, OSError) as error:
+            raise SourceError(f"{self.description}: {path} cannot be read ({_one_line(error)})") from None
 
     def _row(self, position: int, tar_name: str, key: str, members: dict[str, tuple[str, bytes | None]]) -> RawRow:
         image = next((members[e][0] for e in IMAGE_EXTENSIONS if e in members), None)
@@ -111,6 +168,22 @@ class WebDatasetShards:
         path = self.tars().get(locator.partition("/")[0])
         stat = path.stat() if path is not None and path.exists() else None
         return f"{stat.st_size}:{stat.st_mtime_ns}:{locator}" if stat else f"missing:{locator}"
+
+
+def parquet_beside(tar: Path) -> Path:
+    """img2dataset's ``NNNNN.parquet`` beside ``NNNNN.tar``."""
+    return tar.with_suffix(".parquet")
+
+
+def _one_line(error: Exception) -> str:
+    """Arrow's message on one printable line (it spans lines and may quote the damaged bytes)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(error)).split())
+
+
+def _failure(status: object, message: object, url: object) -> str:
+    """A failed row's reject detail: img2dataset's status and message, and the URL it tried."""
+    detail = f"img2dataset {status}: {message if message else 'no message'}"
+    return f"{detail} (url {url:.200})" if isinstance(url, str) else detail
 
 
 def _samples(path: Path) -> Iterator[tuple[str, dict[str, tuple[str, bytes | None]]]]:

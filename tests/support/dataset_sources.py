@@ -7,6 +7,7 @@ import functools
 import io
 import json
 from pathlib import Path
+from typing import Sequence
 
 CAPTIONS = [
     ["A man riding a horse on a beach.", "A person on a brown horse."],
@@ -57,9 +58,12 @@ def write_hf(folder: Path, items: list[dict], single_caption: bool = False) -> P
     return folder
 
 
-def write_wds(folder: Path, items: list[dict], per_tar: int = 4, first_tar: int = 0) -> Path:
+def write_wds(folder: Path, items: list[dict], per_tar: int = 4, first_tar: int = 0,
+              failed: Sequence[dict] = ()) -> Path:
     """img2dataset's layout: ``{key}.jpg``, ``{key}.txt``, ``{key}.json`` per sample, ``NNNNN.tar`` and a
-    ``NNNNN.parquet`` of the rows beside each."""
+    ``NNNNN.parquet`` of the rows beside each (its columns: key, url, caption, status, error_message).
+    ``failed`` rows (key, url, status, error_message) are listed, in key order among the others, in the
+    last tar's parquet only, as img2dataset lists the URLs it could not download or resize."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from webdataset import TarWriter
@@ -78,9 +82,19 @@ def write_wds(folder: Path, items: list[dict], per_tar: int = 4, first_tar: int 
                 if row["caption"]:
                     sample["txt"] = row["caption"][0].encode()
                 sink.write(sample)
-        pq.write_table(pa.table({"key": [r["key"] for r in chunk], "url": [r["url"] for r in chunk],
-                                 "status": ["success"] * len(chunk)}), folder / f"{number:05d}.parquet")
+        listed = [{"key": r["key"], "url": r["url"], "caption": r["caption"][0] if r["caption"] else None,
+                   "status": "success", "error_message": None} for r in chunk]
+        if start + per_tar >= len(items):
+            listed = sorted(listed + [{"caption": None, **row} for row in failed], key=lambda row: row["key"])
+        pq.write_table(pa.Table.from_pylist(listed, schema=parquet_schema()), folder / f"{number:05d}.parquet")
     return folder
+
+
+def parquet_schema():
+    import pyarrow as pa
+
+    return pa.schema([("key", pa.string()), ("url", pa.string()), ("caption", pa.string()), ("status", pa.string()),
+                      ("error_message", pa.string())])
 
 
 def write_folder(folder: Path, items: list[dict], lines: list[str] = ()) -> Path:
@@ -136,12 +150,13 @@ def grounding_threshold() -> float:
     return calibrated_threshold(probe, images, [build_prompt(["man", "cat", "cup", "dog"])] * len(images), 2.0)
 
 
-def write_source(kind: str, folder: Path, items: list[dict], per_tar: int) -> str:
-    """``items`` as a dataset source of ``kind`` (hf, wds or folder) under ``folder``: its ``source.dataset``."""
+def write_source(kind: str, folder: Path, items: list[dict], per_tar: int, failed: Sequence[dict] = ()) -> str:
+    """``items`` as a dataset source of ``kind`` (hf, wds or folder) under ``folder``: its ``source.dataset``
+    (``failed``: img2dataset's failed rows in the wds parquet, see :func:`write_wds`)."""
     if kind == "hf":
         return f"hf:{write_hf(folder / 'hf', items)}"
     if kind == "wds":
-        write_wds(folder / "wds", items, per_tar=per_tar)
+        write_wds(folder / "wds", items, per_tar=per_tar, failed=failed)
         return "wds:" + str(folder / "wds" / "*.tar")
     return f"folder:{write_folder(folder / 'folder', items)}"
 

@@ -30,6 +30,12 @@ def _hashes(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
+IMG2DATASET_FAILED = [{"key": "000000010", "url": "https://example.org/gone.jpg", "status": "failed_to_download",
+                       "error_message": "HTTP Error 404: Not Found"},
+                      {"key": "000000011", "url": "https://example.org/big.jpg", "status": "failed_to_resize",
+                       "error_message": "image too large"}]
+
+
 def _hostile() -> list[dict]:
     items = rows(7)
     items[1]["image"] = None
@@ -46,14 +52,20 @@ def test_a_dataset_source_builds_the_same_bytes_twice_with_its_rejects(tmp_path,
 
     from tokencompose.viewer.app import create_app
 
-    dataset = write_source(kind, tmp_path, _hostile(), per_tar=3)
+    # wds: img2dataset's parquet beside the last tar lists two URLs it could not use
+    dataset = write_source(kind, tmp_path, _hostile(), per_tar=3, failed=IMG2DATASET_FAILED)
     _build(dataset, tmp_path / "a")
     _build(dataset, tmp_path / "b")
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
     rejects = [json.loads(line) for line in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
+    failed = {7: "no_image", 8: "no_image"} if kind == "wds" else {}   # after the last tar's samples
     assert {r["image_id"]: r["reason"] for r in rejects} == {
-        1: "no_image", 2: "no_usable_caption", 3: "no_captions", 4: "duplicate_url", 5: "not_an_image"}
+        1: "no_image", 2: "no_usable_caption", 3: "no_captions", 4: "duplicate_url", 5: "not_an_image", **failed}
     assert "not in the Latin script" in next(r["detail"] for r in rejects if r["image_id"] == 2)
+    if kind == "wds":
+        gone = next(r for r in rejects if r["image_id"] == 7)
+        assert gone["file_name"] == "00002.parquet/000000010" and gone["detail"].endswith(
+            "img2dataset failed_to_download: HTTP Error 404: Not Found (url https://example.org/gone.jpg)")
     keys = sorted(key for index in sorted((tmp_path / "a" / "index").glob("*.json"))
                   for key in json.loads(index.read_text())["samples"])
     assert keys == ["000000000000", "000000000006"]  # rows 0 and 6

@@ -8,14 +8,16 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from tests.support.dataset_sources import rows, write_folder, write_hf, write_source
+from tests.support.dataset_sources import rows, write_folder, write_hf, write_source, write_wds
 from tokencompose.schemas.config import BuildConfig, SourceConfig
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.schemas.records import ImageRecord
 from tokencompose.schemas.reports import Reject
 from tokencompose.tasks.source.coco_json import SourceError
 from tokencompose.tasks.source.images import ImageProblem
-from tokencompose.tasks.source.streams import dataset_problems, dataset_records, open_dataset, script_problem
+from tokencompose.tasks.source.dataset_rows import RowRange
+from tokencompose.tasks.source.streams import (dataset_problems, dataset_records, open_dataset, range_records,
+                                               row_count, script_problem)
 
 
 def _records(dataset: str, **columns) -> list[ImageRecord | Reject]:
@@ -52,6 +54,23 @@ def test_rows_come_in_order_with_their_rejects(tmp_path, hostile_rows, kind):
     source = open_dataset(SourceConfig(dataset=dataset))
     assert source.read_image(records[0].file_name) == hostile_rows[0]["image"]
     assert source.read_image(records[5].file_name) == hostile_rows[5]["image"]  # decoding rejects it later
+
+
+@pytest.mark.parametrize("kind", ["hf", "wds", "folder"])
+def test_a_row_range_reads_its_own_rows_as_the_whole_stream_gives_them(tmp_path, hostile_rows, kind):
+    dataset = write_source(kind, tmp_path, hostile_rows + rows(3, start=6), per_tar=2)
+    config = BuildConfig.model_validate({"source": {"dataset": dataset}, "output": {"out_dir": str(tmp_path / "o")}})
+    whole = _records(dataset)
+    assert row_count(open_dataset(config.source)) == len(whole) == 9
+    for start, stop in ((0, 4), (5, 9), (7, 20), (9, 9)):
+        records, rejects = range_records(config, RowRange(start, stop))
+        expected = whole[start:stop]
+        assert records == [r for r in expected if isinstance(r, ImageRecord)]
+        assert rejects == [r for r in expected if isinstance(r, Reject)]
+    # Duplicates are found among a range's rows: row 4 repeats row 0's URL, which a range from 3 does not hold.
+    records, rejects = range_records(config, RowRange(3, 6))
+    assert [r.image_id for r in records] == [3, 4, 5] and rejects == []
+    assert range_records(config, RowRange(0, 6))[1][-1].reason == RejectReason.DUPLICATE_URL
 
 
 def test_duplicate_keys_are_rejected_and_the_first_kept(tmp_path):
@@ -178,3 +197,68 @@ def test_start_up_does_not_grow_with_the_source(tmp_path):
         # Opening the larger hf dataset costs a little more (its Arrow metadata), far from its 300x rows.
         ratio = first_large / _first_record_seconds(f"{kind}:{tmp_path}/{kind}{small}")
         assert ratio < 30 and first_large * 10 < listing_large, (kind, ratio, first_large, listing_large)
+
+
+FAILED = [{"key": "000000001", "url": "https://example.org/gone.jpg", "status": "failed_to_download",
+           "error_message": "HTTP Error 404: Not Found"},
+          {"key": "000000003", "url": "https://example.org/huge.jpg", "status": "failed_to_resize",
+           "error_message": "image too large"}]
+
+
+def _img2dataset_shards(folder, per_tar: int = 2) -> str:
+    """Three successful rows in two tars, and img2dataset's two failures listed in the last tar's parquet."""
+    write_wds(folder, rows(3), per_tar=per_tar, failed=FAILED)
+    return f"wds:{folder}/*.tar"
+
+
+def test_img2dataset_failures_are_rejects_with_its_status_and_message(tmp_path, monkeypatch):
+    from tokencompose.tasks.source import webdataset_source
+
+    dataset = _img2dataset_shards(tmp_path / "wds")
+    found = _records(dataset)
+    assert [type(item).__name__ for item in found] == ["ImageRecord"] * 3 + ["Reject"] * 2
+    assert [item.image_id for item in found] == list(range(5))  # after the last tar's own samples
+    gone, huge = found[3:]
+    assert (gone.reason, gone.file_name) == (RejectReason.NO_IMAGE, "00001.parquet/000000001")
+    assert gone.detail.endswith("row 3: img2dataset failed_to_download: HTTP Error 404: Not Found "
+                                "(url https://example.org/gone.jpg)")
+    assert (huge.reason, huge.file_name) == (RejectReason.NO_IMAGE, "00001.parquet/000000003")
+    assert "img2dataset failed_to_resize: image too large" in huge.detail
+    # streamed in record batches: batches of one row give the same rows
+    monkeypatch.setattr(webdataset_source, "PARQUET_BATCH_ROWS", 1)
+    assert _records(dataset) == found
+
+
+def test_a_tar_without_its_parquet_is_plain_webdataset(tmp_path):
+    dataset = _img2dataset_shards(tmp_path / "wds")
+    (tmp_path / "wds" / "00001.parquet").unlink()
+    assert [getattr(item, "reason", None) for item in _records(dataset)] == [None, None, None]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no_status_column", "damaged_data"])
+def test_an_unusable_parquet_stops_before_work_naming_it(tmp_path, damage):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dataset = _img2dataset_shards(tmp_path / "wds")
+    parquet = tmp_path / "wds" / "00000.parquet"
+    if damage == "garbage":
+        parquet.write_bytes(b"PAR1 not a parquet")
+    elif damage == "no_status_column":
+        pq.write_table(pa.table({"key": ["000000000"], "error_message": [None]}, schema=pa.schema(
+            [("key", pa.string()), ("error_message", pa.string())])), parquet)
+    else:  # the footer is intact, a data page is not
+        data = bytearray(parquet.read_bytes())
+        data[4:40] = b"\xff" * 36
+        parquet.write_bytes(bytes(data))
+    config = BuildConfig.model_validate({"source": {"dataset": dataset}, "output": {"out_dir": str(tmp_path / "o")},
+                                         "profile": "paper"})
+    with pytest.raises(SourceError) as error:
+        list(dataset_records(open_dataset(config.source)))
+    message = str(error.value)
+    assert f"wds shards {tmp_path}/wds/*.tar: {parquet} " in message and "\n" not in message
+    if damage == "no_status_column":
+        assert "has no column status (img2dataset's parquet has key, status, error_message)" in message
+    if damage != "damaged_data":  # the schema is read at preflight; a damaged page only when listed
+        (problem,) = dataset_problems(config)
+        assert problem == f"source.dataset: {message}"
