@@ -21,6 +21,7 @@ from tokencompose.schemas.sample import (JSON_FIELD, CaptionCandidate, Grounding
 from tokencompose.schemas.reasons import NounReason, RejectReason
 from tokencompose.tasks.captions import ranking as caption_stage
 from tokencompose.tasks.models.backends import Backends
+from tokencompose.tasks.source.dataset_rows import RowRange
 from tokencompose.tasks.source.images import ImageProblem, LoadedImage, decode_image, image_path, load_image
 from tokencompose.tasks.nouns.extraction import is_stop_listed, lookup_text
 from tokencompose.schemas.records import Caption, ImageRecord, NounPhrase
@@ -201,10 +202,23 @@ def write_shard(out_dir: Path, index: int, samples: Sequence[tuple[SampleRecord,
 
 
 def build_shard(config: BuildConfig, backends: Backends, provenance: Provenance, index: int,
-                records: Sequence[ImageRecord]) -> ShardSummary:
-    """The whole unit of work for one shard (called by the flow's task, or directly)."""
-    samples, rejects = ShardBuilder(config, backends, provenance).build(records)
+                batch: Sequence[ImageRecord] | RowRange) -> ShardSummary:
+    """The whole unit of work for one shard (called by the flow's task, or directly). A dataset source's
+    row range is read here: the rows its source rejects come first among the shard's rejects."""
+    records, rejects = _shard_input(config, batch)
+    samples, build_rejects = ShardBuilder(config, backends, provenance).build(records)
+    rejects += build_rejects
     stats = shard_stats(len(records), [s for s, _ in samples])
     name, digest, size = write_shard(config.output.out_dir, index, samples, config.output.image_field, rejects, stats)
     return ShardSummary(shard=name, sha256=digest, bytes=size, samples=len(samples), stats=stats, rejects=rejects,
                         provenance=provenance.model_dump(mode="json"))
+
+
+def _shard_input(config: BuildConfig, batch: Sequence[ImageRecord] | RowRange
+                 ) -> tuple[Sequence[ImageRecord], list[Reject]]:
+    """A shard's image records, and the rejects its rows gave (a row range's rows read from the source)."""
+    if not isinstance(batch, RowRange):
+        return batch, []
+    from tokencompose.tasks.source.streams import range_records
+
+    return range_records(config, batch)

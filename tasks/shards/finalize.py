@@ -32,7 +32,7 @@ def _write_reports(run_plan: Plan, summaries: Sequence[ShardSummary], **status) 
     rejects = run_plan.selection_rejects + [r for s in summaries for r in s.rejects]
     write_atomic(out / SIZES_FILE, canonical_json({s.shard: s.samples for s in summaries}))
     write_rejects(out / REJECTS_FILE, rejects)
-    stats_doc = {"images_seen": run_plan.seen, "images_selected": run_plan.selected,
+    stats_doc = {"images_seen": run_plan.seen, "images_selected": run_plan.selected_images(summaries),
                  "rejects_by_reason": reject_counts(rejects), **stats.model_dump(), **status}
     write_atomic(out / STATS_FILE, canonical_json(stats_doc))
     return stats, rejects

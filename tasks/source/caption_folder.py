@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -72,9 +73,27 @@ class CaptionFolder:
             raise SourceError(f"{path}: a captions file must be .jsonl or .csv")
 
     def rows(self) -> Iterator[RawRow]:
+        return self.rows_between(0, None)
+
+    def row_count(self) -> int:
+        """The rows, counted without parsing a JSON line (a CSV file is parsed: a quoted cell may hold a newline)."""
         path = self.captions_file()
-        entries = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
-        for position, (line, entry) in enumerate(entries):
+        lines = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_lines(path)
+        return sum(1 for _ in lines)
+
+    def content_fingerprint(self) -> str:
+        stat = self.captions_file().stat()
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+    def rows_between(self, start: int, stop: int | None) -> Iterator[RawRow]:
+        """Rows ``start`` to ``stop - 1`` (to the end when None); earlier JSON lines are skipped unparsed."""
+        path = self.captions_file()
+        entries: Iterator[tuple[int, dict | None]]
+        if path.suffix.lower() == ".csv":
+            entries = islice(_csv_rows(path), start, stop)
+        else:
+            entries = ((line, _json_object(text)) for line, text in islice(_jsonl_lines(path), start, stop))
+        for position, (line, entry) in enumerate(entries, start=start):
             if entry is None:
                 yield RawRow(position, f"{path.name}:{line}", False, None, problem=f"line {line} is not a JSON object")
                 continue
@@ -108,15 +127,23 @@ class CaptionFolder:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None]]:
+    return ((line_no, _json_object(line)) for line_no, line in _jsonl_lines(path))
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The non-blank lines (one row each) with their line numbers."""
     with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = None
-            yield line_no, entry if isinstance(entry, dict) else None
+            if line.strip():
+                yield line_no, line
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None]]:

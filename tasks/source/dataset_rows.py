@@ -1,5 +1,6 @@
 """The dataset-source interface: one row as a dataset gives it, and what the build needs from a source
-(`streams.py` opens one by its `source.dataset` kind; each kind lives in its own module)."""
+(`streams.py` opens one by its `source.dataset` kind; each kind lives in its own module), and a shard's
+rows as the build plans them (a range of row positions, read when the shard is built)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,18 @@ class RawRow:
     problem: str | None = None  # why a row without image has none, when more can be said
 
 
+@dataclass(frozen=True)
+class RowRange:
+    """The rows ``start`` to ``stop - 1`` of a dataset source: one shard of a dataset build, planned
+    without reading the rows (the shard task reads them). ``len`` is the number of rows."""
+
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
 class DatasetSource(Protocol):
     """What the build needs from a dataset source."""
 
@@ -30,6 +43,11 @@ class DatasetSource(Protocol):
 
     def rows(self) -> Iterator[RawRow]:
         """Every row, in the dataset's fixed order, streamed."""
+
+    # Optional, where a kind can do better than streaming every row (streams.py falls back to that):
+    #   row_count() -> int                               the number of rows
+    #   rows_between(start, stop) -> Iterator[RawRow]    rows start..stop-1, without reading the earlier ones
+    #   content_fingerprint() -> str                     changes when any row may have changed
 
     def read_image(self, locator: str) -> bytes:
         """The encoded image of a row; raises ImageProblem when it cannot be read."""

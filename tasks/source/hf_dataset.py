@@ -35,14 +35,28 @@ class HfDataset:
         self._open()
 
     def rows(self) -> Iterator[RawRow]:
+        return self.rows_between(0, self.row_count())
+
+    def row_count(self) -> int:
+        return self._open().num_rows
+
+    def content_fingerprint(self) -> str:
+        return str(self._open()._fingerprint)
+
+    def rows_between(self, start: int, stop: int) -> Iterator[RawRow]:
+        """Rows ``start`` to ``stop - 1``: a contiguous selection of the memory-mapped table, no row before read."""
         import pyarrow.compute as pc
 
         dataset = self._open()
         source = self.source
         columns = [source.image_column, source.caption_column]
         columns += [c for c in (source.key_column, self._url_column()) if c and c not in columns]
-        position = 0
-        for table in dataset.select_columns(columns).with_format("arrow").iter(batch_size=BATCH_ROWS):
+        stop = min(stop, dataset.num_rows)
+        position = start
+        if start >= stop:
+            return
+        chosen = dataset.select_columns(columns).select(range(start, stop))
+        for table in chosen.with_format("arrow").iter(batch_size=BATCH_ROWS):
             has_image = _has_image(table.column(source.image_column), pc).to_pylist()
             captions = table.column(source.caption_column).to_pylist()
             keys = table.column(source.key_column).to_pylist() if source.key_column else [None] * len(captions)

@@ -9,6 +9,11 @@ URL seen before); captions that are not text, or not in the Latin script the nou
 kept with their problem and excluded by the caption stage. Image sizes are unknown until an image is
 decoded (``width``/``height`` 0 in the record). A problem with the dataset as a whole (missing, a column
 that does not exist, a hub dataset not in the cache while offline) raises ``SourceError`` before work.
+
+A build of a whole source (no ``selection.keys_file``, no ``selection.limit``) is planned as row ranges
+(:func:`plans_row_ranges`): only the number of rows is read before work, and each shard task turns its
+own rows into records and rejects (:func:`range_records`), so duplicate keys and URLs are found within a
+shard (docs/scale-out.md, "The plan of a dataset source").
 """
 from __future__ import annotations
 
@@ -17,14 +22,14 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from tokencompose.schemas.config import BuildConfig, SourceConfig
 from tokencompose.schemas.reasons import RejectReason
 from tokencompose.schemas.records import Caption, ImageRecord
 from tokencompose.schemas.reports import Reject
 from tokencompose.tasks.source.coco_json import SOURCE_STAGE, SourceError, is_text, json_type
-from tokencompose.tasks.source.dataset_rows import DatasetSource
+from tokencompose.tasks.source.dataset_rows import DatasetSource, RawRow, RowRange
 
 # The grounding backends that need no human annotations, and so can mask a dataset source.
 MASKING_BACKENDS = ("grounded_sam",)
@@ -90,14 +95,15 @@ def _captions(values: tuple[object, ...]) -> tuple[Caption, ...]:
     return tuple(captions)
 
 
-def dataset_records(source: DatasetSource) -> Iterator[ImageRecord | Reject]:
-    """The rows as image records, in order, and a rejects row for each row that cannot be one.
+def dataset_records(source: DatasetSource, rows: Iterable[RawRow] | None = None) -> Iterator[ImageRecord | Reject]:
+    """The rows (default: every row of the source) as image records, in order, and a rejects row for
+    each row that cannot be one.
 
     Keys and URLs seen are kept as 64-bit hashes (about 100 bytes each in a Python set) to find
-    duplicates; the first row with a key or URL is kept."""
+    duplicates among these rows; the first row with a key or URL is kept."""
     keys: set[int] = set()
     urls: set[int] = set()
-    for row in source.rows():
+    for row in source.rows() if rows is None else rows:
         def reject(reason: RejectReason, detail: str) -> Reject:
             return Reject(image_id=row.position, file_name=row.locator, stage=SOURCE_STAGE, reason=reason,
                           detail=f"{source.description} row {row.position}: {detail}")
@@ -157,3 +163,41 @@ def first_rows(source: DatasetSource, count: int) -> list[ImageRecord | Reject]:
     """The first ``count`` records of a source (what a preview or a start-up check reads)."""
     return list(islice(dataset_records(source), count))
 
+
+
+def plans_row_ranges(config: BuildConfig) -> bool:
+    """Whether a build's plan cuts the source into row ranges without reading its rows: a dataset source
+    taken whole (a keys file or a limit needs the rows themselves to choose)."""
+    selection = config.selection
+    return bool(config.source.dataset) and selection.keys_file is None and selection.limit is None
+
+
+def row_count(source: DatasetSource) -> int:
+    """The number of rows: the source's own count where it has one, else every row streamed."""
+    counter = getattr(source, "row_count", None)
+    return counter() if counter is not None else sum(1 for _ in source.rows())
+
+
+def rows_between(source: DatasetSource, rows: RowRange) -> Iterator[RawRow]:
+    """The rows of a range: read from where they start where the source can, else streamed up to them."""
+    reader = getattr(source, "rows_between", None)
+    return reader(rows.start, rows.stop) if reader is not None else islice(source.rows(), rows.start, rows.stop)
+
+
+def content_fingerprint(source: DatasetSource) -> str:
+    """Changes when the source's rows may have changed, where the source can tell cheaply ("" otherwise)."""
+    fingerprint = getattr(source, "content_fingerprint", None)
+    return fingerprint() if fingerprint is not None else ""
+
+
+def range_records(config: BuildConfig, rows: RowRange) -> tuple[list[ImageRecord], list[Reject]]:
+    """A shard's rows as image records and rejects rows, in row order (what its task builds)."""
+    records: list[ImageRecord] = []
+    rejects: list[Reject] = []
+    source = open_dataset(config.source)
+    for item in dataset_records(source, rows_between(source, rows)):
+        if isinstance(item, Reject):
+            rejects.append(item)
+        else:
+            records.append(item)
+    return records, rejects

@@ -54,8 +54,9 @@ def test_a_dataset_source_builds_the_same_bytes_twice_with_its_rejects(tmp_path,
 
     # wds: img2dataset's parquet beside the last tar lists two URLs it could not use
     dataset = write_source(kind, tmp_path, _hostile(), per_tar=3, failed=IMG2DATASET_FAILED)
-    _build(dataset, tmp_path / "a")
-    _build(dataset, tmp_path / "b")
+    # shards of 7 rows: row 4 repeats row 0's URL, and a shard task finds duplicates among its own rows
+    _build(dataset, tmp_path / "a", output={"shard_size": 7})
+    _build(dataset, tmp_path / "b", output={"shard_size": 7})
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
     rejects = [json.loads(line) for line in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
     failed = {7: "no_image", 8: "no_image"} if kind == "wds" else {}   # after the last tar's samples

@@ -176,7 +176,8 @@ def _first_record_seconds(dataset: str) -> float:
 
 @pytest.mark.slow
 def test_start_up_does_not_grow_with_the_source(tmp_path):
-    """A source 300 times larger starts about as fast, and far faster than it is listed whole."""
+    """A source 300 times larger starts about as fast, and far faster than it is listed whole; so does its
+    build's plan with the first shard's rows."""
     import datasets
     import pyarrow as pa
 
@@ -197,6 +198,26 @@ def test_start_up_does_not_grow_with_the_source(tmp_path):
         # Opening the larger hf dataset costs a little more (its Arrow metadata), far from its 300x rows.
         ratio = first_large / _first_record_seconds(f"{kind}:{tmp_path}/{kind}{small}")
         assert ratio < 30 and first_large * 10 < listing_large, (kind, ratio, first_large, listing_large)
+        # An hf plan reads the row count from the Arrow metadata, a folder plan counts lines without parsing them.
+        planned = _first_shard_seconds(f"{kind}:{tmp_path}/{kind}{large}", tmp_path / f"out-{kind}")
+        assert planned * 10 < listing_large, (kind, planned, listing_large)
+
+
+def _first_shard_seconds(dataset: str, out_dir) -> float:
+    """Time from opening a source (uncached) to its first shard's records: the plan of row ranges (all of
+    plan() but the backends' preflight, which reads no row) and the rows of the first range."""
+    from tokencompose.tasks.shards.planning import row_range_plan
+    from tokencompose.tasks.source.streams import _open
+
+    _open.cache_clear()
+    config = BuildConfig.model_validate({"source": {"dataset": dataset}, "output": {"out_dir": str(out_dir)}})
+    start = time.perf_counter()
+    run_plan = row_range_plan(config, config.config_hash())
+    range_records(config, run_plan.batches[0])
+    seconds = time.perf_counter() - start
+    assert run_plan.selection_rejects == [] and all(isinstance(b, RowRange) for b in run_plan.batches)
+    assert sum(len(b) for b in run_plan.batches) == run_plan.seen
+    return seconds
 
 
 FAILED = [{"key": "000000001", "url": "https://example.org/gone.jpg", "status": "failed_to_download",
