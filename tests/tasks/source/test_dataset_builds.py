@@ -17,6 +17,7 @@ import pytest
 from tests.support.dataset_sources import dataset_settings, rows, write_source, write_wds
 from tokencompose.schemas.config import BuildConfig
 from tokencompose.tasks.shards.dataset import build_directly
+from tokencompose.tasks.shards.output import ConfigurationError
 
 pytestmark = pytest.mark.paper_size
 
@@ -97,6 +98,13 @@ def test_a_grown_dataset_source_adds_a_version_with_its_new_rows(tmp_path, kind)
         {k: v for k, v in first.items() if k.endswith(".tar")}
     index = json.loads((out / "index" / "shard-000001.json").read_text())
     assert sorted(index["samples"]) == [f"{i:012d}" for i in range(3, 6)]
+    # A lost shard is rebuilt from the rows its index names, to the same bytes; a source that lost rows is refused.
+    grown_hashes = _hashes(out)
+    (out / "shards" / "shard-000000.tar").unlink()
+    _build(dataset, out)
+    assert _hashes(out) == grown_hashes and len(json.loads((out / "manifest.json").read_text())["versions"]) == 2
+    with pytest.raises(ConfigurationError, match="the source has 3 rows, but shards of .* hold rows up to 5"):
+        _build(write_source(kind, tmp_path / "v3", rows(3), per_tar=3), out)
 
 
 @pytest.mark.slow
