@@ -35,6 +35,7 @@ class RejectReason(StrEnum):
     NO_IMAGE = "no_image"
     DUPLICATE_KEY = "duplicate_key"
     DUPLICATE_URL = "duplicate_url"
+    DOWNLOAD_FAILED = "download_failed"
     # the image selection (stage "selection")
     MALFORMED_VSR_LINE = "malformed_vsr_line"
     NOT_IN_SOURCE = "not_in_source"
@@ -71,8 +72,9 @@ REASON_HELP: dict[NounReason | RejectReason, str] = {
     RejectReason.BAD_IMAGE_ENTRY: "an entry of the captions file's images list is malformed",
     RejectReason.BAD_CAPTION_ENTRY: "an entry of the captions file's annotations list is malformed",
     RejectReason.BAD_ANNOTATION: "an instance (or LVIS image) entry is malformed; it is dropped",
-    RejectReason.NO_IMAGE: "a row of a dataset source (hf, wds, folder) has no image (wds: also each URL "
-                           "img2dataset's parquet lists as failed to download or resize, with its message)",
+    RejectReason.NO_IMAGE: "a row of a dataset source (hf, wds, folder) has no image",
+    RejectReason.DOWNLOAD_FAILED: "img2dataset's parquet beside a wds tar lists the row as failed to download or "
+                                  "resize; the detail gives its status, error message and URL",
     RejectReason.DUPLICATE_KEY: "a row of a dataset source repeats the key of an earlier row; the first is kept",
     RejectReason.DUPLICATE_URL: "a row of a dataset source repeats the image URL of an earlier row; the first is kept",
     RejectReason.MALFORMED_VSR_LINE: "a line of a VSR file is not a JSON object with an image name",

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
+from tokencompose.schemas.reasons import RejectReason
+
 
 @dataclass(frozen=True)
 class RawRow:
@@ -19,6 +21,7 @@ class RawRow:
     key: str | None = None
     url: str | None = None
     problem: str | None = None  # why a row without image has none, when more can be said
+    reason: RejectReason = RejectReason.NO_IMAGE  # the reject a row without image becomes
 
 
 @dataclass(frozen=True)

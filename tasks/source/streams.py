@@ -109,7 +109,7 @@ def dataset_records(source: DatasetSource, rows: Iterable[RawRow] | None = None)
                           detail=f"{source.description} row {row.position}: {detail}")
 
         if not row.has_image:
-            yield reject(RejectReason.NO_IMAGE, row.problem or "no image")
+            yield reject(row.reason, row.problem or "no image")
             continue
         key = row.key if row.key is not None else row.locator
         if _seen(keys, key):

@@ -10,7 +10,7 @@ an image is read later from its offset, found by a scan of its tar's headers kep
 
 img2dataset writes ``NNNNN.parquet`` beside ``NNNNN.tar``: a row per URL it tried, with ``key``, ``status``
 (``success``, ``failed_to_download``, ``failed_to_resize``) and ``error_message``. Its rows that did not
-succeed are not in the tar; each becomes a row without image (a ``no_image`` reject whose detail gives the
+succeed are not in the tar; each becomes a row without image (a ``download_failed`` reject whose detail gives the
 status, img2dataset's message and the URL, located ``NNNNN.parquet/KEY``), after the tar's own samples. The
 parquet is streamed by record batches. A tar without a parquet is plain WebDataset. A parquet that cannot
 be read, or lacks ``key``, ``status`` or ``error_message``, is a problem of the source as a whole: its
@@ -131,7 +131,8 @@ class WebDatasetShards:
                     key, url = values["key"][index], urls[index]
                     yield RawRow(position, f"{path.name}/{key}", False, None, None if key is None else str(key),
                                  url if isinstance(url, str) else None,
-                                 problem=_failure(status, values["error_message"][index], url))
+                                 problem=_failure(status, values["error_message"][index], url),
+                                 reason=RejectReason.DOWNLOAD_FAILED)
                     position += 1
         except (pa.ArrowException, OSError) as error:
             raise SourceError(f"{self.description}: {path} cannot be read ({_one_line(error)})") from None

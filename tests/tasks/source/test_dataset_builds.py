@@ -60,7 +60,7 @@ def test_a_dataset_source_builds_the_same_bytes_twice_with_its_rejects(tmp_path,
     _build(dataset, tmp_path / "b", output={"shard_size": 7})
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
     rejects = [json.loads(line) for line in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
-    failed = {7: "no_image", 8: "no_image"} if kind == "wds" else {}   # after the last tar's samples
+    failed = {7: "download_failed", 8: "download_failed"} if kind == "wds" else {}   # after the last tar's samples
     assert {r["image_id"]: r["reason"] for r in rejects} == {
         1: "no_image", 2: "no_usable_caption", 3: "no_captions", 4: "duplicate_url", 5: "not_an_image", **failed}
     assert "not in the Latin script" in next(r["detail"] for r in rejects if r["image_id"] == 2)

@@ -240,10 +240,10 @@ def test_img2dataset_failures_are_rejects_with_its_status_and_message(tmp_path, 
     assert [type(item).__name__ for item in found] == ["ImageRecord"] * 3 + ["Reject"] * 2
     assert [item.image_id for item in found] == list(range(5))  # after the last tar's own samples
     gone, huge = found[3:]
-    assert (gone.reason, gone.file_name) == (RejectReason.NO_IMAGE, "00001.parquet/000000001")
+    assert (gone.reason, gone.file_name) == (RejectReason.DOWNLOAD_FAILED, "00001.parquet/000000001")
     assert gone.detail.endswith("row 3: img2dataset failed_to_download: HTTP Error 404: Not Found "
                                 "(url https://example.org/gone.jpg)")
-    assert (huge.reason, huge.file_name) == (RejectReason.NO_IMAGE, "00001.parquet/000000003")
+    assert (huge.reason, huge.file_name) == (RejectReason.DOWNLOAD_FAILED, "00001.parquet/000000003")
     assert "img2dataset failed_to_resize: image too large" in huge.detail
     # streamed in record batches: batches of one row give the same rows
     monkeypatch.setattr(webdataset_source, "PARQUET_BATCH_ROWS", 1)
