@@ -82,10 +82,13 @@ def build_problems(config: BuildConfig) -> list[str]:
     """Every problem that stops a build before work: missing inputs, an output folder that cannot
     take this dataset, missing packages or weights of the chosen backends. Empty when it can start."""
     from tokencompose.tasks.models import backends
-    from tokencompose.tasks.shards.output import ConfigurationError, check_output
+    from tokencompose.tasks.shards.output import ConfigurationError, busy_problem, check_output
 
     problems = _path_problems(config)
     unwritable = output_problems(config.output.out_dir, "output.out_dir")
+    busy = None if unwritable else busy_problem(config.output.out_dir)
+    if busy:
+        return problems + [busy]
     try:
         if not unwritable:
             check_output(config, config.config_hash())

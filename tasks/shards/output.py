@@ -89,11 +89,7 @@ def _take_lock(out_dir: Path, path: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = read_lock(out_dir) or {}
-            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
-                   if holder else "a process that has not yet written its details")
-            raise OutputBusy(f"{out_dir} is being written by another build ({who}); wait for it to finish, "
-                             f"or choose another output.out_dir") from None
+            raise OutputBusy(_busy_message(out_dir)) from None
         except BaseException:
             os.close(fd)
             raise
@@ -105,6 +101,30 @@ def _take_lock(out_dir: Path, path: Path) -> int:
             return fd
         os.close(fd)  # the file we locked was removed (a failed first run cleaning up): lock the new one
     raise OutputBusy(f"cannot take the lock {path}: it keeps being replaced")
+
+
+def _busy_message(out_dir: Path) -> str:
+    holder = read_lock(out_dir) or {}
+    who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+           if holder else "a process that has not yet written its details")
+    return f"{out_dir} is being written by another build ({who}); wait for it to finish, or choose another output.out_dir"
+
+
+def busy_problem(out_dir: Path) -> str | None:
+    """What a build would be told while another process holds the folder's lock, found without taking the
+    lock (a preflight, before this process holds it); None when nobody holds it. A folder another build is
+    writing holds that build's partial files: checked first, its contents say nothing about the dataset."""
+    try:
+        fd = os.open(Path(out_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _busy_message(Path(out_dir))
+    finally:
+        os.close(fd)  # closing drops the shared lock this probe may have taken
+    return None
 
 
 # ---- what the folder holds --------------------------------------------------------------------------

@@ -81,6 +81,26 @@ def test_a_second_build_on_a_held_folder_stops_with_exit_2(prefect_api, tmp_path
     assert _shards(out) == _shards(tmp_path / "reference")
 
 
+def test_a_held_folder_is_named_busy_whatever_partial_files_it_holds(tmp_path):
+    """The preflight asks the lock before it judges the folder's contents: a build that is writing it has left
+    partial files (here a stray temporary), which are no dataset yet."""
+    from tokencompose.tasks.models.preflight import build_problems
+
+    out = tmp_path / "out"
+    holder = _holder(out)
+    try:
+        (out / ".config.json.tmp").write_text("{")
+        problems = build_problems(demo_config(out))
+        assert len([p for p in problems if f"is being written by another build (pid {holder.pid} on" in p]) == 1
+        assert not [p for p in problems if "is not empty" in p]
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        holder.wait(timeout=60)
+    assert [p for p in build_problems(demo_config(out)) if "is not empty and holds no tokencompose dataset" in p]
+
+
 def test_two_concurrent_cli_builds_one_waits_out_none_corrupts(prefect_api, tmp_path):
     """The first CLI is paused (SIGSTOP) once its lock is visible, so the second runs while the first
     deterministically holds the folder; then the first goes on and finishes."""
