@@ -12,7 +12,10 @@ img2dataset writes ``NNNNN.parquet`` beside ``NNNNN.tar``: a row per URL it trie
 (``success``, ``failed_to_download``, ``failed_to_resize``) and ``error_message``. Its rows that did not
 succeed are not in the tar; each becomes a row without image (a ``download_failed`` reject whose detail gives the
 status, img2dataset's message and the URL, located ``NNNNN.parquet/KEY``), after the tar's own samples. The
-parquet is streamed by record batches. A tar without a parquet is plain WebDataset. A parquet that cannot
+parquet is streamed by record batches. Rows are counted from the parquets' footers (a build plans row ranges
+without reading a tar; a shard reads only the tars its range touches), so a tar and its parquet must agree:
+one that does not is named when read. A tar without a parquet is plain WebDataset (its samples are streamed
+to count them). A parquet that cannot
 be read, or lacks ``key``, ``status`` or ``error_message``, is a problem of the source as a whole: its
 schema is checked for every tar before work (``check``), and a parquet whose data is damaged stops the
 listing with its path; either raises :class:`SourceError` (a build that skipped it would silently lose
@@ -24,6 +27,7 @@ import functools
 import glob
 import json
 import tarfile
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -91,12 +95,55 @@ class WebDatasetShards:
     def rows(self) -> Iterator[RawRow]:
         position = 0
         for name, path in self.tars().items():
-            for key, members in _samples(path):
-                yield self._row(position, name, key, members)
-                position += 1
-            for row in self._failed_rows(parquet_beside(path), position):
+            for row in self._tar_rows(name, path, position):
                 yield row
                 position += 1
+
+    def row_count(self) -> int:
+        """The rows of every tar: from img2dataset's parquet footers where they are, so a source of millions of
+        rows is counted in seconds; a tar without a parquet has its samples streamed."""
+        return sum(self._tar_row_count(path) for path in self.tars().values())
+
+    def rows_between(self, start: int, stop: int) -> Iterator[RawRow]:
+        """The rows ``start`` to ``stop - 1``: tars before them are counted, not read."""
+        position = 0
+        for name, path in self.tars().items():
+            if position >= stop:
+                return
+            count = self._tar_row_count(path)
+            if position + count > start:
+                yield from islice(self._tar_rows(name, path, position), max(0, start - position), stop - position)
+            position += count
+
+    def _tar_row_count(self, path: Path) -> int:
+        parquet = parquet_beside(path)
+        if not parquet.is_file():
+            return sum(1 for _ in _samples(path))
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._parquet_columns(parquet)
+        try:
+            return pq.ParquetFile(parquet).metadata.num_rows
+        except (pa.ArrowException, OSError) as error:
+            raise SourceError(f"{self.description}: {parquet} cannot be read ({_one_line(error)})") from None
+
+    def _tar_rows(self, name: str, path: Path, position: int) -> Iterator[RawRow]:
+        """A tar's samples, then the rows its parquet lists as failed, numbered from ``position``. Read to the
+        end, a tar beside a parquet must give as many rows as the parquet lists (row positions, and so the
+        keys of every later row, are counted from the parquets)."""
+        first = position
+        for key, members in _samples(path):
+            yield self._row(position, name, key, members)
+            position += 1
+        parquet = parquet_beside(path)
+        for row in self._failed_rows(parquet, position):
+            yield row
+            position += 1
+        if parquet.is_file() and position - first != self._tar_row_count(path):
+            raise SourceError(f"{self.description}: {path} and {parquet.name} disagree: the tar holds "
+                              f"{position - first - self._failed_count(parquet)} samples, the parquet lists "
+                              f"{self._tar_row_count(path) - self._failed_count(parquet)} successes")
 
     def _parquet_columns(self, path: Path) -> list[str]:
         """The columns to read from img2dataset's parquet (its footer only); SourceError when it is unusable."""
@@ -112,6 +159,9 @@ class WebDatasetShards:
             raise SourceError(f"{self.description}: {path} has no column {', '.join(missing)} (img2dataset's "
                               f"parquet has {', '.join(PARQUET_COLUMNS)})")
         return [*PARQUET_COLUMNS, *(["url"] if "url" in names else [])]
+
+    def _failed_count(self, path: Path) -> int:
+        return sum(1 for _ in self._failed_rows(path, 0))
 
     def _failed_rows(self, path: Path, position: int) -> Iterator[RawRow]:
         """A row without image for each parquet row img2dataset did not succeed with, streamed by batches."""

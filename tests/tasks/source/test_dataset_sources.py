@@ -283,3 +283,32 @@ def test_an_unusable_parquet_stops_before_work_naming_it(tmp_path, damage):
     if damage != "damaged_data":  # the schema is read at preflight; a damaged page only when listed
         (problem,) = dataset_problems(config)
         assert problem == f"source.dataset: {message}"
+
+
+def test_img2dataset_rows_are_counted_from_the_parquets_and_ranges_skip_earlier_tars(tmp_path, monkeypatch):
+    from tokencompose.tasks.source import webdataset_source
+
+    dataset = _img2dataset_shards(tmp_path / "wds")
+    config = BuildConfig.model_validate({"source": {"dataset": dataset}, "output": {"out_dir": str(tmp_path / "o")}})
+    whole = _records(dataset)
+    read = []
+    samples = webdataset_source._samples
+    monkeypatch.setattr(webdataset_source, "_samples", lambda path: (read.append(path.name), samples(path))[1])
+    assert row_count(open_dataset(config.source)) == len(whole) == 5 and read == [], "no tar is read to count"
+    for start, stop in ((0, 2), (2, 5), (3, 4), (1, 3)):
+        read.clear()
+        records, rejects = range_records(config, RowRange(start, stop))
+        assert records + rejects == sorted(whole[start:stop], key=lambda r: isinstance(r, Reject))
+        assert read == (["00001.tar"] if start >= 2 else ["00000.tar"] + (["00001.tar"] if stop > 2 else []))
+
+
+def test_a_tar_that_disagrees_with_its_parquet_is_named(tmp_path):
+    import pyarrow.parquet as pq
+
+    dataset = _img2dataset_shards(tmp_path / "wds")
+    parquet = tmp_path / "wds" / "00000.parquet"
+    table = pq.read_table(parquet)
+    pq.write_table(table.slice(0, 1), parquet)  # lists one of the tar's two samples
+    with pytest.raises(SourceError, match=r"00000\.tar and 00000\.parquet disagree: the tar holds 2 samples, "
+                                          r"the parquet lists 1 successes"):
+        _records(dataset)
