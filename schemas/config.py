@@ -216,11 +216,33 @@ class ImageLimits(StrictModel):
 
 class OutputConfig(StrictModel):
     out_dir: Path = Field(description="the dataset folder", json_schema_extra={"cli_shortcut": "out"})
-    shard_size: int = Field(default=500, ge=1, description="samples per shard", json_schema_extra={"cli_shortcut": "shard-size"})
+    shard_size: int = Field(default=500, ge=1, description="samples per shard (a dataset source taken whole: rows per shard)",
+                            json_schema_extra={"cli_shortcut": "shard-size"})
+    shard_seconds: float | None = Field(default=None, gt=0, description=(
+        "size shards by time: shard_size = floor(shard_seconds / seconds_per_image), at least 1 (both needed; "
+        "the count, not the clock, cuts the shards, so the bytes do not depend on a machine's speed)"))
+    seconds_per_image: float | None = Field(default=None, gt=0, description=(
+        "a measured cost per image of one shard task (bench/bench_scale.py prints it), for shard_seconds"))
     image_field: Literal["jpg", "png"] = Field(default="jpg", description="the image member of each sample: the source JPEG bytes, or PNG")
     require_mask: bool = Field(default=True, description="reject images where no noun got a mask (as the authors' data)")
     overwrite: bool = Field(default=False, description="replace a dataset built with another configuration",
                             json_schema_extra={"cli_shortcut": "overwrite"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shard_size_from_time(cls, data: object) -> object:
+        if not isinstance(data, dict) or (data.get("shard_seconds") is None and data.get("seconds_per_image") is None):
+            return data
+        seconds, per_image = data.get("shard_seconds"), data.get("seconds_per_image")
+        if seconds is None or per_image is None:
+            raise ValueError("output.shard_seconds and output.seconds_per_image size shards together: give both")
+        if not (isinstance(seconds, (int, float)) and isinstance(per_image, (int, float)) and per_image > 0):
+            return data  # the fields' own checks name what is wrong
+        size = max(1, int(seconds // per_image))
+        if data.get("shard_size") not in (None, size):
+            raise ValueError(f"output.shard_size {data['shard_size']} disagrees with shard_seconds / seconds_per_image "
+                             f"= {size}: give one or the other")
+        return {**data, "shard_size": size}
 
 
 class BuildConfig(StrictModel):

@@ -88,3 +88,19 @@ def test_the_provenance_and_config_json_agree_on_the_grounding_backend(tmp_path)
     assert load_backends(config).grounding.info().name == config.backend("grounding") == "human"
     coco = demo_config(tmp_path, source={"lvis_json": [], "stuff_json": []})
     assert load_backends(coco).grounding.info().name == coco.backend("grounding") == "coco"
+
+
+def test_shards_sized_by_time_cut_by_the_count_that_time_gives(tmp_path):
+    timed = demo_config(tmp_path, output={"shard_seconds": 600, "seconds_per_image": 0.078})
+    assert timed.output.shard_size == 7692  # floor(600 / 0.078)
+    assert timed.config_hash() == demo_config(tmp_path, output={"shard_size": 7692}).config_hash()
+    again = BuildConfig.model_validate_json(timed.model_dump_json())  # config.json holds all three, consistent
+    assert again.output.shard_size == 7692 and again.config_hash() == timed.config_hash()
+    assert demo_config(tmp_path, output={"shard_seconds": 1, "seconds_per_image": 5}).output.shard_size == 1
+    for output, message in (({"shard_seconds": 600}, "give both"),
+                            ({"seconds_per_image": 0.5}, "give both"),
+                            ({"shard_seconds": 600, "seconds_per_image": 0.5, "shard_size": 10},
+                             "shard_size 10 disagrees with shard_seconds / seconds_per_image = 1200"),
+                            ({"shard_seconds": 600, "seconds_per_image": 0}, "seconds_per_image")):
+        with pytest.raises(ValidationError, match=message):
+            demo_config(tmp_path, output=output)
