@@ -19,13 +19,6 @@ def _single_thread(one_thread):
     yield
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe(tiny_sd):
-    from tokencompose.tasks.multigen.generation import load_pipeline
-
-    return load_pipeline(tiny_sd, "cpu", torch.float32)
-
-
 class CountingPipeline:
     """The real pipeline, with each call's batch size recorded."""
 

@@ -12,13 +12,6 @@ def _single_thread(one_thread):
     yield
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe(tiny_sd):
-    from tokencompose.tasks.multigen.generation import load_pipeline
-
-    return load_pipeline(tiny_sd, "cpu", torch.float32)
-
-
 def test_neighbours_are_the_tokens_right_after_and_before_the_noun_inside_the_window():
     from tokencompose.tasks.evaluation.grounding_miou import neighbour_positions
 
