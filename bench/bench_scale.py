@@ -54,7 +54,17 @@ def _load_backends(config) -> None:
     backend_registry.load_backends(config)
 
 
-def time_workers(count: int, settings: dict, work: Path, repeats: int) -> float:
+def _peak_rss_gib() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def time_workers(count: int, settings: dict, work: Path, repeats: int) -> dict:
+    """The best build time on ``count`` workers, the workers' peak memory, or the error that stopped it
+    (a worker over Dask's memory budget, total memory / workers, is restarted; a shard that kills four
+    workers fails the build)."""
     from distributed import Client, LocalCluster
 
     from tokencompose.flows.build import build_on_runner
@@ -74,9 +84,14 @@ def time_workers(count: int, settings: dict, work: Path, repeats: int) -> float:
             config = BuildConfig.model_validate({**settings, "output": {**settings["output"], "out_dir": str(out)},
                                                  "runner": {"dask_address": cluster.scheduler_address}})
             start = time.perf_counter()
-            build_on_runner(config)
+            try:
+                build_on_runner(config)
+            except Exception as error:  # noqa: BLE001 - the row records why this count could not run
+                return {"error": " ".join(str(error).split())[:400], "memory_limit_gib": round(
+                    cluster.workers[next(iter(cluster.workers))].memory_manager.memory_limit / 2**30, 2)}
             best = min(best, time.perf_counter() - start)
-        return best
+        peaks = client.run(_peak_rss_gib)
+        return {"seconds": best, "worker_peak_rss_gib": round(max(peaks.values()), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,15 +114,22 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataset_settings(dataset, work / "out", output={"shard_size": args.shard_size})
         for count in counts:
             load_before = os.getloadavg()[0]
-            seconds = time_workers(count, settings, work, args.repeats)
+            row = time_workers(count, settings, work, args.repeats)
+            load = {"load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+            if "error" in row:
+                results[str(count)] = {**row, **load}
+                print(f"{count} worker(s): failed: {row['error']}", flush=True)
+                continue
+            seconds = row["seconds"]
             results[str(count)] = {"seconds": round(seconds, 2), "images_per_s": round(args.images / seconds, 3),
-                                   "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
-            print(f"{count} worker(s): {seconds:.1f} s, {args.images / seconds:.2f} images/s", flush=True)
+                                   "worker_peak_rss_gib": row["worker_peak_rss_gib"], **load}
+            print(f"{count} worker(s): {seconds:.1f} s, {args.images / seconds:.2f} images/s, "
+                  f"worker peak {row['worker_peak_rss_gib']} GiB", flush=True)
     base = results.get("1")
     for row in results.values():
-        if base:
+        if base and "images_per_s" in row and "images_per_s" in base:
             row["vs_1_worker"] = round(row["images_per_s"] / base["images_per_s"], 3)
-    seconds_per_image = 1 / base["images_per_s"] if base else None
+    seconds_per_image = 1 / base["images_per_s"] if base and "images_per_s" in base else None
     report = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
               "images": args.images, "shard_size": args.shard_size, "repeats": args.repeats,
               "models": "random weights: GroundingDINO SwinT-OGC + tiny BERT, SAM-HQ vit_tiny; consensus; spaCy",
@@ -119,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| workers | seconds | images/s | vs 1 worker | load 1m before/after |")
     print("|---|---|---|---|---|")
     for count, row in results.items():
-        print(f"| {count} | {row['seconds']} | {row['images_per_s']} | {row.get('vs_1_worker', '')} | "
-              f"{row['load_average_1m'][0]} / {row['load_average_1m'][1]} |")
+        print(f"| {count} | {row.get('seconds', 'failed')} | {row.get('images_per_s', '')} | "
+              f"{row.get('vs_1_worker', '')} | {row['load_average_1m'][0]} / {row['load_average_1m'][1]} |")
     return 0
 
 
