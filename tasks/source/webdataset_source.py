@@ -58,6 +58,7 @@ class WebDatasetShards:
         self.source = source
         self.description = f"wds shards {location}"
         self._tars: dict[str, Path] | None = None
+        self._row_counts: dict[Path, int] = {}
 
     def tars(self) -> dict[str, Path]:
         """The tars by file name, in order."""
@@ -116,6 +117,12 @@ class WebDatasetShards:
             position += count
 
     def _tar_row_count(self, path: Path) -> int:
+        """Counted once per tar and source object (every shard's range is found from the counts before it)."""
+        if path not in self._row_counts:
+            self._row_counts[path] = self._count_tar_rows(path)
+        return self._row_counts[path]
+
+    def _count_tar_rows(self, path: Path) -> int:
         parquet = parquet_beside(path)
         if not parquet.is_file():
             return sum(1 for _ in _samples(path))

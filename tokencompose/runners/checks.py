@@ -11,7 +11,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tokencompose.schemas.runner import GPU_TAG, RunnerError
 
@@ -49,6 +49,8 @@ class CheckedRunner:
     def __eq__(self, other: object) -> bool:
         return super().__eq__(other) and getattr(other, "checks", None) == self.checks
 
+    _check_cluster: Callable[[], None]  # each engine's checks of its cluster, run once the engine has started
+
     def __enter__(self):
         super().__enter__()
         try:
@@ -57,10 +59,6 @@ class CheckedRunner:
             self.__exit__(*sys.exc_info())
             raise
         return self
-
-    def _check_cluster(self) -> None:
-        """The engine's checks of its cluster, run once the engine has started (each engine has its own)."""
-        raise NotImplementedError
 
     def gpus_for(self, task: Any) -> int:
         """The GPUs ``task`` asks for: those the cluster check settled on, for a GPU-tagged task."""
